@@ -1,0 +1,67 @@
+"""Config of the trainer: FSDP2 workers, SFT and GRPO hyperparameters, checkpoints."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from terminus.fields import at_least, in_range, one_of, positive
+
+
+@dataclass
+class OptimConfig:
+    lr: float = positive(default=1e-5)
+    weight_decay: float = at_least(0.0, default=0.0)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = at_least(0, default=0)
+    schedule: str = one_of("constant", "cosine", default="cosine")
+    min_lr_ratio: float = in_range(0.0, 1.0, default=0.1)
+    max_grad_norm: float = positive(default=1.0)
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = at_least(1, default=1)
+    micro_batch_tokens: int = at_least(64, default=4096, help="packed sequence length")
+    grad_accum: int = at_least(1, default=1)
+    max_steps: int = at_least(0, default=0, help="0 = run all epochs")
+
+
+@dataclass
+class GRPOConfig:
+    steps: int = at_least(0, default=10)
+    tasks_per_step: int = at_least(1, default=8)
+    rollouts_per_task: int = at_least(2, default=8, help="the group size n")
+    advantage: str = one_of("grpo", "dr_grpo", "rloo", default="grpo")
+    clip_low: float = in_range(0.0, 1.0, default=0.2)
+    clip_high: float = in_range(0.0, 10.0, default=0.28)
+    tis_cap: float = at_least(1.0, default=2.0, help="truncated importance-sampling cap")
+    kl_coef: float = at_least(0.0, default=0.0)
+    entropy_coef: float = at_least(0.0, default=0.0)
+    loss_agg: str = one_of("token_mean", "seq_mean_token_sum", default="token_mean")
+    micro_batch_size: int = at_least(1, default=8)
+    mini_batches: int = at_least(1, default=1, help="optimizer steps per GRPO step")
+    max_staleness: int = at_least(0, default=0, help="0 = synchronous; 1 = one-step off-policy")
+    eval_every: int = at_least(0, default=0)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = at_least(0, default=1, help="steps between checkpoints; 0 = only at the end")
+    keep_last: int = at_least(1, default=2)
+    resume: str = one_of("auto", "never", default="auto")
+    export_hf: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    stage: str = one_of("sft", "grpo", "sft+grpo", default="sft+grpo")
+    num_workers: int = at_least(1, default=1, help="FSDP ranks, one per device")
+    backend: str = one_of("auto", "gloo", "nccl", default="auto")
+    param_dtype: str = one_of("float32", "bfloat16", default="float32")
+    activation_checkpointing: bool = False
+    cpu_offload: bool = False
+    attn_implementation: str = one_of("sdpa", "flash_attention_2", "eager", default="sdpa")
+    use_reference_model: bool = False
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

