@@ -40,6 +40,30 @@ def _model_build_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_chat(args: argparse.Namespace) -> int:
+    """Generate one reply from a chat prompt with a real vLLM engine (the smallest end-to-end check)."""
+    import os
+
+    from terminus.model import resolve_model_path
+
+    cfg = load_config(args.config, args.overrides)
+    path = str(resolve_model_path(cfg.model.path))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, cfg.rollout.engine.kv_cache_space_gb))))
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": args.message}], tokenize=False,
+                                           add_generation_prompt=True)
+    llm = LLM(model=path, dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len,
+              enforce_eager=cfg.rollout.engine.enforce_eager, seed=cfg.seed)
+    out = llm.generate([prompt], SamplingParams(max_tokens=args.max_tokens, temperature=cfg.rollout.sampling.temperature,
+                                                seed=cfg.seed))[0].outputs[0]
+    print(f"prompt: {prompt!r}")
+    print(f"reply ({len(out.token_ids)} tokens): {out.text!r}")
+    return 0
+
+
 def _config_show(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     print(to_yaml(cfg), end="")
@@ -56,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--out", help="write here instead of the cache directory")
     bt.add_argument("--force", action="store_true", help="rebuild even if cached")
     bt.set_defaults(func=_model_build_tiny)
+    chat = msub.add_parser("chat", help="generate one reply to a chat message with vLLM")
+    add_config_args(chat, required=False)
+    chat.add_argument("--message", "-m", default="Run the test suite and report what fails.")
+    chat.add_argument("--max-tokens", type=int, default=32)
+    chat.set_defaults(func=_model_chat, config="tiny_cpu")
     model.set_defaults(func=lambda a: model.print_help() or 2)
 
     config = sub.add_parser("config", help="inspect configs")

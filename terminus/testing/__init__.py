@@ -1,0 +1,1 @@
+"""Test utilities that speak real protocols (used by the test suite and benchmarks)."""

