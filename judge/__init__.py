@@ -4,3 +4,15 @@ pool that turns trajectories into verdicts and rewards.
 Third in the data flow (tasks -> rollout -> judge -> rl). Imports terminus core, tasks and
 rollout's data types (Trajectory); never rl or cluster.
 """
+from __future__ import annotations
+
+
+def __getattr__(name: str):
+    # Lazy, so `import judge` stays cheap for the CLI.
+    if name == "JudgePool":
+        from judge.pool import JudgePool
+        return JudgePool
+    if name == "Verdict":
+        from judge.types import Verdict
+        return Verdict
+    raise AttributeError(name)

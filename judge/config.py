@@ -33,6 +33,9 @@ class JudgeConfig:
     samples: int = at_least(1, default=1, help="k-sample voting per trajectory")
     temperature: float = in_range(0.0, 2.0, default=0.0)
     max_tokens: int = at_least(16, default=1024)
+    max_model_len: int = at_least(512, default=8192, help="vllm backend: context of the judge engine")
+    kv_cache_space_gb: float = positive(default=1.0, help="vllm backend on CPU: KV cache (GiB)")
+    json_mode: bool = True           # openai backend: send response_format={"type": "json_object"}
     cache_dir: str = ""              # default: <run dir>/judge_cache
     weights: dict[str, float] = field(default_factory=_default_weights)
     penalties: dict[str, float] = field(default_factory=_default_penalties)

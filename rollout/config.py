@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
-from terminus.fields import at_least, in_range, one_of, positive
+from terminus.fields import at_least, in_range, items, one_of, positive
 
 
 @dataclass
@@ -20,6 +20,10 @@ class SandboxConfig:
                                        help="observation cap; head+tail kept, middle dropped")
     image: str = "terminus-base:latest"  # docker/podman: default image when a task names none
     workdir: str = "/work/repo"          # where the task repository appears inside the sandbox
+    # bwrap: extra host paths visible read-only at the same place (e.g. a toolchain under $HOME)
+    ro_binds: List[str] = items(list, help="bwrap: extra host paths bound read-only")
+    use_cgroups: bool = True             # bwrap: memory/pids limits via cgroup v1 (else rlimits)
+    root_dir: str = ""                   # host dir for sandbox dirs; "" = $TMPDIR/terminus-sandboxes
 
 
 @dataclass
@@ -29,6 +33,9 @@ class SamplingConfig:
     top_k: int = -1
     max_tokens_per_turn: int = at_least(1, default=256)
     seed: Optional[int] = None
+    constrain: str = one_of("none", "protocol", default="none",
+                            help="'protocol': constrain each turn to the protocol's grammar (vLLM structured "
+                                 "outputs), so even an untrained model writes well-formed turns")
 
 
 @dataclass
@@ -41,13 +48,25 @@ class EngineConfig:
     tensor_parallel_size: int = at_least(1, default=1)
     enforce_eager: bool = True
     max_num_seqs: int = at_least(1, default=128)
+    block_size: int = at_least(0, default=0, help="KV cache block size; 0 = vLLM's default (CPU: 128). "
+                                                  "Smaller blocks re-use more of a prefix across turns")
+    logprobs_mode: str = one_of("raw_logprobs", "processed_logprobs", default="raw_logprobs",
+                                help="rollout logprobs before (raw) or after temperature/top-p")
+    weight_transfer: str = one_of("disk", "nccl", "ipc", default="disk",
+                                  help="how trainer weights reach vLLM: reload from a dir, or vLLM's "
+                                       "weight-transfer engine (GPU)")
     # openai-compatible endpoint
     base_url: str = ""
+    api: str = one_of("completions", "chat", default="completions",
+                      help="completions: token ids in/out (vLLM servers, token-exact); chat: messages "
+                           "in, text out (frontier APIs; ids re-tokenized locally)")
     api_key_env: str = "OPENAI_API_KEY"
     model_name: str = ""              # the name the endpoint serves; defaults to model.path
     request_timeout_s: float = positive(default=120.0)
     max_retries: int = at_least(0, default=4)
     max_concurrency: int = at_least(1, default=32)
+    requests_per_minute: int = at_least(0, default=0)
+    tokens_per_minute: int = at_least(0, default=0)
 
 
 @dataclass
@@ -55,6 +74,8 @@ class EpisodeConfig:
     max_turns: int = at_least(1, default=10)
     episode_timeout_s: float = positive(default=600.0, help="wall-clock limit of one episode")
     max_context_tokens: int = at_least(256, default=4096)
+    min_turn_tokens: int = at_least(1, default=16,
+                                    help="end the episode (context_limit) when fewer tokens are left for a turn")
 
 
 @dataclass

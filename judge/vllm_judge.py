@@ -1,0 +1,101 @@
+"""The local vLLM judge: judge engines in Ray actors, JSON-schema guided decoding so verdicts parse.
+
+On CPU the engine needs `structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True}`
+(see PLATFORM.md: otherwise a random model pads with whitespace until max_tokens), and the schema
+bounds every string (judge.llm.verdict_schema). The pool adds timeouts and retries around `judge`.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any
+
+from judge.llm import VerdictParseError, aggregate, parse_verdict, render_prompt, verdict_schema
+from judge.types import Verdict
+from rollout.trajectory import Trajectory
+from tasks.types import Task
+
+
+class JudgeEngine:
+    """One vLLM AsyncLLM with guided JSON decoding. Build it where it runs (a Ray actor): it spawns workers."""
+
+    def __init__(self, model_path: str, *, max_model_len: int = 8192, kv_cache_space_gb: float = 1.0,
+                 seed: int = 0, max_num_seqs: int = 32):
+        import torch
+        if not torch.cuda.is_available():
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(kv_cache_space_gb))))
+        from transformers import AutoTokenizer
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+        args = AsyncEngineArgs(model=model_path, max_model_len=max_model_len, seed=seed, enforce_eager=True,
+                               max_num_seqs=max_num_seqs, dtype="bfloat16",
+                               structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True})
+        self.llm = AsyncLLM.from_engine_args(args)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self._ids = itertools.count()
+
+    async def generate(self, messages: list[dict[str, str]], schema: dict[str, Any], n: int, temperature: float,
+                       max_tokens: int) -> list[tuple[str, str]]:
+        """n guided completions of the chat: [(text, finish_reason)]."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens,
+                                structured_outputs=StructuredOutputsParams(json=schema),
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        final = None
+        async for out in self.llm.generate(prompt, params, request_id=f"judge-{next(self._ids)}"):
+            final = out
+        if final is None:
+            raise RuntimeError("vLLM returned no output")
+        return [(o.text, o.finish_reason or "abort") for o in final.outputs]
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()
+
+
+class VLLMJudge:
+    """`cfg.num_workers` JudgeEngine actors, used round-robin. Starts a local Ray if none is running."""
+
+    def __init__(self, cfg, layout=None):
+        import ray
+
+        from terminus.model import resolve_model_path
+        if not cfg.model_path:
+            raise ValueError("judge.backend=vllm needs judge.model_path (a local HF directory, or 'tiny')")
+        if not ray.is_initialized():
+            raise RuntimeError("judge.backend=vllm runs its engines in Ray actors: call ray.init(...) first")
+        self.cfg = cfg
+        path = str(resolve_model_path(cfg.model_path))
+        self.name = f"vllm:{cfg.model_path}"
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        actor = ray.remote(num_cpus=0, num_gpus=gpus)(JudgeEngine)
+        self.actors = []
+        for i in range(cfg.num_workers):
+            opts: dict[str, Any] = {"max_concurrency": 1000}
+            if layout is not None:
+                opts.update(layout.options("judge", i))
+            self.actors.append(actor.options(**opts).remote(
+                path, max_model_len=cfg.max_model_len, kv_cache_space_gb=cfg.kv_cache_space_gb,
+                max_num_seqs=cfg.max_concurrency))
+        self._next = itertools.cycle(self.actors)
+
+    async def judge(self, task: Task, trajectory: Trajectory) -> Verdict:
+        messages = render_prompt(task, trajectory)
+        outs = await next(self._next).generate.remote(messages, verdict_schema(len(task.ground_truth.facts)),
+                                                       self.cfg.samples, self.cfg.temperature, self.cfg.max_tokens)
+        good, errors = [], []
+        for text, finish in outs:
+            try:
+                good.append(parse_verdict(text, task, trajectory, self.name))
+            except VerdictParseError as e:
+                errors.append(f"{e} (finish_reason={finish})")
+        if not good:
+            return Verdict.unjudgeable(self.name, f"malformed_json: {errors[0]}")
+        return aggregate(good, self.name)
+
+    async def close(self) -> None:
+        import ray
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []

