@@ -1,0 +1,93 @@
+"""A pool of rollout worker actors that survives worker deaths.
+
+`RolloutPool.run(requests)` shards (task, n) requests over the workers. If a worker actor dies
+mid-step (killed, OOM, node lost), its shard is rerun on a freshly started replacement actor, so
+the step still returns one group of n trajectories per request, in request order. Each restart
+is counted (`restarts`) and logged; after `max_restarts` in one step the step fails with a clear
+error instead of looping.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable, Sequence
+
+from rollout.worker import RolloutWorker, summarize
+from rollout.trajectory import Trajectory
+
+log = logging.getLogger(__name__)
+
+
+class RolloutPoolError(RuntimeError):
+    pass
+
+
+class RolloutPool:
+    """Owns `num_workers` RolloutWorker actors; `placement(i)` gives actor i's `.options(...)`."""
+
+    def __init__(self, cfg, engine, num_workers: int, placement: Callable[[int], dict] | None = None,
+                 max_restarts: int = 3):
+        import ray
+        from omegaconf import OmegaConf
+
+        self._cls = ray.remote(RolloutWorker)
+        self._yaml = OmegaConf.to_yaml(cfg)
+        self.engine = engine
+        self.placement = placement or (lambda i: {"num_cpus": 0})
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self.workers = [self._start(i) for i in range(num_workers)]
+
+    def _start(self, i: int):
+        return self._cls.options(max_concurrency=4, **self.placement(i)).remote(self._yaml, self.engine)
+
+    def set_engine(self, engine) -> None:
+        """Use another engine (e.g. the teacher for SFT demos, then the policy): fresh actors hold it."""
+        import ray
+
+        self.engine = engine
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = [self._start(i) for i in range(len(self.workers))]
+
+    async def _run_shard(self, i: int, requests: list, seed: int | None, budget: list[int]) -> dict[str, Any]:
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        while True:
+            try:
+                return await self.workers[i].run.remote(requests, seed)
+            except (RayActorError, ActorDiedError, ActorUnavailableError) as e:
+                if budget[0] <= 0:
+                    raise RolloutPoolError(f"rollout worker {i} died and the restart budget ({self.max_restarts} "
+                                           f"per step) is spent: {e}") from None
+                budget[0] -= 1
+                self.restarts += 1
+                log.warning("rollout worker %d died (%s); rerunning its %d requests on a new actor",
+                            i, type(e).__name__, len(requests))
+                self.workers[i] = self._start(i)
+
+    async def run(self, requests: Sequence[tuple[Any, int]], seed: int | None = None
+                  ) -> tuple[list[list[Trajectory]], dict[str, Any]]:
+        """One group per request (request order) and merged metrics (incl. restarts this step)."""
+        shards: list[list[int]] = [[] for _ in self.workers]
+        for k in range(len(requests)):
+            shards[k % len(self.workers)].append(k)
+        budget = [self.max_restarts]
+        before = self.restarts
+        jobs = [(i, idx) for i, idx in enumerate(shards) if idx]
+        results = await asyncio.gather(*(self._run_shard(i, [requests[k] for k in idx], seed, budget)
+                                         for i, idx in jobs))
+        groups: list[list[Trajectory]] = [[] for _ in requests]
+        for (_, idx), res in zip(jobs, results):
+            for k, g in zip(idx, res["groups"]):
+                groups[k] = g
+        metrics = summarize([t for g in groups for t in g])
+        metrics["worker_restarts"] = self.restarts - before
+        return groups, metrics
+
+    def shutdown(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []

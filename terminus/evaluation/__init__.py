@@ -1,0 +1,12 @@
+"""Evaluation, teacher distillation, the main-agent study and the MCP server (issue 8).
+
+    metrics.py    pure per-episode measurements (fact accuracy, compression, report tokens) + aggregation
+    subagents.py  "which subagent": the tiny model, an HF checkpoint dir, an OpenAI-compatible model,
+                  the scripted teacher; checked before any work starts, opened as (engine, tokenizer)
+    judging.py    the verdict seam over the project's judge (cfg.judge.backend), flattened for tables
+    evaluate.py   `terminus eval`: subagents x held-out tasks -> JSON + markdown table + PNG plots
+    distill.py    `terminus distill`: teacher trajectories, judged, filtered, deduplicated -> SFT JSONL
+    study.py      `terminus study`: a main agent with {terminal} vs {terminal, delegate_to_subagent}
+    serve.py      `terminus serve`: the subagent as an MCP tool (stdio)
+See docs/evaluation.md.
+"""

@@ -1,0 +1,74 @@
+"""The scripted expert teacher drives the real episode loop: its reference commands run in a real
+bwrap sandbox and the trajectory is tokenized like any model's (the SFT data source)."""
+import asyncio
+
+import pytest
+
+from cluster.teacher import ScriptedTeacher, report_text
+from rollout.config import RolloutConfig
+from rollout.worker import run_requests
+from tasks.types import ReferenceSolution, Task
+from terminus.model import resolve_model_path
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(resolve_model_path("tiny")))
+
+
+def make_task(tmp_path, commands, tid="t1"):
+    repo = tmp_path / tid
+    repo.mkdir()
+    (repo / "a.txt").write_text("hello from the repo\n")
+    return Task(id=tid, language="python", category="run_script", project="p", repo_dir=str(repo),
+                request=f"Print a.txt ({tid}) and tell me what it says.",
+                reference=ReferenceSolution(commands=commands,
+                                            report="<status>success</status><summary>it says hello</summary>"
+                                                   "<details>exit 0</details>"))
+
+
+def run(tasks, tok, max_turns=4, n=1):
+    cfg = RolloutConfig()
+    cfg.episode.max_turns = max_turns
+    cfg.sandbox.command_timeout_s = 10
+    teacher = ScriptedTeacher(tasks, tok, max_turns=max_turns)
+    return asyncio.run(run_requests([(t, n) for t in tasks], teacher, tok, cfg))
+
+
+def test_teacher_replays_reference_in_sandbox(tmp_path, tok):
+    a = make_task(tmp_path, ["cat a.txt", "wc -l a.txt"], "a")
+    b = make_task(tmp_path, ["ls"], "b")
+    groups = run([a, b], tok, n=2)
+    assert [len(g) for g in groups] == [2, 2]
+    tr = groups[0][0]
+    assert tr.error is None and tr.finish_reason == "report"
+    assert [t.command for t in tr.turns] == ["cat a.txt", "wc -l a.txt", None]
+    assert "hello from the repo" in tr.turns[0].observation      # really ran in the sandbox
+    assert tr.turns[1].exit_code == 0 and "1 a.txt" in tr.turns[1].observation
+    assert tr.report["summary"] == "it says hello"
+    assert [t.command for t in groups[1][1].turns] == ["ls", None]
+
+
+def test_teacher_keeps_the_report_within_the_turn_cap(tmp_path, tok):
+    t = make_task(tmp_path, ["true", "true", "true", "true"])
+    tr = run([t], tok, max_turns=3)[0][0]
+    assert [x.action for x in tr.turns] == ["command", "command", "report"]
+
+
+def test_teacher_marks_unknown_request_as_failed(tmp_path, tok):
+    known = make_task(tmp_path, ["ls"], "k")
+    unknown = Task(id="u", language="python", category="run_script", project="p", repo_dir=known.repo_dir,
+                   request="Something nobody scripted.")
+    cfg = RolloutConfig()
+    teacher = ScriptedTeacher([known], tok, max_turns=4)
+    tr = asyncio.run(run_requests([(unknown, 1)], teacher, tok, cfg))[0][0]
+    assert tr.error and "no reference solution" in tr.error
+
+
+def test_report_text_forms():
+    assert report_text("<report><status>x</status></report>") == "<report><status>x</status></report>"
+    assert report_text("<status>failure</status><summary>s</summary>").startswith("<report><status>failure")
+    assert "<summary>plain</summary>" in report_text("plain")
