@@ -4,3 +4,7 @@ grader sees (ground truth facts, reference solution); corpus builders and the bu
 First in the data flow (tasks -> rollout -> judge -> rl). Imports only terminus core, and
 rollout.sandbox to obtain ground truth by running things.
 """
+from tasks.corpus import CorpusError, load_tasks
+from tasks.types import Fact, GroundTruth, ReferenceSolution, Task
+
+__all__ = ["load_tasks", "CorpusError", "Task", "Fact", "GroundTruth", "ReferenceSolution"]

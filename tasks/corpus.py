@@ -1,0 +1,129 @@
+"""A task corpus on disk, and `load_tasks`, the one way the rest of the system gets tasks.
+
+Layout of a corpus directory:
+
+    CORPUS/
+      train.jsonl  validation.jsonl  test.jsonl   one Task per line; repo_dir relative to CORPUS
+      repos/<task id>/                            the repository snapshots (read-only templates)
+      corpus.json                                 counts per split/language/category, provenance
+      COMPLETE                                    written last: a corpus without it is partial
+
+`load_tasks("builtin", split)` builds the built-in corpus into the cache on first use (keyed by a
+hash of its templates, so an edited template rebuilds it) and reuses it afterwards.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from tasks.types import Task
+
+SPLITS = ("train", "validation", "test")
+
+
+class CorpusError(ValueError):
+    """A missing, partial or empty corpus or split; the message says what and how to fix it."""
+
+
+def write_corpus(out: Path, tasks: list[Task], source: str) -> None:
+    """Write the split files, the summary and, last, the COMPLETE marker."""
+    by_split: dict[str, list[Task]] = {s: [] for s in SPLITS}
+    for t in tasks:
+        by_split.setdefault(t.split, []).append(t)
+    for split, items in by_split.items():
+        lines = [t.to_json() for t in sorted(items, key=lambda t: t.id)]
+        (out / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
+    (out / "corpus.json").write_text(json.dumps(summarize(tasks) | {"source": source}, indent=2, sort_keys=True))
+    (out / "COMPLETE").write_text("")
+
+
+def summarize(tasks: list[Task]) -> dict:
+    return {"tasks": len(tasks), "projects": len({t.project for t in tasks}),
+            "by_split": dict(Counter(t.split for t in tasks)),
+            "by_language": dict(Counter(t.language for t in tasks)),
+            "by_category": dict(Counter(t.category for t in tasks)),
+            "projects_by_split": {s: sorted({t.project for t in tasks if t.split == s}) for s in SPLITS}}
+
+
+def read_split(corpus_dir: Path, split: str) -> list[Task]:
+    if split not in SPLITS:
+        raise CorpusError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if not corpus_dir.is_dir():
+        raise CorpusError(f"task corpus {corpus_dir} does not exist; build one with `terminus tasks build "
+                          f"--out {corpus_dir}`, or set tasks.corpus=builtin")
+    if not (corpus_dir / "COMPLETE").exists():
+        raise CorpusError(f"task corpus {corpus_dir} is incomplete (no COMPLETE marker: its build was "
+                          "interrupted); rebuild it")
+    path = corpus_dir / f"{split}.jsonl"
+    if not path.is_file():
+        raise CorpusError(f"task corpus {corpus_dir} has no {split}.jsonl")
+    tasks = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            t = Task.from_dict(json.loads(line))
+        except (ValueError, TypeError) as e:
+            raise CorpusError(f"{path}:{n}: not a valid task record ({e})") from None
+        if not os.path.isabs(t.repo_dir):
+            t.repo_dir = str(corpus_dir / t.repo_dir)
+        tasks.append(t)
+    if not tasks:
+        raise CorpusError(f"split {split!r} of task corpus {corpus_dir} is empty; pick another split "
+                          "(tasks.train_split / tasks.eval_split) or rebuild the corpus")
+    return tasks
+
+
+def builtin_dir(cache_dir: str = "") -> Path:
+    """Where the built-in corpus lives (built on demand by `load_tasks`)."""
+    from tasks.builtin import templates_hash
+    from terminus.model import cache_root
+
+    root = Path(cache_dir) if cache_dir else cache_root() / "tasks"
+    return root / f"builtin-{templates_hash()}"
+
+
+def ensure_builtin(cache_dir: str = "", sandbox_cfg=None) -> Path:
+    """Build the built-in corpus unless a complete copy is cached. Safe when several processes race:
+    each builds in a private temporary directory and the first rename wins."""
+    from rollout.config import SandboxConfig
+    from tasks.builtin import build_builtin
+
+    target = builtin_dir(cache_dir)
+    if (target / "COMPLETE").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        _run_sync(build_builtin(tmp, sandbox_cfg or SandboxConfig()))
+        os.rename(tmp, target)
+    except OSError:
+        if not (target / "COMPLETE").exists():   # not a lost race: a real failure
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _run_sync(coro):
+    """Run a coroutine to completion, also when called from inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def load_tasks(corpus: str, split: str, cache_dir: str = "") -> list[Task]:
+    """The tasks of one split: corpus is "builtin" or a corpus directory."""
+    if corpus == "builtin":
+        return read_split(ensure_builtin(cache_dir), split)
+    return read_split(Path(corpus).expanduser().resolve(), split)

@@ -1,0 +1,123 @@
+"""Ground truth from what really ran: parsers that turn a command's output into checkable facts.
+
+Pure functions (text in, facts out), one per kind of output the built-in tasks produce:
+Python's `unittest -v`, Node's test runner (TAP), gcc/make diagnostics, C `assert`, Python
+tracebacks, and plain program output. Each fact carries regexes that a report stating it matches
+(all of them, case-insensitively); judge/rules.py checks reports with them.
+"""
+from __future__ import annotations
+
+import re
+
+from tasks.types import Fact
+
+_UNITTEST_LINE = re.compile(r"^(test_\w+) \([\w.]+\) \.\.\. (ok|FAIL|ERROR|skipped.*)$", re.MULTILINE)
+_UNITTEST_RAN = re.compile(r"^Ran (\d+) tests?", re.MULTILINE)
+_EXCEPTION = re.compile(r"^(\w+(?:Error|Exception|Exit))\b:?(.*)$", re.MULTILINE)
+_PY_FRAME = re.compile(r'File "(?:/work/repo/)?([^"]+)", line (\d+)')
+_TAP_RESULT = re.compile(r"^(not ok|ok) \d+ - (.+)$", re.MULTILINE)
+_TAP_COUNT = re.compile(r"^# (tests|pass|fail) (\d+)$", re.MULTILINE)
+_TAP_ERROR_NAME = re.compile(r"^\s+name: '(\w+)'", re.MULTILINE)
+_GCC_ERROR = re.compile(r"^([\w./-]+\.[ch]):(\d+):\d+: error: (.+)$", re.MULTILINE)
+_MAKE_NO_RULE = re.compile(r"No rule to make target '([^']+)'")
+_LINK_UNDEFINED = re.compile(r"undefined reference to `(\w+)'")
+_C_ASSERT = re.compile(r"([\w./-]+\.c):(\d+): \w+: Assertion `(.+)' failed")
+
+
+def _word(s: str) -> str:
+    """A regex matching s as a whole word (or token), whatever it contains."""
+    return rf"(?<![\w.]){re.escape(s)}(?![\w])"
+
+
+def location_fact(path: str, line: int | str, style: str = "colon") -> Fact:
+    """A file and line, stated as 'file:line' (style colon, as compilers print it) or 'file line N'
+    (style line, as Python tracebacks print it); a report may use either form."""
+    name = path.rsplit("/", 1)[-1]
+    value = f"{name}:{line}" if style == "colon" else f"{name} line {line}"
+    return Fact("error_location", value, [rf"{re.escape(name)}\W{{1,3}}(line\s+)?{line}\b"])
+
+
+def python_traceback_facts(output: str) -> list[Fact]:
+    """The exception type and the innermost repository frame of a Python traceback."""
+    facts: list[Fact] = []
+    excs = _EXCEPTION.findall(output)
+    if excs:
+        etype, msg = excs[-1]
+        facts.append(Fact("error_message", f"{etype}:{msg}".strip(), [_word(etype)]))
+    frames = [(f, ln) for f, ln in _PY_FRAME.findall(output) if not f.startswith("/")]
+    if frames:
+        facts.append(location_fact(*frames[-1], style="line"))
+    return facts
+
+
+def unittest_facts(output: str) -> tuple[list[Fact], dict]:
+    """Facts from `python -m unittest -v`: failing tests and how, counts, or a load error."""
+    results = dict(_UNITTEST_LINE.findall(output))
+    ran = _UNITTEST_RAN.search(output)
+    observed = {"tests": results, "ran": int(ran.group(1)) if ran else 0}
+    facts: list[Fact] = []
+    if not results:  # the test module did not even import: a load error
+        return python_traceback_facts(output), observed
+    failing = [name for name, status in results.items() if status in ("FAIL", "ERROR")]
+    for name in failing:
+        block = output.split(f": {name} (", 1)[-1]
+        block = block.split("\n======", 1)[0].split("\n------", 2)
+        body = block[1] if len(block) > 1 else block[0]
+        excs = _EXCEPTION.findall(body)
+        etype = excs[-1][0] if excs else "error"
+        facts.append(Fact("failing_test", f"{name} fails with {etype}", [_word(name), _word(etype)]))
+    if "_FailedTest" in output:   # a test module failed to import: where and why
+        facts += [f for f in python_traceback_facts(output) if f.kind == "error_location"]
+    n = observed["ran"]
+    if failing:
+        facts.append(Fact("counts", f"{len(failing)} of {n} tests fail", [rf"\b{len(failing)}\b", rf"\b{n}\b"]))
+    else:
+        facts.append(Fact("counts", f"all {n} tests pass", [rf"\b{n}\b", r"pass|ok|succe"]))
+    return facts, observed
+
+
+def tap_facts(output: str) -> tuple[list[Fact], dict]:
+    """Facts from Node's test runner (TAP): failing tests and the error name, counts."""
+    results = {name.strip(): status for status, name in _TAP_RESULT.findall(output)}
+    counts = {k: int(v) for k, v in _TAP_COUNT.findall(output)}
+    facts: list[Fact] = []
+    failing = [n for n, s in results.items() if s == "not ok"]
+    errors = _TAP_ERROR_NAME.findall(output)
+    for i, name in enumerate(failing):
+        etype = errors[i] if i < len(errors) else "error"
+        facts.append(Fact("failing_test", f"'{name}' fails with {etype}", [re.escape(name), _word(etype)]))
+    n = counts.get("tests", len(results))
+    if failing:
+        facts.append(Fact("counts", f"{len(failing)} of {n} tests fail", [rf"\b{len(failing)}\b", rf"\b{n}\b"]))
+    else:
+        facts.append(Fact("counts", f"all {n} tests pass", [rf"\b{n}\b", r"pass|ok|succe"]))
+    return facts, {"tests": results, "counts": counts}
+
+
+def build_facts(output: str) -> list[Fact]:
+    """Facts from make/gcc: the first compiler error with file:line, a missing file, a link error,
+    or a failed C assertion."""
+    if m := _GCC_ERROR.search(output):
+        path, line, msg = m.groups()
+        key = re.findall(r"[‘'](\w+)[’']", msg)
+        pats = [_word(key[0])] if key else [r"error"]
+        return [Fact("error_message", msg.strip(), pats), location_fact(path, line)]
+    if m := _MAKE_NO_RULE.search(output):
+        return [Fact("error_message", f"no rule to make target '{m.group(1)}' (the file is missing)",
+                     [_word(m.group(1))])]
+    if m := _LINK_UNDEFINED.search(output):
+        return [Fact("error_message", f"undefined reference to {m.group(1)}", [_word(m.group(1))])]
+    if m := _C_ASSERT.search(output):
+        path, line, expr = m.groups()
+        return [Fact("error_message", f"assertion failed: {expr}", [r"assert"]), location_fact(path, line)]
+    return []
+
+
+def output_facts(output: str, patterns: list[str]) -> list[Fact]:
+    """Facts from a program's normal output: each pattern's first group, where it matches."""
+    facts = []
+    for p in patterns:
+        if m := re.search(p, output, re.MULTILINE):
+            value = m.group(1)
+            facts.append(Fact("output", m.group(0).strip(), [_word(value)]))
+    return facts

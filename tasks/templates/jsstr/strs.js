@@ -1,0 +1,9 @@
+function reverse(s) {
+  return s.split('').reverse().join('');
+}
+
+function countVowels(s) {
+  return (s.match(/[aeiou]/gi) || []).length;
+}
+
+module.exports = { reverse, countVowels };
