@@ -23,6 +23,7 @@ class SFTConfig:
     micro_batch_tokens: int = at_least(64, default=4096, help="packed sequence length")
     grad_accum: int = at_least(1, default=1)
     max_steps: int = at_least(0, default=0, help="0 = run all epochs")
+    checkpoint_every: int = at_least(0, default=0, help="optimizer steps between SFT checkpoints; 0 = none")
 
 
 @dataclass
@@ -36,7 +37,8 @@ class GRPOConfig:
     tis_cap: float = at_least(1.0, default=2.0, help="truncated importance-sampling cap")
     kl_coef: float = at_least(0.0, default=0.0)
     entropy_coef: float = at_least(0.0, default=0.0)
-    loss_agg: str = one_of("token_mean", "seq_mean_token_sum", default="token_mean")
+    loss_agg: str = one_of("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant",
+                           default="token_mean", help="constant = Dr. GRPO (sum / fixed token budget)")
     micro_batch_size: int = at_least(1, default=8)
     mini_batches: int = at_least(1, default=1, help="optimizer steps per GRPO step")
     max_staleness: int = at_least(0, default=0, help="0 = synchronous; 1 = one-step off-policy")

@@ -1,0 +1,241 @@
+"""TrainerGroup: the driver's handle on the FSDP2 ranks (rl/worker.py). It turns trajectories into
+per-rank micro-batches, runs SFT epochs and GRPO steps, exports HF weights for the rollout engines,
+and writes and resumes checkpoints. The math is in rl/algos.py; this file only moves data.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from rl import algos, checkpoint
+from rollout.trajectory import Trajectory
+
+
+def _samples(trajs: Sequence[Trajectory]) -> list[dict]:
+    return [{"token_ids": list(t.token_ids), "mask": list(t.response_mask), "rollout_logprobs": list(t.logprobs)}
+            for t in trajs]
+
+
+def deal(micro_batches: list[list[dict]], world: int, per_rank: int | None = None) -> list[list[list[dict]]]:
+    """Round-robin micro-batches over ranks; every rank gets the same count (empties fill the gaps)."""
+    per_rank = per_rank or max(1, -(-len(micro_batches) // world))
+    out: list[list[list[dict]]] = [[] for _ in range(world)]
+    for i, mb in enumerate(micro_batches):
+        out[i % world].append(mb)
+    for r in out:
+        r.extend([] for _ in range(per_rank - len(r)))
+    return out
+
+
+class TrainerGroup:
+    def __init__(self, cfg, layout=None):
+        import ray
+        from omegaconf import OmegaConf
+
+        from rl.worker import TrainerWorker
+
+        self.cfg = cfg
+        self.world = cfg.trainer.num_workers
+        self.root = checkpoint.checkpoint_root(cfg.output_dir)
+        self.stage = ""
+        self.step = 0              # optimizer steps in the current stage
+        self.version = 0           # policy version: GRPO updates applied
+        self.sft_step = 0
+        self.wandb_run_id: str | None = None
+        self._tracker = None
+        remote = ray.remote(TrainerWorker)
+        cfg_yaml = OmegaConf.to_yaml(cfg)
+        self.workers = []
+        for rank in range(self.world):
+            opts = layout.options("trainer", rank) if layout is not None else \
+                {"num_cpus": float(cfg.cluster.trainer.num_cpus), "num_gpus": float(cfg.cluster.trainer.num_gpus)}
+            self.workers.append(remote.options(**opts).remote(cfg_yaml, rank, self.world))
+        addr, port = ray.get(self.workers[0].address.remote())
+        self.info = ray.get([w.setup.remote(addr, port, 1) for w in self.workers])
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+    def _all(self, method: str, *args) -> list:
+        import ray
+        return ray.get([getattr(w, method).remote(*args) for w in self.workers])
+
+    def _train(self, kind: str, micro_batches: list[list[dict]], norm: float) -> dict[str, float]:
+        import ray
+        per_rank = deal(micro_batches, self.world)
+        outs = ray.get([w.train.remote(kind, mbs, norm) for w, mbs in zip(self.workers, per_rank)])
+        m = {k: statistics.fmean(o[k] for o in outs if k in o) for k in outs[0]}
+        m["loss"] = sum(o["loss"] for o in outs)   # each rank's share of the global loss
+        m["tokens"] = sum(o["tokens"] for o in outs)
+        m["entropy"] = sum(o["entropy_sum"] for o in outs) / max(1.0, m["tokens"])
+        m.pop("entropy_sum", None)
+        for k in ("logprob_mismatch_max",):
+            if k in outs[0]:
+                m[k] = max(o.get(k, 0.0) for o in outs)
+        return m
+
+    @property
+    def tracker(self):
+        from terminus.tracking import Tracker
+        if self._tracker is None:
+            self._tracker = Tracker(self.cfg, self.cfg.output_dir, run_id=self.wandb_run_id)
+            self.wandb_run_id = self._tracker.run_id
+        return self._tracker
+
+    def logprobs(self, seqs: list[list[int]]) -> list[list[float]]:
+        """Trainer logprobs of whole sequences (rank 0 holds a shard; every rank must join)."""
+        return self._all("logprobs", seqs)[0]
+
+    # -- SFT ----------------------------------------------------------------------------------------------
+    def sft_schedule(self, samples: list[dict]) -> list[list[list[dict]]]:
+        """The optimizer steps of the SFT stage, in order: each a list of micro-batches.
+        Deterministic from the seed, so a resumed run replays the same data order."""
+        sc = self.cfg.trainer.sft
+        per_step = self.world * sc.grad_accum
+        steps: list[list[list[dict]]] = []
+        for epoch in range(sc.epochs):
+            mbs = [[samples[i] for i in b]
+                   for b in algos.pack_by_tokens([len(s["token_ids"]) for s in samples], sc.micro_batch_tokens)]
+            random.Random(self.cfg.seed * 1000 + epoch).shuffle(mbs)
+            steps += [mbs[i:i + per_step] for i in range(0, len(mbs), per_step)]
+        return steps[: sc.max_steps] if sc.max_steps else steps
+
+    def sft(self, demos: Sequence[Trajectory], stop_after: int | None = None) -> dict[str, Any]:
+        """Train on demonstrations (assistant tokens only). Returns the loss curve. Resumes at
+        self.sft_step when a checkpoint was loaded; `stop_after` ends early (tests, kill drills)."""
+        usable = [t for t in demos if t.error is None and sum(t.response_mask)]
+        if not usable:
+            raise ValueError("SFT got no usable demonstration (all failed or without assistant tokens)")
+        schedule = self.sft_schedule(_samples(usable))
+        self.stage = "sft"
+        self._all("set_schedule", len(schedule), self.sft_step == 0)
+        curve = []
+        every = self.cfg.trainer.sft.checkpoint_every
+        t0 = time.time()
+        while self.sft_step < len(schedule):
+            if stop_after is not None and self.sft_step >= stop_after:
+                break
+            mbs = schedule[self.sft_step]
+            norm = float(sum(sum(s["mask"][1:]) for mb in mbs for s in mb))
+            m = self._train("sft", mbs, norm)
+            self.sft_step += 1
+            curve.append(m["loss"])
+            self.tracker.log({**m, "epoch_progress": self.sft_step / len(schedule)}, self.sft_step, prefix="sft/")
+            if every and self.sft_step % every == 0:
+                self.save_checkpoint(self.sft_step)
+        return {"steps": self.sft_step, "loss_curve": curve, "final_loss": curve[-1] if curve else None,
+                "demos": len(usable), "time_s": time.time() - t0}
+
+    # -- GRPO ---------------------------------------------------------------------------------------------
+    def grpo_step(self, trajectories: Sequence[Trajectory], version: int) -> dict[str, Any]:
+        """One GRPO update on judged trajectories; returns its metrics (rewards, advantages,
+        loss, KL, entropy, clip fraction, grad norm, logprob mismatch, ...)."""
+        g = self.cfg.trainer.grpo
+        if self.stage != "grpo":
+            self.stage = "grpo"
+            self._all("set_schedule", g.steps * g.mini_batches, True)
+        t0 = time.time()
+        trajs = list(trajectories)
+        rewards = [t.reward if t.error is None else None for t in trajs]
+        adv, stats = algos.group_advantages(rewards, [t.group_id for t in trajs], g.advantage)
+        metrics: dict[str, Any] = {**stats, **reward_metrics(trajs)}
+        chosen = [(t, a) for t, a in zip(trajs, adv) if a is not None]
+        metrics["adv_abs_mean"] = statistics.fmean(abs(a) for _, a in chosen) if chosen else 0.0
+        if not chosen:
+            metrics["skipped_update"] = 1
+            return metrics
+        samples = _samples([t for t, _ in chosen])
+        for s, (_, a) in zip(samples, chosen):
+            s["advantage"] = a
+        if g.mini_batches > 1:   # old-policy logprobs, before the first of several updates
+            for s, lp in zip(samples, self.logprobs([s["token_ids"] for s in samples])):
+                s["old_logprobs"] = lp
+        random.Random(self.cfg.seed + version).shuffle(samples)
+        per_update = -(-len(samples) // g.mini_batches)
+        outs = []
+        for k in range(0, len(samples), per_update):
+            mini = sorted(samples[k:k + per_update], key=lambda s: -len(s["token_ids"]))
+            mbs = [mini[i:i + g.micro_batch_size] for i in range(0, len(mini), g.micro_batch_size)]
+            if g.loss_agg == "token_mean":
+                norm = float(sum(sum(s["mask"][1:]) for s in mini))
+            elif g.loss_agg == "constant":
+                r = self.cfg.rollout
+                norm = float(len(mini) * r.sampling.max_tokens_per_turn * r.episode.max_turns)
+            else:
+                norm = float(len(mini))
+            outs.append(self._train("grpo", mbs, norm))
+        for key in outs[0]:
+            metrics[key] = statistics.fmean(o[key] for o in outs)
+        self.step += 1
+        self.version = version + 1
+        metrics["train_time_s"] = time.time() - t0
+        return metrics
+
+    # -- weights and checkpoints ----------------------------------------------------------------------------
+    def export_hf(self, path: str | Path) -> Path:
+        self._all("export_hf", str(path))
+        return Path(path)
+
+    def save_checkpoint(self, step: int) -> Path:
+        t0 = time.time()
+        tmp = checkpoint.staging_dir(self.root, step)
+        self._all("save", str(tmp))
+        state = {"step": step, "stage": self.stage, "sft_step": self.sft_step, "grpo_step": self.step,
+                 "version": self.version, "wandb_run_id": self.wandb_run_id, "rng": checkpoint.rng_state(),
+                 "seed": self.cfg.seed}
+        final = checkpoint.commit(tmp, state, self.cfg.trainer.checkpoint.keep_last)
+        print(f"[checkpoint] {final} ({time.time() - t0:.1f}s)", flush=True)
+        return final
+
+    def resume_point(self) -> tuple[int, int]:
+        """Load the newest complete checkpoint, if any: (next GRPO step, policy version)."""
+        ckpt = checkpoint.latest(self.root)
+        if ckpt is None:
+            return 0, 0
+        state = checkpoint.read_state(ckpt)
+        self.stage = state["stage"]
+        if self.stage == "grpo":   # the LR schedule's length must be known before the scheduler state loads
+            g = self.cfg.trainer.grpo
+            self._all("set_schedule", g.steps * g.mini_batches, True)
+        self._all("load", str(ckpt))
+        self.sft_step, self.step, self.version = state["sft_step"], state["grpo_step"], state["version"]
+        self.wandb_run_id = state.get("wandb_run_id")
+        checkpoint.restore_rng(state.get("rng", {}))
+        print(f"[resume] from {ckpt}: stage {self.stage}, sft step {self.sft_step}, grpo step {self.step}, "
+              f"policy v{self.version}", flush=True)
+        return self.step, self.version
+
+    def shutdown(self) -> None:
+        import ray
+        try:
+            self._all("shutdown")
+        finally:
+            for w in self.workers:
+                ray.kill(w)
+            if self._tracker is not None:
+                self._tracker.finish()
+
+
+def reward_metrics(trajs: Sequence[Trajectory]) -> dict[str, float]:
+    """Reward mean/std, per-dimension means and failure-mode rates from the judges' verdicts, turns."""
+    judged = [t for t in trajs if t.reward is not None]
+    m: dict[str, float] = {"trajectories": len(trajs), "episode_errors": sum(t.error is not None for t in trajs),
+                           "turns_mean": statistics.fmean(len(t.turns) for t in trajs) if trajs else 0.0,
+                           "response_tokens_mean": statistics.fmean(sum(t.response_mask) for t in trajs)
+                           if trajs else 0.0}
+    if judged:
+        rs = [t.reward for t in judged]
+        m["reward_mean"] = statistics.fmean(rs)
+        m["reward_std"] = statistics.pstdev(rs)
+    dims: dict[str, list[float]] = {}
+    fails: dict[str, list[float]] = {}
+    for t in judged:
+        v = t.verdict or {}
+        for k, d in (v.get("dimensions") or {}).items():
+            dims.setdefault(k, []).append(float(d["score"] if isinstance(d, dict) else d))
+        for k, f in (v.get("failures") or {}).items():
+            fails.setdefault(k, []).append(float(f["flag"] if isinstance(f, dict) else f))
+    m.update({f"dim/{k}": statistics.fmean(v) for k, v in dims.items()})
+    m.update({f"fail/{k}": statistics.fmean(v) for k, v in fails.items()})
+    return m

@@ -1,0 +1,64 @@
+"""Run tracking: Weights & Biases (offline by default: no account needed, `wandb sync` later) and
+the console. One Tracker per run; resuming passes the saved run id so W&B continues the same run."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Tracker:
+    def __init__(self, cfg, run_dir: str | os.PathLike, run_id: str | None = None, job_type: str = "train"):
+        self.cfg = cfg.logging
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.start = time.time()
+        self.run = None
+        self.run_id = run_id
+        if self.cfg.wandb_mode != "disabled":
+            import wandb
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.run = wandb.init(
+                project=self.cfg.wandb_project, entity=self.cfg.wandb_entity or None, mode=self.cfg.wandb_mode,
+                dir=str(self.run_dir), id=run_id, resume="allow", name=cfg.name, job_type=job_type,
+                config=_plain(cfg))
+            self.run_id = self.run.id
+        # Metrics also go to a JSONL file in the run directory: readable without W&B.
+        self.metrics_file = self.run_dir / "metrics.jsonl"
+
+    def log(self, metrics: dict[str, Any], step: int, prefix: str = "") -> None:
+        flat = {f"{prefix}{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.run is not None:
+            self.run.log(flat, step=step)
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps({"step": step, "time_s": round(time.time() - self.start, 2), **flat}) + "\n")
+        if step % self.cfg.console_every == 0:
+            keys = [k for k in flat if not k.endswith("_max")][:12]
+            body = "  ".join(f"{k}={_fmt(flat[k])}" for k in keys)
+            print(f"[{prefix.rstrip('/') or 'train'} {step}] {body}", flush=True)
+
+    def table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        if self.run is not None:
+            import wandb
+            self.run.log({name: wandb.Table(columns=columns, data=rows)}, step=step)
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, int):
+        return str(v)
+    if math.isnan(v) or abs(v) >= 1e4 or (v and abs(v) < 1e-3):
+        return f"{v:.3g}"
+    return f"{v:.4f}"
+
+
+def _plain(cfg) -> dict:
+    from omegaconf import OmegaConf
+    return OmegaConf.to_container(cfg, resolve=True)
