@@ -7,10 +7,9 @@ on the cluster (cluster.resources), keeps rollout workers alive (cluster.rollout
 the GRPO step (cluster.pipeline: sync or one-step off-policy) and measures the job's peak memory
 (cluster.memory).
 
-Status: the Ray layout, rollout pool, scripted teacher, step schedule and memory monitor are
-real and tested; the trainer (rl) and the task loader (tasks.load_tasks) were not in the tree when this was
-written, so `_trainer` and `_load_tasks` stop with an error naming the missing piece instead of
-pretending.
+Held-out evaluation (mean judged reward on tasks.eval_split, several passes to measure the noise)
+runs on the untrained model, after SFT and after GRPO; the job writes summary.json, metrics.jsonl,
+a W&B run (offline by default) and rewards.png into output_dir, and prints its peak memory.
 """
 from __future__ import annotations
 
@@ -90,8 +89,53 @@ async def collect_demos(cfg, tasks: list, pool: RolloutPool, tokenizer, out: Pat
     return good, metrics
 
 
+async def evaluate(cfg, tasks: list, pool: RolloutPool, judge, seed: int) -> dict[str, Any]:
+    """Mean judged reward on held-out tasks, `repeats` independent passes: the spread of the passes
+    is the run-to-run noise a claimed improvement must beat."""
+    import statistics
+
+    ev = cfg.trainer.eval
+    tasks = tasks[: ev.max_tasks] if ev.max_tasks else tasks
+    by_id = {t.id: t for t in tasks}
+    means = []
+    for r in range(ev.repeats):
+        groups, _ = await pool.run([(t, ev.samples_per_task) for t in tasks], seed=seed + 7919 * r)
+        flat = [t for g in groups for t in g]
+        m = await judge_batch(judge, by_id, flat)
+        means.append(m["reward_mean"])
+    return {"reward_mean": statistics.fmean(means), "reward_std_between_passes": statistics.pstdev(means),
+            "passes": means}
+
+
+def plot_rewards(run_dir: Path, grpo_steps: list[dict], evals: dict[str, dict]) -> Path:
+    """PNG: the GRPO training reward per step, and held-out reward at each evaluation (with noise)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot([m["step"] for m in grpo_steps], [m.get("reward_mean", float("nan")) for m in grpo_steps], marker="o")
+    a.set(title="GRPO: mean reward of the step's rollouts", xlabel="step", ylabel="reward")
+    names = list(evals)
+    b.errorbar(range(len(names)), [evals[n]["reward_mean"] for n in names],
+               yerr=[evals[n]["reward_std_between_passes"] for n in names], marker="o", capsize=4)
+    b.set_xticks(range(len(names)), names)
+    b.set(title="held-out tasks: mean reward (± spread of passes)", ylabel="reward")
+    fig.tight_layout()
+    out = run_dir / "rewards.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def train(cfg) -> dict[str, Any]:
     """Run the configured stages; returns the final metrics. Prints progress and peak memory."""
+    return asyncio.run(_train(cfg))
+
+
+async def _train(cfg) -> dict[str, Any]:
+    # One event loop for the whole job: the judge pool's limits and the engine client live in it.
+    # Trainer calls block (they wait on the ranks), so they run in threads.
     from omegaconf import OmegaConf
 
     from rollout.engine.vllm_engine import start_engine_actor
@@ -102,8 +146,11 @@ def train(cfg) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     train_tasks = _load_tasks(cfg, cfg.tasks.train_split)   # fail fast, before anything starts
+    eval_tasks = _load_tasks(cfg, cfg.tasks.eval_split) if cfg.trainer.eval.enabled else []
     counts = {"rollout": cfg.rollout.num_workers, "trainer": cfg.trainer.num_workers,
               "judge": cfg.judge.num_workers}
+    summary: dict[str, Any] = {}
+    evals: dict[str, dict] = {}
     with PeakMemory(interval_s=2.0) as mem:
         init_ray(cfg.cluster, min_cpus=cpus_needed(cfg.cluster, counts))
         layout = make_layout(cfg.cluster, counts)
@@ -111,56 +158,99 @@ def train(cfg) -> dict[str, Any]:
         tokenizer = load_tokenizer(model_path)
         pool = RolloutPool(cfg, None, cfg.rollout.num_workers, placement=lambda i: layout.options("rollout", i))
         trainer = _trainer(cfg, layout)
-        summary: dict[str, Any] = {}
+        judge = _judge(cfg, run_dir)
+        engine = None
         try:
-            if "sft" in cfg.trainer.stage:
-                demos, m = asyncio.run(collect_demos(cfg, train_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl"))
+            start_step, start_version = (await asyncio.to_thread(trainer.resume_point)
+                                         if cfg.trainer.checkpoint.resume == "auto" else (0, 0))
+            resumed_in_grpo = trainer.stage == "grpo"
+            engine = start_engine_actor(cfg)
+            if resumed_in_grpo:   # the engine starts from the base weights: give it the checkpoint's
+                path = await asyncio.to_thread(trainer.export_hf, run_dir / "weights" / "resumed")
+                await engine.update_weights(str(path), start_version)
+            pool.set_engine(engine)
+            if eval_tasks and not resumed_in_grpo and trainer.sft_step == 0:
+                evals["untrained"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed)
+                _report_eval(trainer, "untrained", evals["untrained"])
+            if "sft" in cfg.trainer.stage and not resumed_in_grpo:
+                demos, m = await collect_demos(cfg, train_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")
                 print(f"[sft] {m['demos_total']} teacher demos, {m['demos_failed']} failed", flush=True)
-                summary["sft"] = trainer.sft(demos)
-            if "grpo" in cfg.trainer.stage:
-                judge = _judge(cfg, run_dir)
-                engine = start_engine_actor(cfg)
+                sft = await asyncio.to_thread(trainer.sft, demos)
+                summary["sft"] = sft
+                await asyncio.to_thread(trainer.save_checkpoint, trainer.sft_step)
+                path = await asyncio.to_thread(trainer.export_hf, run_dir / "weights" / "sft")
+                await engine.update_weights(str(path), 0)
                 pool.set_engine(engine)
-                summary["grpo"] = asyncio.run(_grpo(cfg, train_tasks, pool, engine, trainer, judge, run_dir))
+                if eval_tasks:
+                    evals["sft"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed)
+                    _report_eval(trainer, "sft", evals["sft"])
+            if "grpo" in cfg.trainer.stage:
+                summary["grpo"] = await _grpo(cfg, train_tasks, pool, engine, trainer, judge, run_dir,
+                                              start_step, start_version, eval_tasks)
+                if eval_tasks:
+                    evals["grpo"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed)
+                    _report_eval(trainer, "grpo", evals["grpo"])
+            if cfg.trainer.checkpoint.export_hf:
+                summary["final_hf"] = str(await asyncio.to_thread(trainer.export_hf, run_dir / "hf"))
         finally:
             pool.shutdown()
+            if engine is not None:
+                engine.kill()
+            trainer.shutdown()
             layout.remove()
+    summary["evals"] = evals
     summary["peak_memory_gib"] = mem.peak_bytes / 2**30
+    summary["judge"] = judge.metrics()
+    if evals or summary.get("grpo"):
+        summary["plot"] = str(plot_rewards(run_dir, summary.get("grpo", []), evals))
     print(mem.describe(), flush=True)
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
 
 
-async def _grpo(cfg, tasks, pool, engine, trainer, judge, run_dir: Path) -> list[dict]:
+def _report_eval(trainer, name: str, e: dict) -> None:
+    print(f"[eval] {name}: held-out reward {e['reward_mean']:.3f} (±{e['reward_std_between_passes']:.3f} "
+          f"between {len(e['passes'])} passes)", flush=True)
+    trainer.tracker.log({k: v for k, v in e.items() if k != "passes"}, trainer.sft_step + trainer.step,
+                        prefix=f"eval/{name}/")
+
+
+async def _grpo(cfg, tasks, pool, engine, trainer, judge, run_dir: Path, start_step: int = 0,
+                start_version: int = 0, eval_tasks: list | None = None) -> list[dict]:
     import random
 
     g = cfg.trainer.grpo
-    rng = random.Random(cfg.seed)
     tasks_by_id = {t.id: t for t in tasks}
     step_metrics: dict[int, dict] = {}
-    start_step, start_version = trainer.resume_point() if cfg.trainer.checkpoint.resume == "auto" else (0, 0)
 
     async def generate(step: int, version: int) -> list:
-        batch = rng.sample(tasks, min(g.tasks_per_step, len(tasks)))
+        # Seeded by the step, so a resumed run samples the same tasks as an uninterrupted one.
+        batch = random.Random(cfg.seed * 100_003 + step).sample(tasks, min(g.tasks_per_step, len(tasks)))
+        t0 = asyncio.get_running_loop().time()
         groups, metrics = await pool.run([(t, g.rollouts_per_task) for t in batch], seed=cfg.seed + step)
         flat = [t for grp in groups for t in grp]
-        step_metrics[step] = {**metrics, **await judge_batch(judge, tasks_by_id, flat)}
+        t1 = asyncio.get_running_loop().time()
+        step_metrics[step] = {**metrics, **await judge_batch(judge, tasks_by_id, flat),
+                              "rollout_s": t1 - t0, "judge_s": asyncio.get_running_loop().time() - t1}
         return flat
 
     async def train_step(step: int, trajectories: list, version: int) -> dict:
         return await asyncio.to_thread(trainer.grpo_step, trajectories, version)
 
     async def sync(version: int) -> None:
-        path = await asyncio.to_thread(trainer.export_hf, run_dir / "weights" / f"v{version}")
+        path = await asyncio.to_thread(trainer.export_hf, run_dir / "weights" / "latest")
         await engine.update_weights(str(path), version)
 
     async def after_step(rec) -> None:
         m = rec.metrics
         m.update(step_metrics.pop(rec.step, {}))
-        print(f"[grpo] step {rec.step} v{rec.version} reward {m.get('reward_mean', float('nan')):.3f} "
-              f"staleness<={m['staleness_max']} step {rec.times.step_s:.1f}s", flush=True)
+        m.update({f"time/{k}": v for k, v in vars(rec.times).items()})
+        # One W&B step axis for the whole run: SFT steps first, then GRPO steps.
+        trainer.tracker.log(m, trainer.sft_step + rec.step + 1, prefix="grpo/")
+        if eval_tasks and g.eval_every and (rec.step + 1) % g.eval_every == 0 and rec.step + 1 < g.steps:
+            _report_eval(trainer, f"step{rec.step + 1}", await evaluate(cfg, eval_tasks, pool, judge, cfg.seed))
         every = cfg.trainer.checkpoint.every
-        if every and (rec.step + 1) % every == 0:
+        if (every and (rec.step + 1) % every == 0) or rec.step + 1 == g.steps:
             await asyncio.to_thread(trainer.save_checkpoint, rec.step + 1)
 
     records = await run_steps(g.steps, generate=generate, train=train_step, sync=sync, after_step=after_step,

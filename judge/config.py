@@ -35,6 +35,8 @@ class JudgeConfig:
     max_tokens: int = at_least(16, default=1024)
     max_model_len: int = at_least(512, default=8192, help="vllm backend: context of the judge engine")
     kv_cache_space_gb: float = positive(default=1.0, help="vllm backend on CPU: KV cache (GiB)")
+    rationale_max_chars: int = at_least(8, default=160, help="vllm backend: bound of each rationale string "
+                                        "in the guided-decoding schema (keeps verdicts within max_tokens)")
     json_mode: bool = True           # openai backend: send response_format={"type": "json_object"}
     cache_dir: str = ""              # default: <run dir>/judge_cache
     weights: dict[str, float] = field(default_factory=_default_weights)

@@ -20,9 +20,10 @@ class VerdictParseError(ValueError):
     pass
 
 
-def verdict_schema(n_items: int) -> dict[str, Any]:
-    """The JSON schema of an LLM verdict (used for guided decoding and for strict parsing)."""
-    text = {"type": "string", "maxLength": RATIONALE_MAX, "pattern": "^[^\\x00-\\x1f\"\\\\]*$"}
+def verdict_schema(n_items: int, text_max: int = RATIONALE_MAX) -> dict[str, Any]:
+    """The JSON schema of an LLM verdict (used for guided decoding and for strict parsing).
+    `text_max` bounds each rationale/evidence string, hence the verdict's length in tokens."""
+    text = {"type": "string", "maxLength": text_max, "pattern": "^[^\\x00-\\x1f\"\\\\]*$"}
     dim = {"type": "object", "properties": {"score": {"type": "integer", "minimum": 0, "maximum": MAX_SCORE},
                                             "rationale": text},
            "required": ["score", "rationale"], "additionalProperties": False}

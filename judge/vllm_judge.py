@@ -82,7 +82,8 @@ class VLLMJudge:
 
     async def judge(self, task: Task, trajectory: Trajectory) -> Verdict:
         messages = render_prompt(task, trajectory)
-        outs = await next(self._next).generate.remote(messages, verdict_schema(len(task.ground_truth.facts)),
+        schema = verdict_schema(len(task.ground_truth.facts), self.cfg.rationale_max_chars)
+        outs = await next(self._next).generate.remote(messages, schema,
                                                        self.cfg.samples, self.cfg.temperature, self.cfg.max_tokens)
         good, errors = [], []
         for text, finish in outs:

@@ -32,6 +32,7 @@ class GRPOConfig:
     tasks_per_step: int = at_least(1, default=8)
     rollouts_per_task: int = at_least(2, default=8, help="the group size n")
     advantage: str = one_of("grpo", "dr_grpo", "rloo", default="grpo")
+    lr: float = at_least(0.0, default=0.0, help="learning rate of the GRPO stage; 0 = trainer.optim.lr")
     clip_low: float = in_range(0.0, 1.0, default=0.2)
     clip_high: float = in_range(0.0, 10.0, default=0.28)
     tis_cap: float = at_least(1.0, default=2.0, help="truncated importance-sampling cap")
@@ -54,6 +55,15 @@ class CheckpointConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Held-out evaluation during `terminus train`: mean judged reward on tasks.eval_split."""
+    enabled: bool = True
+    samples_per_task: int = at_least(1, default=2)
+    repeats: int = at_least(1, default=3, help="independent passes (seeds): their spread is the noise")
+    max_tasks: int = at_least(0, default=0, help="0 = the whole split")
+
+
+@dataclass
 class TrainerConfig:
     stage: str = one_of("sft", "grpo", "sft+grpo", default="sft+grpo")
     num_workers: int = at_least(1, default=1, help="FSDP ranks, one per device")
@@ -67,3 +77,4 @@ class TrainerConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -68,7 +68,8 @@ class TrainerGroup:
         m = {k: statistics.fmean(o[k] for o in outs if k in o) for k in outs[0]}
         m["loss"] = sum(o["loss"] for o in outs)   # each rank's share of the global loss
         m["tokens"] = sum(o["tokens"] for o in outs)
-        m["entropy"] = sum(o["entropy_sum"] for o in outs) / max(1.0, m["tokens"])
+        if kind == "grpo":
+            m["entropy"] = sum(o["entropy_sum"] for o in outs) / max(1.0, m["tokens"])
         m.pop("entropy_sum", None)
         for k in ("logprob_mismatch_max",):
             if k in outs[0]:
@@ -134,7 +135,7 @@ class TrainerGroup:
         g = self.cfg.trainer.grpo
         if self.stage != "grpo":
             self.stage = "grpo"
-            self._all("set_schedule", g.steps * g.mini_batches, True)
+            self._all("set_schedule", g.steps * g.mini_batches, True, g.lr)
         t0 = time.time()
         trajs = list(trajectories)
         rewards = [t.reward if t.error is None else None for t in trajs]
@@ -178,8 +179,10 @@ class TrainerGroup:
         return Path(path)
 
     def save_checkpoint(self, step: int) -> Path:
+        """Checkpoint everything; directories are numbered by optimizer steps over both stages
+        (monotonic, so the newest is the last), `step` is recorded as the caller's step."""
         t0 = time.time()
-        tmp = checkpoint.staging_dir(self.root, step)
+        tmp = checkpoint.staging_dir(self.root, self.sft_step + self.step)
         self._all("save", str(tmp))
         state = {"step": step, "stage": self.stage, "sft_step": self.sft_step, "grpo_step": self.step,
                  "version": self.version, "wandb_run_id": self.wandb_run_id, "rng": checkpoint.rng_state(),
@@ -197,7 +200,7 @@ class TrainerGroup:
         self.stage = state["stage"]
         if self.stage == "grpo":   # the LR schedule's length must be known before the scheduler state loads
             g = self.cfg.trainer.grpo
-            self._all("set_schedule", g.steps * g.mini_batches, True)
+            self._all("set_schedule", g.steps * g.mini_batches, True, g.lr)
         self._all("load", str(ckpt))
         self.sft_step, self.step, self.version = state["sft_step"], state["grpo_step"], state["version"]
         self.wandb_run_id = state.get("wandb_run_id")

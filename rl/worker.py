@@ -87,7 +87,7 @@ class TrainerWorker:
         n = sum(p.numel() for p in model.parameters())
         return {"rank": self.rank, "backend": backend, "params": n, "device": str(self.device)}
 
-    def set_schedule(self, total_steps: int, restart: bool = True) -> None:
+    def set_schedule(self, total_steps: int, restart: bool = True, lr: float = 0.0) -> None:
         """LR schedule over `total_steps` optimizer steps. restart=False keeps the current step
         (a resumed stage): only the length changes, and the LR is recomputed for that step."""
         o = self.cfg.trainer.optim
@@ -97,8 +97,9 @@ class TrainerWorker:
             return algos.lr_multiplier(s, self.total_steps, o.warmup_steps, o.schedule, o.min_lr_ratio)
 
         if restart or not hasattr(self, "sched"):
-            for group in self.optim.param_groups:
+            for group in self.optim.param_groups:   # a new stage: from the configured LR again
                 group.pop("initial_lr", None)
+                group["lr"] = lr or o.lr
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.optim, multiplier)
         else:
             for group, base in zip(self.optim.param_groups, self.sched.base_lrs):

@@ -23,7 +23,7 @@ def ray_local():
 
 @pytest.mark.timeout(420)
 def test_tiny_vllm_judge_gives_valid_verdicts(ray_local, tmp_path):
-    cfg = JudgeConfig(backend="vllm", model_path="tiny", samples=2, temperature=1.0, max_tokens=900,
+    cfg = JudgeConfig(backend="vllm", model_path="tiny", samples=2, temperature=1.0, max_tokens=900, rationale_max_chars=24,
                       max_model_len=4096, request_timeout_s=120, max_retries=1, cache_dir=str(tmp_path))
     pool = JudgePool(cfg)
     trajs = ladder()[:4]

@@ -1,0 +1,65 @@
+"""`terminus train` end to end on the embedded default, CI-sized: built-in tasks, scripted teacher,
+SFT, GRPO (rules judge, async), held-out evaluation, W&B offline, plot, checkpoints; then the job is
+killed mid-GRPO and resubmitted with resume=auto, and continues in the same W&B run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(900)
+
+SMALL = ["trainer.sft.epochs=2", "trainer.grpo.tasks_per_step=2", "trainer.grpo.rollouts_per_task=2",
+         "trainer.eval.samples_per_task=1", "trainer.eval.repeats=1", "trainer.eval.max_tasks=3",
+         "trainer.checkpoint.every=1", "rollout.sampling.max_tokens_per_turn=48", "rollout.episode.max_turns=3"]
+
+
+def terminus(out: Path, *over: str, wait: bool = True):
+    env = dict(os.environ, WANDB_MODE="offline", VLLM_LOGGING_LEVEL="WARNING", VLLM_CPU_KVCACHE_SPACE="1")
+    cmd = [sys.executable, "-m", "terminus.cli", "train", "--config", "tiny_cpu", f"output_dir={out}", *SMALL, *over]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         start_new_session=True)
+    if not wait:
+        return p
+    out_text, _ = p.communicate(timeout=800)
+    assert p.returncode == 0, out_text[-3000:]
+    return out_text
+
+
+def test_train_end_to_end_then_kill_and_resume(tmp_path):
+    run = tmp_path / "run"
+    # 1. the job runs SFT and starts GRPO; killed (SIGKILL, whole process group) after its first
+    #    GRPO checkpoint
+    p = terminus(run, "trainer.grpo.steps=3", wait=False)
+    deadline = time.time() + 600
+    while time.time() < deadline and p.poll() is None:
+        ckpts = list((run / "checkpoints").glob("step_*/COMPLETE")) if (run / "checkpoints").exists() else []
+        if any(json.loads((c.parent / "trainer_state.json").read_text())["stage"] == "grpo" for c in ckpts):
+            break
+        time.sleep(1)
+    assert p.poll() is None, p.stdout.read()[-3000:]
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)  # its local Ray
+    states = [json.loads(c.read_text()) for c in sorted((run / "checkpoints").glob("step_*/trainer_state.json"))]
+    killed_at = states[-1]
+    assert killed_at["stage"] == "grpo" and killed_at["wandb_run_id"]
+    assert not (run / "summary.json").exists()
+
+    # 2. resubmitted: resumes from the newest complete checkpoint and runs only the remaining steps
+    text = terminus(run, "trainer.grpo.steps=3")
+    assert "[resume] from" in text and "stage grpo" in text
+    summary = json.loads((run / "summary.json").read_text())
+    assert [m["step"] for m in summary["grpo"]] == list(range(killed_at["grpo_step"], 3))
+    assert "grpo" in summary["evals"] and summary["peak_memory_gib"] < 12
+    assert Path(summary["plot"]).is_file() and Path(summary["final_hf"], "model.safetensors").is_file()
+    for m in summary["grpo"]:   # the async pipeline never trains on data staler than the bound
+        assert m["staleness_max"] <= 1
+    # same W&B run: one offline run directory with the id saved in the checkpoint
+    runs = list((run / "wandb").glob(f"offline-run-*-{killed_at['wandb_run_id']}"))
+    assert runs, list((run / "wandb").iterdir())
+    assert not list((run / "checkpoints").glob("*.tmp"))
