@@ -23,7 +23,9 @@ class VerdictParseError(ValueError):
 def verdict_schema(n_items: int, text_max: int = RATIONALE_MAX) -> dict[str, Any]:
     """The JSON schema of an LLM verdict (used for guided decoding and for strict parsing).
     `text_max` bounds each rationale/evidence string, hence the verdict's length in tokens."""
-    text = {"type": "string", "maxLength": text_max, "pattern": "^[^\\x00-\\x1f\"\\\\]*$"}
+    # The length bound lives in the pattern: xgrammar (vLLM's guided decoding) does not support a
+    # pattern together with maxLength, and without a bound a random model writes until max_tokens.
+    text = {"type": "string", "pattern": f"^[^\\x00-\\x1f\"\\\\]{{0,{text_max}}}$"}
     dim = {"type": "object", "properties": {"score": {"type": "integer", "minimum": 0, "maximum": MAX_SCORE},
                                             "rationale": text},
            "required": ["score", "rationale"], "additionalProperties": False}
