@@ -17,26 +17,16 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def bench_tasks(k: int, tmp: str):
-    try:
-        from tasks import load_tasks
-        tasks = [t for t in load_tasks("builtin", "train") if not t.image]
-        if tasks:
-            return [tasks[i % len(tasks)] for i in range(k)], "builtin"
-    except ImportError:
-        pass
-    from tasks.types import Task
-    os.makedirs(f"{tmp}/repo", exist_ok=True)
-    with open(f"{tmp}/repo/test_x.py", "w") as f:
-        f.write("def test_x():\n    assert 1 == 2\n")
-    return [Task(id=f"local-{i}", language="python", category="run_tests", project="local", repo_dir=f"{tmp}/repo",
-                 request="Run the tests with pytest and report which fail.") for i in range(k)], "local"
+def bench_tasks(k: int) -> list:
+    """k episodes' tasks, cycling over the built-in training split."""
+    from tasks import load_tasks
+    tasks = load_tasks("builtin", "train")
+    return [tasks[i % len(tasks)] for i in range(k)]
 
 
 async def run(cfg, episodes: int, rounds: int) -> None:
@@ -49,8 +39,7 @@ async def run(cfg, episodes: int, rounds: int) -> None:
     tokenizer = load_tokenizer(str(resolve_model_path(cfg.model.path)))
     engine = start_engine_actor(cfg)
     print(f"engine: {await engine.info()}")
-    tmp = tempfile.mkdtemp()
-    tasks, source = bench_tasks(episodes, tmp)
+    tasks = bench_tasks(episodes)
     # Warm up both paths (first requests compile kernels, first sandboxes touch the disk).
     await run_requests([(tasks[0], 4)], engine, tokenizer, cfg.rollout, seed=1, max_model_len=cfg.model.max_model_len)
 
@@ -80,7 +69,7 @@ async def run(cfg, episodes: int, rounds: int) -> None:
         total += n
         ep_total_s += episode_s
         plain_total_s += plain_s
-        print(f"round {r + 1}: tasks {source}; {m['episodes']} concurrent episodes, failed {m['failed']} "
+        print(f"round {r + 1}: built-in tasks; {m['episodes']} concurrent episodes, failed {m['failed']} "
               f"{m['failures']}, finish {m['finish_reasons']}")
         print(f"  turns {m['turns']} ({m['turns_per_episode']:.2f}/episode), format errors {m['format_errors']}, "
               f"commands run {sum(x.action == 'command' for t in trajs for x in t.turns)}, "

@@ -89,7 +89,7 @@ async def collect_demos(cfg, tasks: list, pool: RolloutPool, tokenizer, out: Pat
     return good, metrics
 
 
-async def evaluate(cfg, tasks: list, pool: RolloutPool, judge, seed: int) -> dict[str, Any]:
+async def evaluate(cfg, tasks: list, pool: RolloutPool, judge, seed: int, out: Path | None = None) -> dict[str, Any]:
     """Mean judged reward on held-out tasks, `repeats` independent passes: the spread of the passes
     is the run-to-run noise a claimed improvement must beat."""
     import statistics
@@ -103,6 +103,9 @@ async def evaluate(cfg, tasks: list, pool: RolloutPool, judge, seed: int) -> dic
         flat = [t for g in groups for t in g]
         m = await judge_batch(judge, by_id, flat)
         means.append(m["reward_mean"])
+        if r == 0 and out is not None:   # keep one pass's trajectories to read what the policy does
+            from rollout.io import write_trajectories
+            write_trajectories(out, flat)
     return {"reward_mean": statistics.fmean(means), "reward_std_between_passes": statistics.pstdev(means),
             "passes": means}
 
@@ -142,6 +145,7 @@ async def _train(cfg) -> dict[str, Any]:
     from rollout.worker import load_tokenizer
     from terminus.model import resolve_model_path
 
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")   # keep the console to the job's progress
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -170,7 +174,8 @@ async def _train(cfg) -> dict[str, Any]:
                 await engine.update_weights(str(path), start_version)
             pool.set_engine(engine)
             if eval_tasks and not resumed_in_grpo and trainer.sft_step == 0:
-                evals["untrained"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed)
+                evals["untrained"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed,
+                                                   run_dir / "eval_untrained.jsonl")
                 _report_eval(trainer, "untrained", evals["untrained"])
             if "sft" in cfg.trainer.stage and not resumed_in_grpo:
                 demos, m = await collect_demos(cfg, train_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")
@@ -182,13 +187,13 @@ async def _train(cfg) -> dict[str, Any]:
                 await engine.update_weights(str(path), 0)
                 pool.set_engine(engine)
                 if eval_tasks:
-                    evals["sft"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed)
+                    evals["sft"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed, run_dir / "eval_sft.jsonl")
                     _report_eval(trainer, "sft", evals["sft"])
             if "grpo" in cfg.trainer.stage:
                 summary["grpo"] = await _grpo(cfg, train_tasks, pool, engine, trainer, judge, run_dir,
                                               start_step, start_version, eval_tasks)
                 if eval_tasks:
-                    evals["grpo"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed)
+                    evals["grpo"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed, run_dir / "eval_grpo.jsonl")
                     _report_eval(trainer, "grpo", evals["grpo"])
             if cfg.trainer.checkpoint.export_hf:
                 summary["final_hf"] = str(await asyncio.to_thread(trainer.export_hf, run_dir / "hf"))
@@ -234,8 +239,16 @@ async def _grpo(cfg, tasks, pool, engine, trainer, judge, run_dir: Path, start_s
                               "rollout_s": t1 - t0, "judge_s": asyncio.get_running_loop().time() - t1}
         return flat
 
+    # Colocated on GPU in sync mode the engine sleeps while the trainer holds the devices
+    # (with one-step off-policy generation overlaps training, so it stays awake).
+    sleep = cfg.cluster.layout == "colocated" and cfg.cluster.sleep_engines and g.max_staleness == 0
+
     async def train_step(step: int, trajectories: list, version: int) -> dict:
-        return await asyncio.to_thread(trainer.grpo_step, trajectories, version)
+        slept = sleep and await engine.sleep()
+        metrics = await asyncio.to_thread(trainer.grpo_step, trajectories, version)
+        if slept:
+            await engine.wake_up()
+        return metrics
 
     async def sync(version: int) -> None:
         path = await asyncio.to_thread(trainer.export_hf, run_dir / "weights" / "latest")

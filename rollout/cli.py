@@ -35,11 +35,7 @@ def load_task_list(spec: str, cfg) -> list:
         if not path.is_file():
             raise FileNotFoundError(f"--tasks {spec}: no such file")
         return [Task.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-    try:
-        from tasks import load_tasks
-    except ImportError:
-        raise SystemExit(f"--tasks {spec}: this checkout has no task corpus loader (tasks.load_tasks); "
-                         "pass a tasks .jsonl file instead") from None
+    from tasks import load_tasks
     return list(load_tasks(cfg.tasks.corpus, spec))
 
 

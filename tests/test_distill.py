@@ -143,15 +143,6 @@ def test_distill_with_scripted_teacher_default(setup):
     assert len(loaded) == 3 and all(t.report and t.metadata["provenance"]["verdict"]["score"] >= 0.7 for t in loaded)
 
 
-def _has_corpus_loader() -> bool:
-    try:
-        from tasks import load_tasks  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_corpus_loader(), reason="tasks.load_tasks (the built-in corpus) is not in this checkout")
 def test_distill_embedded_default_on_builtin_corpus(tmp_path):
     """The embedded default end to end: built-in train split, scripted teacher, rules judge."""
     out = tmp_path / "sft.jsonl"

@@ -4,7 +4,6 @@ the weight update API against a transformers forward pass of the same weights.
 
 One engine actor for the module (vLLM start ~30 s here)."""
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -14,22 +13,10 @@ from terminus.model import resolve_model_path
 ray = pytest.importorskip("ray")
 
 
-def _tasks(tmp: Path, k: int):
-    """Built-in tasks when the corpus is available, else small local ones of the same shape."""
-    try:
-        from tasks import load_tasks
-        tasks = [t for t in load_tasks("builtin", "train") if not t.image][:k]
-        if tasks:
-            return tasks
-    except ImportError:
-        pass
-    from tasks.types import Task
-    repo = tmp / "repo"
-    repo.mkdir()
-    (repo / "a.txt").write_text("alpha\n")
-    (repo / "test_x.py").write_text("def test_x():\n    assert 1 == 2\n")
-    return [Task(id=f"local-{i}", language="python", category="run_tests", project="local", repo_dir=str(repo),
-                 request="Run the tests with pytest and report which fail.") for i in range(k)]
+def _tasks(k: int):
+    """The first k built-in training tasks."""
+    from tasks import load_tasks
+    return load_tasks("builtin", "train")[:k]
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +57,10 @@ def test_engine_reports_memory_at_start(cluster):
     assert info["policy_version"] == 0
 
 
-def test_episodes_through_ray_actors_are_token_exact(cluster, tok, tmp_path_factory):
+def test_episodes_through_ray_actors_are_token_exact(cluster, tok):
     cfg, engine, _ = cluster
     from rollout.worker import run_on_workers, start_workers
-    tasks = _tasks(tmp_path_factory.mktemp("tasks"), 3)
+    tasks = _tasks(3)
     workers = start_workers(cfg, engine, num_workers=1)
     try:
         groups, metrics = asyncio.run(run_on_workers(workers, [(t, 3) for t in tasks], seed=7))

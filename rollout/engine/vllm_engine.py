@@ -45,6 +45,9 @@ class VLLMEngine:
             extra["gpu_memory_utilization"] = gpu_memory_utilization
             if weight_transfer != "disk":
                 extra["weight_transfer_config"] = {"backend": weight_transfer}
+            # Colocated with the trainer, the engine frees its weights and KV cache while the trainer
+            # runs (sleep level 1) and takes them back before generating again.
+            extra["enable_sleep_mode"] = True
         args = AsyncEngineArgs(model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                                tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager,
                                max_num_seqs=max_num_seqs, logprobs_mode=logprobs_mode, **extra)
@@ -167,6 +170,17 @@ class VLLMEngine:
             await self.llm.resume_generation()
         return {"policy_version": self._version, "load_s": time.monotonic() - started}
 
+    async def sleep(self) -> bool:
+        """Free device memory for a colocated trainer (GPU only; a no-op on CPU). True if it slept."""
+        if not self.on_gpu:
+            return False
+        await self.llm.sleep(level=1)
+        return True
+
+    async def wake_up(self) -> None:
+        if self.on_gpu:
+            await self.llm.wake_up()
+
     async def policy_version(self) -> int:
         return self._version
 
@@ -228,6 +242,12 @@ class RayEngine:
 
     async def update_weights(self, path: str, version: int) -> dict[str, Any]:
         return await self.handle.update_weights.remote(path, version)
+
+    async def sleep(self) -> bool:
+        return await self.handle.sleep.remote()
+
+    async def wake_up(self) -> None:
+        await self.handle.wake_up.remote()
 
     async def policy_version(self) -> int:
         return await self.handle.policy_version.remote()

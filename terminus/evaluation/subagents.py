@@ -89,11 +89,7 @@ async def preflight(spec: SubagentSpec, cfg: Any) -> None:
 
 def scripted_teacher_class():
     """The scripted expert teacher behind the engine seam (owned by cluster/; reused, not rewritten)."""
-    try:
-        from cluster.teacher import ScriptedTeacher  # type: ignore[import-not-found]
-    except ImportError as e:
-        raise SubagentError(f"the scripted teacher is not available ({e}); use an OpenAI-compatible teacher "
-                            "(openai:MODEL@URL)") from None
+    from cluster.teacher import ScriptedTeacher
     return ScriptedTeacher
 
 

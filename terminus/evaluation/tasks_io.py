@@ -26,12 +26,11 @@ def load_task_list(cfg: Any, split: str, tasks_file: str = "", limit: int = 0) -
                     raise TaskListError(f"{tasks_file}:{i}: not a Task record ({e})") from None
         where = tasks_file
     else:
+        from tasks import CorpusError, load_tasks
         try:
-            from tasks import load_tasks  # type: ignore[attr-defined]
-        except ImportError:
-            raise TaskListError("the task corpus loader (tasks.load_tasks) is not available in this checkout; "
-                                "pass --tasks-file FILE.jsonl") from None
-        tasks = list(load_tasks(cfg.tasks.corpus, split))
+            tasks = list(load_tasks(cfg.tasks.corpus, split))
+        except CorpusError as e:
+            raise TaskListError(str(e)) from None
         where = f"corpus {cfg.tasks.corpus!r}, split {split!r}"
     if limit:
         tasks = tasks[:limit]
