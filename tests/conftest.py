@@ -3,6 +3,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -12,3 +14,12 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Subprocesses (terminus CLI, ray start, vllm serve) come from the same environment as pytest.
 os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The embedded tiny model's tokenizer (built once into the cache)."""
+    from transformers import AutoTokenizer
+
+    from terminus.model import resolve_model_path
+    return AutoTokenizer.from_pretrained(str(resolve_model_path("tiny")))

@@ -62,12 +62,6 @@ def server(tmp_path_factory):
             proc.wait()
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(resolve_model_path("tiny")))
-
-
 def test_completions_are_token_exact(server, tok):
     base_url, _ = server
     prompt = tok.apply_chat_template([{"role": "user", "content": "Run ls."}], tokenize=True,

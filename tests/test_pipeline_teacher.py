@@ -8,15 +8,8 @@ from cluster.teacher import ScriptedTeacher, report_text
 from rollout.config import RolloutConfig
 from rollout.worker import run_requests
 from tasks.types import ReferenceSolution, Task
-from terminus.model import resolve_model_path
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(resolve_model_path("tiny")))
 
 
 def make_task(tmp_path, commands, tid="t1"):

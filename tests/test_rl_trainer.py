@@ -10,7 +10,6 @@ from rl import checkpoint
 from rollout.trajectory import Trajectory
 from tasks import load_tasks
 from terminus.config import load_config
-from terminus.model import resolve_model_path
 
 ray = pytest.importorskip("ray")
 
@@ -20,12 +19,6 @@ def cluster():
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(resolve_model_path("tiny")))
 
 
 def demos(tok, k=12):

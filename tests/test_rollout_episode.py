@@ -10,17 +10,10 @@ from rollout.engine.openai_engine import OpenAIEngine
 from rollout.episode import run_episode
 from rollout.worker import run_requests, summarize
 from tasks.types import Task
-from terminus.model import resolve_model_path
 from terminus.openai_api import OpenAIClient
 from terminus.testing.openai_server import Reply, ScriptedOpenAIServer
 
 REPORT = "<report><status>success</status><summary>file says hello</summary><details>exit 0</details></report>"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(resolve_model_path("tiny")))
 
 
 @pytest.fixture

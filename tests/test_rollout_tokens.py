@@ -1,16 +1,8 @@
 """Token-exact sequences with the embedded tokenizer: ids kept as generated, mask/logprobs aligned,
 the whole sequence equal to the chat template's rendering of the messages."""
-import pytest
 
 from rollout import protocol
 from rollout.tokens import ChatFormat, TokenSequence
-from terminus.model import resolve_model_path
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(resolve_model_path("tiny")))
 
 
 def _episode(tok, first_ids):

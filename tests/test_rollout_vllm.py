@@ -34,12 +34,6 @@ def cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(resolve_model_path("tiny")))
-
-
 def _spans(ids, mask):
     out, cur = [], []
     for i, m in zip(ids, mask):

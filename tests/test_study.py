@@ -12,17 +12,10 @@ from rollout.config import RolloutConfig
 from rollout.engine.openai_engine import OpenAIEngine
 from terminus.evaluation.study import (StudyTask, episode_subagent, report_used, run_study, study_table,
                                        summarize)
-from terminus.model import resolve_model_path
 from terminus.openai_api import OpenAIClient
 from terminus.testing.openai_server import Reply, ScriptedOpenAIServer
 
 CHECK_PY = "import sys\nprint('FAILED test_parse_header: expected 3, got 4')\nprint('1 failed, 7 passed')\nsys.exit(1)\n"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(resolve_model_path("tiny")))
 
 
 @pytest.fixture
