@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from judge.config import JudgeConfig
+from judge.ratelimit import RateLimiter
 from judge.rubric import check_weights, reward, rubric_hash
 from judge.types import Judge, Verdict
 from rollout.trajectory import Trajectory
@@ -78,6 +79,14 @@ def cache_key(cfg: JudgeConfig, task: Task, traj: Trajectory) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def estimate_tokens(cfg: JudgeConfig, task: Task, traj: Trajectory) -> int:
+    """Tokens one judge request may use, for the tokens-per-minute limit: the rendered prompt (about 4
+    characters a token) plus the completion budget, per sample."""
+    from judge.llm import render_prompt
+    chars = sum(len(m["content"]) for m in render_prompt(task, traj))
+    return (chars // 4 + cfg.max_tokens) * cfg.samples
+
+
 class JudgePool:
     def __init__(self, cfg: JudgeConfig, run_dir: str | Path | None = None, judge: Judge | None = None,
                  layout=None):
@@ -92,6 +101,7 @@ class JudgePool:
         self._counts: Counter = Counter()
         self._unjudgeable: Counter = Counter()
         self._latencies: list[float] = []
+        self.limiter = RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute)
 
     @property
     def judge(self) -> Judge:
@@ -106,7 +116,9 @@ class JudgePool:
         timeout = self.cfg.request_timeout_s
         if getattr(self.judge, "retries_itself", False):  # the HTTP client times out and retries each request
             timeout *= 2 * (self.cfg.max_retries + 2) * self.cfg.samples  # an outer bound only (incl. a repair)
+        tokens = estimate_tokens(self.cfg, task, traj) if self.cfg.tokens_per_minute > 0 else 0
         for attempt in range(self.cfg.max_retries + 1):
+            await self.limiter.acquire(tokens)   # every attempt is a billed request
             try:
                 return await asyncio.wait_for(self.judge.judge(task, traj), timeout)
             except asyncio.TimeoutError:
@@ -176,6 +188,7 @@ class JudgePool:
             **{f"judge/unjudgeable/{r}": n for r, n in sorted(self._unjudgeable.items())},
             "judge/cache_hits": self._counts["cache_hits"],
             "judge/retries": self._counts["retries"],
+            "judge/rate_limit_wait_s": round(self.limiter.waited_s, 3),
             "judge/latency_mean_s": round(statistics.fmean(lat), 4) if lat else 0.0,
             "judge/latency_max_s": round(max(lat), 4) if lat else 0.0,
         }

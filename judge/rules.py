@@ -89,8 +89,9 @@ def looping(cmds: list[tuple[str, int | None]]) -> list[str]:
 
 
 def _dumped_lines(report: str, observed: str) -> int:
-    """Report lines (longer than 30 chars) copied verbatim from the observations: a raw log dump."""
-    seen = {ln.strip() for ln in observed.splitlines() if len(ln.strip()) > 30}
+    """Report lines (of 8+ characters) copied verbatim from the observations: a raw log dump. A distilled
+    report rephrases or quotes inside a sentence; a dump repeats whole output lines."""
+    seen = {ln.strip() for ln in observed.splitlines() if len(ln.strip()) >= 8}
     return sum(1 for ln in report.splitlines() if ln.strip() in seen)
 
 

@@ -74,9 +74,14 @@ def test_resume_gives_the_same_weights_and_data_order(cluster, tok, tmp_path):
     first.sft(data, stop_after=2)
     for w in first.workers:   # the job dies: no clean shutdown
         ray.kill(w)
+    # ... and it died while writing its next checkpoint: a temporary dir and a dir without COMPLETE
+    root = tmp_path / "b" / "checkpoints"
+    (root / "step_000003.tmp").mkdir()
+    (root / "step_000004").mkdir()
+    (root / "step_000004" / "trainer_state.json").write_text('{"step": 4}')
     second = TrainerGroup(config(tmp_path / "b", *over))
     try:
-        assert second.resume_point() == (0, 0) and second.sft_step == 2
+        assert second.resume_point() == (0, 0) and second.sft_step == 2   # the previous complete one
         schedule_b = second.sft_schedule([{"token_ids": t.token_ids, "mask": t.response_mask} for t in data])
         curve_b = second.sft(data)["loss_curve"]
         second.export_hf(tmp_path / "b" / "hf")
@@ -123,3 +128,44 @@ def test_exported_weights_reach_vllm_exactly(cluster, tok, tmp_path):
     finally:
         engine.kill()
         g.shutdown()
+
+
+def test_grpo_raises_a_verifiable_reward_through_vllm(cluster, tok, tmp_path):
+    """Sign and scale of the update: vLLM samples the first token from the model's top 2 at a fixed
+    prompt; the reward is 1 for the LESS likely of the two. A few GRPO steps with weight syncs must
+    make it the more frequent one; the trainer agrees with vLLM on the logprobs it trains on."""
+    from collections import Counter
+
+    from rl import TrainerGroup
+    from rollout.engine.base import Sampling
+    from rollout.engine.vllm_engine import start_engine_actor
+    cfg = config(tmp_path, "trainer.grpo.lr=0.003", "trainer.grpo.micro_batch_size=16", "trainer.grpo.steps=4",
+                 "trainer.optim.warmup_steps=0")
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Say something."}], add_generation_prompt=True,
+                                     tokenize=True, return_dict=False)
+    g = TrainerGroup(cfg)
+    engine = start_engine_actor(cfg)
+
+    def sample(seed: int, n: int = 32):
+        return ray.get([engine.handle.generate.remote(prompt, Sampling(max_tokens=4, top_k=2, seed=seed * 1000 + i,
+                                                                       ignore_eos=True)) for i in range(n)])
+
+    try:
+        first = Counter(gen.token_ids[0] for gen in sample(100, 64))
+        assert len(first) == 2, first
+        target, before = min(first.items(), key=lambda kv: kv[1])
+        for step in range(4):
+            trajs = [Trajectory(task_id="x", messages=[], token_ids=prompt + gen.token_ids,
+                                response_mask=[0] * len(prompt) + [1] * len(gen.token_ids),
+                                logprobs=[0.0] * len(prompt) + gen.logprobs, group_id=str(i // 8),
+                                reward=float(gen.token_ids[0] == target), policy_version=step)
+                     for i, gen in enumerate(sample(step))]
+            m = g.grpo_step(trajs, step)
+            if m.get("trained"):
+                assert m["logprob_mismatch_max"] <= 1e-3, m
+            asyncio.run(engine.update_weights(str(g.export_hf(tmp_path / f"v{step + 1}")), step + 1))
+        after = sum(gen.token_ids[0] == target for gen in sample(100, 64))
+    finally:
+        engine.kill()
+        g.shutdown()
+    assert before <= 32 and after >= 48, (before, after)   # of 64 samples
