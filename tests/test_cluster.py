@@ -94,5 +94,7 @@ def test_unplaceable_layout_names_the_pool(cluster):
 def test_cpus_needed_sums_every_bundle():
     from cluster.resources import cpus_needed
 
-    cfg = load_config("tiny_cpu").cluster   # colocated, 1 CPU per pool by default
-    assert cpus_needed(cfg, {"rollout": 1, "trainer": 1, "judge": 1}) == 3.0
+    cfg = load_config("tiny_cpu").cluster   # colocated: one bundle per actor, each pool's CPUs
+    per = {p: getattr(cfg, p).num_cpus for p in ("rollout", "trainer", "judge")}
+    assert cpus_needed(cfg, {"rollout": 1, "trainer": 1, "judge": 1}) == sum(per.values())
+    assert cpus_needed(cfg, {"rollout": 1, "trainer": 2, "judge": 1}) == sum(per.values()) + per["trainer"]

@@ -34,6 +34,7 @@ class Sim:
         self.events.append(("train", step))
         self.trained.append((step, version, [t.policy_version for t in trajs]))
         time.sleep(self.dt)       # the trainer blocks like a real forward/backward
+        self.events.append(("train_end", step))
         await asyncio.sleep(0)
         return {"n": len(trajs)}
 
@@ -63,16 +64,20 @@ def test_sync_mode_trains_on_policy():
 
 
 def test_async_mode_holds_the_staleness_bound_and_overlaps():
-    sim_sync, _, t_sync = run(0)
-    sim, recs, t_async = run(1)
+    sim_sync, _, _ = run(0)
+    sim, recs, _ = run(1)
     stal = [version - pv for _, version, pvs in sim.trained for pv in pvs]
     assert max(stal) == 1 and min(stal) == 0             # one step off-policy, never more
     assert [r.metrics["staleness_max"] for r in recs] == [0, 1, 1, 1, 1]
     assert sum(r.stale_excluded for r in recs) == 0
-    # batch k+1 starts before batch k trains
+    # generation k+1 starts before training k ends, at every step (the overlap; its speed-up is
+    # measured by a benchmark, not asserted here where a loaded machine makes timings noisy)
     ev = sim.events
-    assert ev.index(("gen_start", 1)) < ev.index(("train", 0))
-    assert t_async < 0.8 * t_sync, (t_async, t_sync)
+    for k in range(4):
+        assert ev.index(("gen_start", k + 1)) < ev.index(("train_end", k)), ev
+    # and in sync mode never: generation k+1 waits for training k to finish
+    for k in range(4):
+        assert sim_sync.events.index(("gen_start", k + 1)) > sim_sync.events.index(("train_end", k))
 
 
 def test_too_stale_trajectories_are_excluded_and_counted():
