@@ -15,8 +15,11 @@ def register(sub) -> None:
     show.add_argument("task_id")
     show.add_argument("--corpus", default="builtin")
     show.set_defaults(func=_show)
-    build = tsub.add_parser("build", help="build the built-in corpus into the cache (or --out) and summarize it")
-    build.add_argument("--out", default="", help="cache directory (default: ~/.cache/terminus/tasks)")
+    build = tsub.add_parser("build", help="build the built-in corpus (or, with --manifest, a corpus of real "
+                            "projects) and summarize it")
+    build.add_argument("--out", default="", help="output directory (built-in default: ~/.cache/terminus/tasks)")
+    build.add_argument("--manifest", default="", help="JSONL manifest of real projects (tasks/manifests/default.jsonl)")
+    build.add_argument("--jobs", type=int, default=2, help="projects built concurrently")
     build.set_defaults(func=_build)
 
 
@@ -41,8 +44,35 @@ def _show(args) -> int:
 
 
 def _build(args) -> int:
+    if args.manifest:
+        return _build_manifest(args)
     from tasks.corpus import ensure_builtin
     path = ensure_builtin(args.out)
     print(f"built-in corpus: {path}")
     print((path / "corpus.json").read_text())
+    return 0
+
+
+def _build_manifest(args) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from tasks.manifest import load_manifest
+    from tasks.real import build_corpus
+    if not args.out:
+        print("--out DIR is required with --manifest (a new directory for the corpus)")
+        return 2
+    entries, problems = load_manifest(args.manifest)
+    for p in problems:
+        print(f"manifest line {p.line}: EXCLUDED ({p.reason}): {p.entry}")
+    out = Path(args.out).expanduser().resolve()
+    if (out / "COMPLETE").exists():
+        print(f"{out} already holds a complete corpus; pick a new --out or delete it")
+        return 2
+    outcomes = asyncio.run(build_corpus(entries, out, jobs=args.jobs, progress=lambda s: print(s, flush=True)))
+    summary = json.loads((out / "corpus.json").read_text())
+    print(json.dumps({k: summary[k] for k in ("tasks", "projects", "by_split", "by_language", "by_category")},
+                     indent=2))
+    print(f"excluded: {len(problems)} bad manifest lines, "
+          f"{sum(1 for o in outcomes if o.excluded)} projects (reasons above and in corpus.json)")
     return 0

@@ -46,15 +46,15 @@ def weights(path):
 
 def test_sft_loss_falls(cluster, tok, tmp_path):
     from rl import TrainerGroup
-    g = TrainerGroup(config(tmp_path, "trainer.sft.epochs=6"))
+    g = TrainerGroup(config(tmp_path, "trainer.sft.epochs=8", "trainer.optim.lr=1e-3"))
     try:
         assert [i["backend"] for i in g.info] == ["gloo", "gloo"]
         s = g.sft(demos(tok))
     finally:
         g.shutdown()
     curve = s["loss_curve"]
-    assert len(curve) >= 6
-    assert curve[-1] < 0.6 * curve[0], curve
+    assert len(curve) >= 8
+    assert max(curve[-2:]) < 0.6 * curve[0], curve   # each step sees every demo: a full-data loss
 
 
 def test_resume_gives_the_same_weights_and_data_order(cluster, tok, tmp_path):
@@ -133,13 +133,13 @@ def test_exported_weights_reach_vllm_exactly(cluster, tok, tmp_path):
 def test_grpo_raises_a_verifiable_reward_through_vllm(cluster, tok, tmp_path):
     """Sign and scale of the update: vLLM samples the first token from the model's top 2 at a fixed
     prompt; the reward is 1 for the LESS likely of the two. A few GRPO steps with weight syncs must
-    make it the more frequent one; the trainer agrees with vLLM on the logprobs it trains on."""
+    make it clearly the more frequent one; the trainer agrees with vLLM on the logprobs it trains on."""
     from collections import Counter
 
     from rl import TrainerGroup
     from rollout.engine.base import Sampling
     from rollout.engine.vllm_engine import start_engine_actor
-    cfg = config(tmp_path, "trainer.grpo.lr=0.003", "trainer.grpo.micro_batch_size=16", "trainer.grpo.steps=4",
+    cfg = config(tmp_path, "trainer.grpo.lr=0.003", "trainer.grpo.micro_batch_size=16", "trainer.grpo.steps=6",
                  "trainer.optim.warmup_steps=0")
     prompt = tok.apply_chat_template([{"role": "user", "content": "Say something."}], add_generation_prompt=True,
                                      tokenize=True, return_dict=False)
@@ -154,7 +154,7 @@ def test_grpo_raises_a_verifiable_reward_through_vllm(cluster, tok, tmp_path):
         first = Counter(gen.token_ids[0] for gen in sample(100, 64))
         assert len(first) == 2, first
         target, before = min(first.items(), key=lambda kv: kv[1])
-        for step in range(4):
+        for step in range(6):
             trajs = [Trajectory(task_id="x", messages=[], token_ids=prompt + gen.token_ids,
                                 response_mask=[0] * len(prompt) + [1] * len(gen.token_ids),
                                 logprobs=[0.0] * len(prompt) + gen.logprobs, group_id=str(i // 8),
@@ -168,4 +168,5 @@ def test_grpo_raises_a_verifiable_reward_through_vllm(cluster, tok, tmp_path):
     finally:
         engine.kill()
         g.shutdown()
-    assert before <= 32 and after >= 48, (before, after)   # of 64 samples
+    # of 64 samples: at most half before; after, >= 44 (p < 0.002 if nothing had changed)
+    assert before <= 32 and after >= 44, (before, after)

@@ -1,0 +1,158 @@
+"""The manifest of real projects a corpus is built from, and the checks that keep bad ones out.
+
+A manifest is JSONL (one project per line, so it scales to thousands and diffs line by line):
+
+    {"name": "six", "ecosystem": "pypi", "version": "1.16.0", "language": "python",
+     "test_command": "python3 -m pytest -q", "setup": []}
+
+`load_manifest` returns the valid entries AND the problems of the invalid ones (never silently
+dropped). `check_project` runs a project's test command twice in a real sandbox, with a different
+hash seed each time (order-dependent tests are the commonest flakiness), and classifies it:
+runs (usable), cannot_run (no test results: missing dependency, import error...) or flaky
+(per-test results differ between the runs).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ECOSYSTEMS = ("pypi", "npm", "crates", "local")
+LANGUAGES = ("python", "javascript", "typescript", "java", "c", "cpp", "rust", "shell")
+RUNNERS = ("unittest", "pytest", "tap")
+_PYTEST_LINE = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", re.MULTILINE)
+_TAP_LINE = re.compile(r"^(not ok|ok) (\d+) (?:- )?(.*)$", re.MULTILINE)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@/-]*$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    ecosystem: str
+    version: str
+    language: str
+    test_command: str
+    setup: tuple[str, ...] = ()
+    runner: str = "unittest"     # which parser reads the test output: unittest | pytest (-v) | tap
+    path: str = ""               # ecosystem "local": the project's directory (tests, local mirrors)
+
+    @property
+    def key(self) -> str:
+        return f"{self.ecosystem}:{self.name}=={self.version}"
+
+
+@dataclass
+class ManifestProblem:
+    line: int
+    entry: str
+    reason: str
+
+
+def _problem(d: dict) -> str:
+    """Why an entry is unusable ('' when it is fine)."""
+    missing = [k for k in ("name", "ecosystem", "version", "language", "test_command") if not d.get(k)]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if d["ecosystem"] not in ECOSYSTEMS:
+        return f"unknown ecosystem {d['ecosystem']!r}; use one of {', '.join(ECOSYSTEMS)}"
+    if d["language"] not in LANGUAGES:
+        return f"unknown language {d['language']!r}; use one of {', '.join(LANGUAGES)}"
+    if not _NAME.match(str(d["name"])):
+        return f"bad project name {d['name']!r}"
+    if not re.match(r"^[0-9A-Za-z][0-9A-Za-z.+-]*$", str(d["version"])) or d["version"] in ("latest", "*"):
+        return f"version {d['version']!r} is not an exact version (pin one, e.g. 1.2.3)"
+    if d["ecosystem"] == "local" and not Path(d.get("path", "")).is_dir():
+        return f"local project path {d.get('path', '')!r} is not a directory"
+    if d.get("runner", "unittest") not in RUNNERS:
+        return f"unknown runner {d['runner']!r}; use one of {', '.join(RUNNERS)}"
+    unknown = set(d) - {"name", "ecosystem", "version", "language", "test_command", "setup", "runner", "path"}
+    if unknown:
+        return f"unknown field(s) {', '.join(sorted(unknown))}"
+    return ""
+
+
+def load_manifest(path: str | Path) -> tuple[list[Entry], list[ManifestProblem]]:
+    """Valid entries, and one problem per bad line (unparsable, invalid, or a duplicate project)."""
+    entries: list[Entry] = []
+    problems: list[ManifestProblem] = []
+    seen: set[tuple[str, str]] = set()
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            d = json.loads(line)
+            if not isinstance(d, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            problems.append(ManifestProblem(n, line[:80], f"not valid JSON ({e})"))
+            continue
+        if why := _problem(d):
+            problems.append(ManifestProblem(n, line[:80], why))
+            continue
+        if (d["ecosystem"], d["name"]) in seen:
+            problems.append(ManifestProblem(n, line[:80], f"duplicate project {d['name']} (listed earlier)"))
+            continue
+        seen.add((d["ecosystem"], d["name"]))
+        entries.append(Entry(d["name"], d["ecosystem"], str(d["version"]), d["language"], d["test_command"],
+                             tuple(d.get("setup", ())), d.get("runner", "unittest"), d.get("path", "")))
+    return entries, problems
+
+
+def split_of(project: str, fractions: tuple[float, float] = (0.8, 0.1)) -> str:
+    """A stable split by project name (a hash), so a project never straddles splits and adding
+    projects to the manifest does not move existing ones."""
+    x = int(hashlib.sha256(project.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "train" if x < fractions[0] else "validation" if x < fractions[0] + fractions[1] else "test"
+
+
+@dataclass
+class ProjectCheck:
+    verdict: str                  # runs | cannot_run | flaky
+    reason: str = ""
+    results: list[dict] = field(default_factory=list)   # per run: test name -> status
+    exit_codes: list[int] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+
+def _parse(runner: str, output: str) -> dict[str, str]:
+    """Per-test results; empty when no test really ran (a module that failed to import counts as
+    none: unittest reports it as a pseudo-test of `_FailedTest`)."""
+    from tasks.groundtruth import unittest_facts
+    if runner == "pytest":
+        return dict(_PYTEST_LINE.findall(output))
+    if runner == "tap":   # tape and node --test both print "ok N [- ]description"
+        return {f"{n} {d.strip()}": st for st, n, d in _TAP_LINE.findall(output)}
+    results = unittest_facts(output)[1]["tests"]
+    failed_loads = set(re.findall(r"^(\w+) \(unittest\.loader\._FailedTest", output, re.MULTILINE))
+    return {} if set(results) <= failed_loads else results
+
+
+async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: float = 300,
+                        env: dict | None = None) -> ProjectCheck:
+    """Run the test command twice (hash seeds 1 and 2) in fresh sandboxes and compare."""
+    from rollout.sandbox import open_sandbox
+
+    check = ProjectCheck("runs")
+    for seed in ("1", "2"):
+        async with await open_sandbox(sandbox_cfg, repo_dir, env={**(env or {}), "PYTHONHASHSEED": seed}) as sb:
+            for cmd in entry.setup:
+                r = await sb.run(cmd, timeout_s=timeout_s)
+                if r.exit_code != 0:
+                    return ProjectCheck("cannot_run", f"setup `{cmd}` exited {r.exit_code}: {r.output[-300:]}")
+            r = await sb.run(entry.test_command, timeout_s=timeout_s)
+        if r.timed_out:
+            return ProjectCheck("cannot_run", f"tests timed out after {timeout_s:.0f} s")
+        results = _parse(entry.runner, r.output)
+        if not results:
+            return ProjectCheck("cannot_run", f"no test results (exit {r.exit_code}): {r.output[-300:].strip()}")
+        check.results.append(results)
+        check.outputs.append(r.output)
+        check.exit_codes.append(r.exit_code)
+    a, b = check.results
+    differ = sorted(t for t in set(a) | set(b) if a.get(t) != b.get(t))
+    if differ or check.exit_codes[0] != check.exit_codes[1]:
+        check.verdict = "flaky"
+        check.reason = f"results differ between two runs: {', '.join(differ) or 'exit status'}"
+    return check

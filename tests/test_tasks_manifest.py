@@ -1,0 +1,102 @@
+"""Manifest validation and project checks: bad entries reported with reasons, a flaky test caught."""
+import asyncio
+import json
+import subprocess
+
+from rollout.config import SandboxConfig
+from tasks.manifest import Entry, check_project, load_manifest, split_of
+
+GOOD = {"name": "six", "ecosystem": "pypi", "version": "1.16.0", "language": "python",
+        "test_command": "python3 -m unittest -v"}
+
+
+def test_bad_manifest_entries_are_reported_not_dropped(tmp_path):
+    lines = [json.dumps(GOOD), "{not json", json.dumps({**GOOD, "name": "x", "version": "latest"}),
+             json.dumps({**GOOD, "name": "y", "ecosystem": "maven"}), json.dumps({"name": "z"}),
+             json.dumps(GOOD), json.dumps({**GOOD, "name": "w", "colour": "red"}), "# a comment", ""]
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines))
+    entries, problems = load_manifest(path)
+    assert [e.name for e in entries] == ["six"]
+    reasons = {p.line: p.reason for p in problems}
+    assert set(reasons) == {2, 3, 4, 5, 6, 7}
+    assert "not valid JSON" in reasons[2] and "exact version" in reasons[3]
+    assert "unknown ecosystem" in reasons[4] and "missing" in reasons[5]
+    assert "duplicate" in reasons[6] and "colour" in reasons[7]
+
+
+def test_committed_manifest_is_valid():
+    from pathlib import Path
+    import tasks
+    entries, problems = load_manifest(Path(tasks.__file__).parent / "manifests" / "default.jsonl")
+    assert not problems, problems
+    assert len(entries) >= 7
+    assert split_of("six") == split_of("six") and {split_of(e.name) for e in entries} <= {"train", "validation", "test"}
+
+
+def _first_of_set(seed: str, words: list[str]) -> str:
+    code = f"print(next(iter({set(words)!r})))"
+    return subprocess.run(["/usr/bin/python3", "-c", code], env={"PYTHONHASHSEED": seed},
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _fake_project(root, body: str):
+    root.mkdir()
+    (root / "test_fake.py").write_text("import unittest\n\nclass T(unittest.TestCase):\n" + body)
+    return str(root)
+
+
+def test_flaky_and_unrunnable_projects_are_detected(tmp_path):
+    # an order-dependent test: it assumes the first element of a set, which depends on the hash seed
+    words = [f"w{i}" for i in range(12)]
+    first = _first_of_set("1", words)
+    assert _first_of_set("2", words) != first   # precondition: the two seeds order the set differently
+    flaky = _fake_project(tmp_path / "flaky", f"    def test_stable(self):\n        self.assertEqual(1, 1)\n"
+                          f"    def test_order(self):\n        self.assertEqual(next(iter({set(words)!r})), {first!r})\n")
+    stable = _fake_project(tmp_path / "stable", "    def test_a(self):\n        self.assertEqual(2, 1 + 1)\n"
+                           "    def test_b(self):\n        self.assertTrue(False)\n")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "test_x.py").write_text("import numpy_that_is_not_there\n")
+    entry = Entry("fake", "local", "0", "python", "python3 -m unittest -v")
+    cfg = SandboxConfig()
+
+    async def go():
+        return [await check_project(d, entry, cfg, timeout_s=60) for d in (flaky, stable, str(broken))]
+
+    f, s, b = asyncio.run(go())
+    assert f.verdict == "flaky" and "test_order" in f.reason and "test_stable" not in f.reason
+    assert s.verdict == "runs" and s.results[0] == {"test_a": "ok", "test_b": "FAIL"} and s.exit_codes == [1, 1]
+    assert b.verdict == "cannot_run", b
+
+
+def test_real_builder_injects_faults_and_records_their_location(tmp_path):
+    """The manifest builder end to end on a local project (no network): a clean run_tests task, and
+    fault tasks whose tests really fail in the sandbox and whose cause names file:line."""
+    from tasks import load_tasks
+    from tasks.real import build_corpus
+
+    proj = tmp_path / "mini"
+    proj.mkdir()
+    (proj / "mini.py").write_text("def is_even(n):\n    return n % 2 == 0\n\n\ndef smaller(a, b):\n"
+                                  "    return a if a < b else b\n")
+    (proj / "test_mini.py").write_text(
+        "import unittest\nfrom mini import is_even, smaller\n\nclass T(unittest.TestCase):\n"
+        "    def test_even(self):\n        self.assertTrue(is_even(4))\n"
+        "    def test_smaller(self):\n        self.assertEqual(smaller(2, 3), 2)\n")
+    entry = Entry("mini", "local", "0", "python", "python3 -m unittest -v", path=str(proj))
+    out = tmp_path / "corpus"
+    outcomes = asyncio.run(build_corpus([entry], out, jobs=1, progress=lambda s: None))
+    assert not outcomes[0].excluded, outcomes[0].excluded
+    tasks = {t.id: t for s in ("train", "validation", "test") for t in
+             (load_tasks(str(out), s) if (out / f"{s}.jsonl").read_text() else [])}
+    assert tasks["local-mini"].ground_truth.exit_status == 0
+    faults = {i: t for i, t in tasks.items() if i != "local-mini"}
+    assert {i.split("-")[2] for i in faults} == {"flip_eq", "flip_lt"}
+    for t in faults.values():
+        causes = [f.value for f in t.ground_truth.facts if f.kind == "cause"]
+        assert t.ground_truth.exit_status == 1 and len(causes) == 1
+        assert ("mini.py:2" in causes[0]) == ("flip_eq" in t.id) and ("mini.py:6" in causes[0]) == ("flip_lt" in t.id)
+        failing = [f.value for f in t.ground_truth.facts if f.kind == "failing_test"]
+        assert failing == (["test_even fails"] if "flip_eq" in t.id else ["test_smaller fails"])
+    assert len({t.split for t in tasks.values()}) == 1   # one project, one split
