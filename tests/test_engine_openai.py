@@ -97,7 +97,7 @@ def test_episodes_and_cli_through_vllm_serve(server, tok, tmp_path):
     out = tmp_path / "out.parquet"
     cmd = [f"{VENV_BIN}/terminus", "rollout", "--config", "tiny_cpu", "--tasks", str(tasks), "--out", str(out),
            "--n", "2", "--seed", "5", "rollout.engine.kind=openai", f"rollout.engine.base_url={base_url}",
-           "rollout.engine.model_name=tiny", "rollout.sampling.constrain=protocol",
+           "rollout.engine.model_name=tiny", "rollout.sampling.constrain=protocol", "rollout.sampling.temperature=1.0",
            "rollout.sampling.max_tokens_per_turn=48", "rollout.episode.max_turns=3"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
