@@ -24,17 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def calibration_batch():
-    from judge.calibrate import DEFAULT_SET, read_set
-    examples = read_set(DEFAULT_SET)
-    tasks, trajs = {}, []
-    for i, e in enumerate(examples):
-        t = copy.deepcopy(e.task)
-        t.id = f"{t.id}#{i}"
-        tr = copy.deepcopy(e.trajectory)
-        tr.task_id = t.id
-        tasks[t.id] = t
-        trajs.append(tr)
-    return tasks, trajs
+    from judge.calibrate import DEFAULT_SET, as_batch, read_set
+    return as_batch(read_set(DEFAULT_SET))
 
 
 def bench_rules(rounds: int = 5) -> None:

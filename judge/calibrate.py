@@ -79,6 +79,21 @@ def read_set(path: str | Path) -> list[Example]:
 
 # ---- the corruptions: each returns a modified copy of the task whose reference is replayed ----
 
+def as_batch(examples: list[Example]) -> tuple[dict[str, Task], list[Trajectory]]:
+    """(tasks by id, trajectories) to judge. Each example's task gets a private id, so corrupted
+    runs of one task never share a verdict-cache entry."""
+    tasks: dict[str, Task] = {}
+    trajs: list[Trajectory] = []
+    for i, e in enumerate(examples):
+        t = copy.deepcopy(e.task)
+        t.id = f"{e.task.id}#{i}"
+        tr = copy.deepcopy(e.trajectory)
+        tr.task_id = t.id
+        tasks[t.id] = t
+        trajs.append(tr)
+    return tasks, trajs
+
+
 def _report_parts(report: str) -> dict[str, str]:
     return {k: (m.group(1).strip() if (m := re.search(rf"<{k}>(.*?)</{k}>", report, re.S)) else "")
             for k in ("status", "summary", "details")}

@@ -29,7 +29,7 @@ def _calibrate(args) -> int:
     import copy
     import sys
 
-    from judge.calibrate import DEFAULT_SET, CalibrationError, agreement_report, read_set
+    from judge.calibrate import DEFAULT_SET, CalibrationError, agreement_report, as_batch, read_set
     from judge.pool import JudgePool
     from terminus.config import load_config
 
@@ -39,16 +39,7 @@ def _calibrate(args) -> int:
     except CalibrationError as e:
         print(f"terminus judge calibrate: error: {e}", file=sys.stderr)
         return 2
-    tasks = {}
-    trajs = []
-    for i, e in enumerate(examples):
-        # Each example's task gets a private id: corrupted runs of one task must not share a cache entry.
-        t = copy.deepcopy(e.task)
-        t.id = f"{e.task.id}#{i}"
-        tr = copy.deepcopy(e.trajectory)
-        tr.task_id = t.id
-        tasks[t.id] = t
-        trajs.append(tr)
+    tasks, trajs = as_batch(examples)
     jcfg = copy.deepcopy(cfg.judge)
     jcfg.cache_dir = ""          # calibration measures the judge itself: never answer from a cache
     first = JudgePool(jcfg).score(tasks, copy.deepcopy(trajs))
