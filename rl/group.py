@@ -65,15 +65,14 @@ class TrainerGroup:
         import ray
         per_rank = deal(micro_batches, self.world)
         outs = ray.get([w.train.remote(kind, mbs, norm) for w, mbs in zip(self.workers, per_rank)])
-        m = {k: statistics.fmean(o[k] for o in outs if k in o) for k in outs[0]}
+        # A rank that got only empty micro-batches reports no per-token metrics: use every rank's keys.
+        keys = {k for o in outs for k in o}
+        m = {k: (max if k.endswith("_max") else statistics.fmean)([o[k] for o in outs if k in o]) for k in keys}
         m["loss"] = sum(o["loss"] for o in outs)   # each rank's share of the global loss
         m["tokens"] = sum(o["tokens"] for o in outs)
         if kind == "grpo":
             m["entropy"] = sum(o["entropy_sum"] for o in outs) / max(1.0, m["tokens"])
         m.pop("entropy_sum", None)
-        for k in ("logprob_mismatch_max",):
-            if k in outs[0]:
-                m[k] = max(o.get(k, 0.0) for o in outs)
         return m
 
     @property
