@@ -73,6 +73,20 @@ def _build_manifest(args) -> int:
     summary = json.loads((out / "corpus.json").read_text())
     print(json.dumps({k: summary[k] for k in ("tasks", "projects", "by_split", "by_language", "by_category")},
                      indent=2))
+    print(summary_line(summary))
     print(f"excluded: {len(problems)} bad manifest lines, "
           f"{sum(1 for o in outcomes if o.excluded)} projects (reasons above and in corpus.json)")
     return 0
+
+
+def summary_line(summary: dict) -> str:
+    """One line with the totals a corpus is judged by: tasks, projects, languages, per split, and
+    whether any project straddles two splits."""
+    by_split = summary.get("projects_by_split", {})
+    splits = ", ".join(f"{s} {summary['by_split'].get(s, 0)} tasks / {len(by_split.get(s, []))} projects"
+                       for s in ("train", "validation", "test"))
+    seen: dict[str, str] = {}
+    shared = sorted({p for s, ps in by_split.items() for p in ps if seen.setdefault(p, s) != s})
+    return (f"corpus: {summary['tasks']} tasks, {summary['projects']} projects, "
+            f"{len(summary['by_language'])} languages ({', '.join(sorted(summary['by_language']))}); {splits}; "
+            + (f"projects in two splits: {', '.join(shared)}" if shared else "no project in two splits"))

@@ -4,6 +4,12 @@ A manifest is JSONL (one project per line, so it scales to thousands and diffs l
 
     {"name": "six", "ecosystem": "pypi", "version": "1.16.0", "language": "python",
      "test_command": "python3 -m pytest -q", "setup": []}
+    {"name": "cjson", "ecosystem": "debian", "version": "1.7.15-1+deb12u4", "language": "c",
+     "setup": ["cmake -B build", "cmake --build build -j2"], "test_command": "ctest --test-dir build",
+     "runner": "ctest"}
+
+Ecosystems: pypi (sdists), npm (tarballs), debian (source packages of Debian bookworm: the upstream
+tarball, for C/C++ projects; the version is Debian's, epoch included, e.g. 1:1.2.13.dfsg-1), local.
 
 `load_manifest` returns the valid entries AND the problems of the invalid ones (never silently
 dropped). `check_project` runs a project's test command twice in a real sandbox, with a different
@@ -13,17 +19,24 @@ runs (usable), cannot_run (no test results: missing dependency, import error...)
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ECOSYSTEMS = ("pypi", "npm", "crates", "local")
+ECOSYSTEMS = ("pypi", "npm", "debian", "crates", "local")
 LANGUAGES = ("python", "javascript", "typescript", "java", "c", "cpp", "rust", "shell")
-RUNNERS = ("unittest", "pytest", "tap")
+RUNNERS = ("unittest", "pytest", "tap", "automake", "ctest")
 _PYTEST_LINE = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", re.MULTILINE)
 _TAP_LINE = re.compile(r"^(not ok|ok) (\d+) (?:- )?(.*)$", re.MULTILINE)
+# automake's parallel test harness (`make check`): "PASS: name", "FAIL: name", ...
+_AUTOMAKE_LINE = re.compile(r"^(PASS|FAIL|XFAIL|XPASS|ERROR|SKIP): (\S+)", re.MULTILINE)
+# ctest: " 3/19 Test  #3: parse_number .......   Passed    0.01 sec" / "***Failed" / "***Exception: SegFault"
+_CTEST_LINE = re.compile(r"^\s*\d+/\d+ Test\s+#\d+: (\S+) [ .*]*?"
+                         r"(Passed|Failed|Not Run|Timeout|Exception|Skipped|Subprocess aborted)\b", re.MULTILINE)
+_CTEST_STATUS = {"Passed": "PASS", "Failed": "FAIL", "Skipped": "SKIP"}   # anything else: ERROR
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@/-]*$")
 
 
@@ -35,7 +48,7 @@ class Entry:
     language: str
     test_command: str
     setup: tuple[str, ...] = ()
-    runner: str = "unittest"     # which parser reads the test output: unittest | pytest (-v) | tap
+    runner: str = "unittest"     # which parser reads the test output (RUNNERS)
     path: str = ""               # ecosystem "local": the project's directory (tests, local mirrors)
 
     @property
@@ -61,8 +74,13 @@ def _problem(d: dict) -> str:
         return f"unknown language {d['language']!r}; use one of {', '.join(LANGUAGES)}"
     if not _NAME.match(str(d["name"])):
         return f"bad project name {d['name']!r}"
-    if not re.match(r"^[0-9A-Za-z][0-9A-Za-z.+-]*$", str(d["version"])) or d["version"] in ("latest", "*"):
-        return f"version {d['version']!r} is not an exact version (pin one, e.g. 1.2.3)"
+    version = str(d["version"])
+    if d["ecosystem"] == "debian":   # Debian's own version: [epoch:]upstream[-revision]
+        if not re.match(r"^(\d+:)?[0-9][0-9A-Za-z.+~]*(-[0-9A-Za-z.+~]+)?$", version):
+            return (f"version {version!r} is not an exact Debian source version (pin one as `apt-cache showsrc` "
+                    "prints it, e.g. 1.7.15-1+deb12u4 or 1:1.2.13.dfsg-1)")
+    elif not re.match(r"^[0-9A-Za-z][0-9A-Za-z.+-]*$", version) or version in ("latest", "*"):
+        return f"version {version!r} is not an exact version (pin one, e.g. 1.2.3)"
     if d["ecosystem"] == "local" and not Path(d.get("path", "")).is_dir():
         return f"local project path {d.get('path', '')!r} is not a directory"
     if d.get("runner", "unittest") not in RUNNERS:
@@ -124,14 +142,21 @@ def _parse(runner: str, output: str) -> dict[str, str]:
         return dict(_PYTEST_LINE.findall(output))
     if runner == "tap":   # tape and node --test both print "ok N [- ]description"
         return {f"{n} {d.strip()}": st for st, n, d in _TAP_LINE.findall(output)}
+    if runner == "automake":
+        return {name: st for st, name in _AUTOMAKE_LINE.findall(output)}
+    if runner == "ctest":
+        return {name: _CTEST_STATUS.get(st, "ERROR") for name, st in _CTEST_LINE.findall(output)}
     results = unittest_facts(output)[1]["tests"]
     failed_loads = set(re.findall(r"^(\w+) \(unittest\.loader\._FailedTest", output, re.MULTILINE))
     return {} if set(results) <= failed_loads else results
 
 
 async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: float = 300,
-                        env: dict | None = None) -> ProjectCheck:
-    """Run the test command twice (hash seeds 1 and 2) in fresh sandboxes and compare."""
+                        env: dict | None = None, snapshot: str = "") -> ProjectCheck:
+    """Run the test command twice (hash seeds 1 and 2) in fresh sandboxes and compare.
+
+    `snapshot`: a host directory that receives a copy of the first sandbox's repository right after
+    the setup (the built tree), so fault runs rebuild incrementally instead of from scratch."""
     from rollout.sandbox import open_sandbox
 
     check = ProjectCheck("runs")
@@ -139,8 +164,10 @@ async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: flo
         async with await open_sandbox(sandbox_cfg, repo_dir, env={**(env or {}), "PYTHONHASHSEED": seed}) as sb:
             for cmd in entry.setup:
                 r = await sb.run(cmd, timeout_s=timeout_s)
-                if r.exit_code != 0:
+                if r.exit_code != 0 or r.timed_out:
                     return ProjectCheck("cannot_run", f"setup `{cmd}` exited {r.exit_code}: {r.output[-300:]}")
+            if snapshot and seed == "1" and entry.setup:
+                await asyncio.to_thread(_snapshot, sb, snapshot)
             r = await sb.run(entry.test_command, timeout_s=timeout_s)
         if r.timed_out:
             return ProjectCheck("cannot_run", f"tests timed out after {timeout_s:.0f} s")
@@ -156,3 +183,12 @@ async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: flo
         check.verdict = "flaky"
         check.reason = f"results differ between two runs: {', '.join(differ) or 'exit status'}"
     return check
+
+
+def _snapshot(sb, dest: str) -> None:
+    """Copy a sandbox's (built) repository to the host directory dest; backends without a host-side
+    view of it (docker, podman) give none, and fault runs then build from scratch."""
+    import shutil
+    src = getattr(getattr(sb, "workspace", None), "repo", "")
+    if src and Path(src).is_dir():
+        shutil.copytree(src, dest, symlinks=True)

@@ -1,0 +1,185 @@
+"""The real-project builder's C/C++ path: parsers on real test output, the Debian ecosystem's
+manifest checks, and a local C project built and fault-injected end to end in a real sandbox
+(no network)."""
+import asyncio
+import json
+
+from tasks.manifest import _parse, load_manifest
+
+# ctest, from a real run of cJSON 1.7.15's suite (Debian cjson 1.7.15-1+deb12u4) with a flipped
+# comparison in cJSON.c, inside the sandbox
+CTEST_CJSON = """\
+Internal ctest changing into directory: /work/repo/build
+Test project /work/repo/build
+      Start  1: cJSON_test
+ 1/19 Test  #1: cJSON_test .......................***Exception: SegFault  0.01 sec
+      Start  2: parse_examples
+ 2/19 Test  #2: parse_examples ...................***Failed    0.01 sec
+      Start  3: parse_number
+ 3/19 Test  #3: parse_number .....................   Passed    0.01 sec
+      Start  4: parse_hex4
+ 4/19 Test  #4: parse_hex4 .......................   Passed    0.01 sec
+10/19 Test #10: print_number .....................***Failed    0.00 sec
+19/19 Test #19: minify_tests .....................   Passed    0.00 sec
+
+63% tests passed, 7 tests failed out of 19
+
+Total Test time (real) =   0.11 sec
+
+The following tests FAILED:
+\t  1 - cJSON_test (SEGFAULT)
+\t  2 - parse_examples (Failed)
+\t 10 - print_number (Failed)
+Errors while running CTest
+"""
+
+# automake's parallel harness, from a real `make check` of libmd 1.0.4 (Debian libmd 1.0.4-2) with a
+# wrong MD5 initial state
+AUTOMAKE_LIBMD = """\
+make[3]: Entering directory '/work/repo/test'
+PASS: md2
+PASS: md4
+FAIL: md5
+PASS: rmd160
+PASS: sha1
+PASS: sha2
+============================================================================
+Testsuite summary for libmd 1.0.4
+============================================================================
+# TOTAL: 6
+# PASS:  5
+# SKIP:  0
+# XFAIL: 0
+# FAIL:  1
+# XPASS: 0
+# ERROR: 0
+============================================================================
+See test/test-suite.log
+make[3]: *** [Makefile:716: test-suite.log] Error 1
+"""
+
+# the older serial automake harness, from libcsv 3.0.3's real `make check`
+AUTOMAKE_SERIAL_LIBCSV = """\
+libtool: link: gcc -g -O2 -o .libs/check_csv test_csv.o  /work/repo/.libs/libcsv.so
+All tests passed
+PASS: check_csv
+1 test passed
+"""
+
+
+def test_ctest_parser_on_real_output():
+    r = _parse("ctest", CTEST_CJSON)
+    assert r == {"cJSON_test": "ERROR", "parse_examples": "FAIL", "parse_number": "PASS", "parse_hex4": "PASS",
+                 "print_number": "FAIL", "minify_tests": "PASS"}
+    assert _parse("ctest", "Test project /work/repo/build\nNo tests were found!!!\n") == {}
+
+
+def test_automake_parser_on_real_output():
+    assert _parse("automake", AUTOMAKE_LIBMD) == {"md2": "PASS", "md4": "PASS", "md5": "FAIL", "rmd160": "PASS",
+                                                  "sha1": "PASS", "sha2": "PASS"}
+    assert _parse("automake", AUTOMAKE_SERIAL_LIBCSV) == {"check_csv": "PASS"}
+    assert _parse("automake", "make: *** No rule to make target 'check'.  Stop.\n") == {}
+
+
+def test_failing_statuses_of_the_new_runners_count_as_failures():
+    from tasks.real import failed, result_facts
+    facts = result_facts(_parse("ctest", CTEST_CJSON))
+    assert [f.value for f in facts if f.kind == "failing_test"] == ["cJSON_test fails", "parse_examples fails",
+                                                                     "print_number fails"]
+    assert [f.value for f in facts if f.kind == "counts"] == ["3 of 6 tests fail"]
+    assert not failed("PASS") and not failed("SKIP") and failed("FAIL") and failed("ERROR")
+
+
+DEB = {"name": "cjson", "ecosystem": "debian", "version": "1.7.15-1+deb12u4", "language": "c",
+       "runner": "ctest", "setup": ["cmake -B build", "cmake --build build"], "test_command": "ctest --test-dir build"}
+
+
+def test_debian_entries_need_an_exact_debian_version(tmp_path):
+    lines = [json.dumps(DEB), json.dumps({**DEB, "name": "zlib", "version": "1:1.2.13.dfsg-1"}),
+             json.dumps({**DEB, "name": "a", "version": "latest"}), json.dumps({**DEB, "name": "b", "version": "1.7.*"}),
+             json.dumps({**DEB, "name": "c", "version": ">=1.7"}), json.dumps({**DEB, "name": "d", "runner": "maven"})]
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines))
+    entries, problems = load_manifest(path)
+    assert [(e.name, e.version) for e in entries] == [("cjson", "1.7.15-1+deb12u4"), ("zlib", "1:1.2.13.dfsg-1")]
+    reasons = {p.line: p.reason for p in problems}
+    assert set(reasons) == {3, 4, 5, 6}
+    for n in (3, 4, 5):
+        assert "not an exact Debian source version" in reasons[n] and "apt-cache showsrc" in reasons[n]
+    assert "unknown runner" in reasons[6]
+
+
+def test_debian_fetch_reports_a_missing_package_clearly(tmp_path, monkeypatch):
+    """No network: apt-get is replaced by a stub that fails like apt-get does for an unknown version."""
+    import subprocess
+
+    import tasks.real as real
+    from tasks.manifest import Entry
+
+    monkeypatch.setattr(real, "debian_state", lambda root=None: [])
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a[0], 100, "", "E: Can not find version '9.9-1' of package 'cjson'\nE: Unable to find a source package"))
+    try:
+        real.fetch(Entry("cjson", "debian", "9.9-1", "c", "ctest"), tmp_path / "w")
+    except RuntimeError as e:
+        assert "apt-get source cjson=9.9-1 failed" in str(e) and "Can not find version" in str(e)
+    else:
+        raise AssertionError("a failed apt-get source must raise")
+
+
+def test_c_sources_for_faults_are_the_compiled_ones(tmp_path):
+    from tasks.real import fault_candidates
+    (tmp_path / "src").mkdir()
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "build").mkdir()
+    for f in ("src/lib.c", "src/unused.c", "examples/demo.c", "src/lib.h", "test_lib.c"):
+        (tmp_path / f).write_text("int f(int a) {\n    return a == 1;\n}\n")
+    (tmp_path / "build" / "lib.c.o").write_text("")
+    files = [m.file for m in fault_candidates(tmp_path, "c", built=tmp_path)]
+    assert files == ["src/lib.c", "src/lib.h"]     # compiled sources, then headers; no tests/examples
+    assert {m.file for m in fault_candidates(tmp_path, "c")} == {"src/lib.c", "src/unused.c", "src/lib.h"}
+
+
+MINI_C = {
+    "mini.c": "#include \"mini.h\"\n\nint clamp_max(int a, int b) {\n    return a < b ? b : a;\n}\n\n"
+              "int is_zero(int a) {\n    return a == 0;\n}\n",
+    "mini.h": "int clamp_max(int a, int b);\nint is_zero(int a);\n",
+    "test_max.c": "#include \"mini.h\"\nint main(void) { return clamp_max(2, 3) == 3 && clamp_max(5, 1) == 5 ? 0 : 1; }\n",
+    "test_zero.c": "#include \"mini.h\"\nint main(void) { return is_zero(0) && !is_zero(7) ? 0 : 1; }\n",
+    # an automake-style harness: one PASS:/FAIL: line per test program
+    "Makefile": ".SECONDARY:\n\nall: test_max test_zero\n\n"
+                "test_%: test_%.o mini.o\n\tgcc -o $@ $^\n\n"
+                "%.o: %.c mini.h\n\tgcc -c -o $@ $<\n\n"
+                "check: all\n\t@fail=0; for t in test_max test_zero; do if ./$$t; then echo \"PASS: $$t\"; "
+                "else echo \"FAIL: $$t\"; fail=1; fi; done; exit $$fail\n",
+}
+
+
+def test_real_builder_builds_a_c_project_and_injects_faults(tmp_path):
+    """A local C project end to end: built by its setup in the sandbox, a clean run_tests task, and
+    fault tasks (rebuilt incrementally from the built tree) whose failing test and file:line are in the
+    ground truth."""
+    from tasks import load_tasks
+    from tasks.manifest import Entry
+    from tasks.real import build_corpus
+
+    proj = tmp_path / "minic"
+    proj.mkdir()
+    for name, text in MINI_C.items():
+        (proj / name).write_text(text)
+    entry = Entry("minic", "local", "0", "c", "make check", setup=("make",), runner="automake", path=str(proj))
+    out = tmp_path / "corpus"
+    outcomes = asyncio.run(build_corpus([entry], out, jobs=1, progress=lambda s: None))
+    assert not outcomes[0].excluded, outcomes[0].excluded
+    tasks = {t.id: t for s in ("train", "validation", "test") for t in
+             (load_tasks(str(out), s) if (out / f"{s}.jsonl").read_text() else [])}
+    clean = tasks.pop("local-minic")
+    assert clean.ground_truth.exit_status == 0 and clean.setup == ["make"]
+    assert clean.ground_truth.observed["tests"] == {"test_max": "PASS", "test_zero": "PASS"}
+    assert {i.split("-")[2] for i in tasks} == {"flip_eq", "flip_lt"}
+    for t in tasks.values():
+        facts = {f.kind: f.value for f in t.ground_truth.facts}
+        want_test, want_line = ("test_zero", 8) if "flip_eq" in t.id else ("test_max", 4)
+        assert t.ground_truth.exit_status != 0
+        assert facts["failing_test"] == f"{want_test} fails" and f"mini.c:{want_line}" in facts["cause"]
+        assert not list((out / t.repo_dir).glob("*.o"))   # the task's snapshot is the clean source
