@@ -169,9 +169,10 @@ async def _train(cfg) -> dict[str, Any]:
                                          if cfg.trainer.checkpoint.resume == "auto" else (0, 0))
             resumed_in_grpo = trainer.stage == "grpo"
             engine = start_engine_actor(cfg)
+            # Weight sync (disk, nccl or ipc by rollout.engine.weight_transfer) goes through push_weights.
+            await asyncio.to_thread(trainer.init_weight_transfer, [engine])
             if resumed_in_grpo:   # the engine starts from the base weights: give it the checkpoint's
-                path = await asyncio.to_thread(trainer.export_hf, run_dir / "weights" / "resumed")
-                await engine.update_weights(str(path), start_version)
+                await asyncio.to_thread(trainer.push_weights, [engine], start_version, run_dir / "weights" / "resumed")
             pool.set_engine(engine)
             if eval_tasks and not resumed_in_grpo and trainer.sft_step == 0:
                 evals["untrained"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed,
@@ -183,8 +184,7 @@ async def _train(cfg) -> dict[str, Any]:
                 sft = await asyncio.to_thread(trainer.sft, demos)
                 summary["sft"] = sft
                 await asyncio.to_thread(trainer.save_checkpoint, trainer.sft_step)
-                path = await asyncio.to_thread(trainer.export_hf, run_dir / "weights" / "sft")
-                await engine.update_weights(str(path), 0)
+                await asyncio.to_thread(trainer.push_weights, [engine], 0, run_dir / "weights" / "sft")
                 pool.set_engine(engine)
                 if eval_tasks:
                     evals["sft"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed, run_dir / "eval_sft.jsonl")
@@ -251,8 +251,7 @@ async def _grpo(cfg, tasks, pool, engine, trainer, judge, run_dir: Path, start_s
         return metrics
 
     async def sync(version: int) -> None:
-        path = await asyncio.to_thread(trainer.export_hf, run_dir / "weights" / "latest")
-        await engine.update_weights(str(path), version)
+        await asyncio.to_thread(trainer.push_weights, [engine], version, run_dir / "weights" / "latest")
 
     async def after_step(rec) -> None:
         m = rec.metrics

@@ -177,6 +177,30 @@ class TrainerGroup:
         self._all("export_hf", str(path))
         return Path(path)
 
+    def init_weight_transfer(self, engines: Sequence) -> None:
+        """Connect the ranks to the engines (RayEngine clients) for `push_weights`, once. A no-op for
+        the disk path; nccl/ipc join vLLM's weight-transfer group (rl/weight_sync.py)."""
+        if self.cfg.rollout.engine.weight_transfer == "disk":
+            return
+        import ray
+
+        from rl.weight_sync import transfer_world_size
+
+        addr, port = ray.get(self.workers[0].address.remote())   # rank 0 is the sender: it hosts the rendezvous
+        world = transfer_world_size(len(engines), self.cfg.rollout.engine.tensor_parallel_size)
+        self._all("init_weight_transfer", addr, port, world, [e.handle for e in engines])
+
+    def push_weights(self, engines: Sequence, version: int, path: str | Path) -> None:
+        """Give the engines the current weights as policy `version`, by the configured path
+        (rollout.engine.weight_transfer): disk writes an HF dir at `path` that each engine reloads;
+        nccl/ipc stream them (after `init_weight_transfer`)."""
+        import ray
+        if self.cfg.rollout.engine.weight_transfer == "disk":
+            self.export_hf(path)
+            ray.get([e.handle.update_weights.remote(str(path), version) for e in engines])
+        else:
+            self._all("send_weights", version)
+
     def save_checkpoint(self, step: int) -> Path:
         """Checkpoint everything; directories are numbered by optimizer steps over both stages
         (monotonic, so the newest is the last), `step` is recorded as the caller's step."""

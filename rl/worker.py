@@ -226,7 +226,31 @@ class TrainerWorker:
             os.replace(tmp, out)
         return path
 
+    # -- GPU weight sync (rl/weight_sync.py; the disk path is export_hf) ---------------------------------
+    def weight_source(self):
+        """This rank's view of the weights to stream, in the engine's dtype."""
+        from rl.weight_sync import FSDPWeightSource
+        return FSDPWeightSource(self.model, tie_word_embeddings=self.tie,
+                                dtype=getattr(torch, self.cfg.model.dtype), device=self.device)
+
+    def init_weight_transfer(self, master_addr: str, port: int, world_size: int, engine_handles: list) -> None:
+        """Join vLLM's weight-transfer group (every rank; rank 0 is the sender and rendezvous with the
+        engines at master_addr:port, so this blocks on rank 0 until they have joined)."""
+        from rl.weight_sync import RayEngineClient, trainer_engine
+        self._sync_client = RayEngineClient(engine_handles, self.cfg.rollout.engine.tensor_parallel_size)
+        self._transfer = trainer_engine(self.cfg.rollout.engine.weight_transfer, rank=self.rank,
+                                        source=self.weight_source(), client=self._sync_client,
+                                        master_addr=master_addr, port=port, world_size=world_size)
+
+    def send_weights(self, version: int) -> None:
+        """Stream the current weights to the engines as policy `version` (every rank: the FSDP
+        gathers are collectives; only rank 0 sends and drives the engines)."""
+        self._sync_client.version = version
+        self._transfer.send_weights()
+
     def shutdown(self) -> None:
         import torch.distributed as dist
+        if getattr(self, "_transfer", None) is not None:
+            self._transfer.shutdown()
         if dist.is_initialized():
             dist.destroy_process_group()

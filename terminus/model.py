@@ -18,6 +18,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
 
 TINY = "tiny"
 SPECIAL_TOKENS = [
@@ -182,17 +183,37 @@ def build_tiny(out_dir: str | os.PathLike, spec: TinySpec = TinySpec()) -> Path:
     return out
 
 
-def save_hf_weights(state_dict: dict, out_dir: str | os.PathLike, *, tie_word_embeddings: bool) -> Path:
-    """Write a full state dict as HF safetensors that vLLM's `reload_weights` and transformers both load.
+EMBED_WEIGHT, LM_HEAD_WEIGHT = "model.embed_tokens.weight", "lm_head.weight"
+T = TypeVar("T")
+
+
+def hf_weights(items: Iterable[tuple[str, T]], *, tie_word_embeddings: bool) -> Iterator[tuple[str, T]]:
+    """The (name, tensor) pairs vLLM's in-place weight loading expects, from a model's own pairs.
 
     With tied embeddings `save_pretrained` omits lm_head.weight, and vLLM's in-place reload then keeps
-    the OLD output head (see shared/docs/PLATFORM.md). We always write an explicit lm_head.weight.
+    the OLD output head (see shared/docs/PLATFORM.md). So an explicit lm_head.weight (the embedding)
+    follows the embedding; a state dict's own alias of it is dropped, so it appears once. Lazy and
+    generic in the value (tensors, or metadata about them), so the disk export and the GPU weight
+    stream (rl/weight_sync.py) name exactly the same tensors.
     """
+    for name, value in items:
+        if tie_word_embeddings and name == LM_HEAD_WEIGHT:
+            continue
+        yield name, value
+        if tie_word_embeddings and name == EMBED_WEIGHT:
+            yield LM_HEAD_WEIGHT, value
+
+
+def save_hf_weights(state_dict: dict, out_dir: str | os.PathLike, *, tie_word_embeddings: bool) -> Path:
+    """Write a full state dict as HF safetensors that vLLM's `reload_weights` and transformers both load
+    (with an explicit lm_head.weight for tied embeddings: see `hf_weights`)."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    if tie_word_embeddings and "model.embed_tokens.weight" in tensors:
-        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+    tensors = {}
+    for name, value in hf_weights(state_dict.items(), tie_word_embeddings=tie_word_embeddings):
+        value = value.detach().contiguous().cpu()
+        # safetensors refuses two names on one storage, and the tied head is the embedding itself.
+        tensors[name] = value.clone() if tie_word_embeddings and name == LM_HEAD_WEIGHT else value
     path = Path(out_dir) / "model.safetensors"
     save_file(tensors, str(path), metadata={"format": "pt"})
     return path

@@ -6,8 +6,11 @@ Weight update API (used by the trainer; stable):
     await actor.policy_version.remote() -> int
 GPU clusters can stream weights instead of writing them to disk, through vLLM's weight-transfer
 engine (engine.weight_transfer = "nccl" or "ipc"):
-    await actor.init_weight_transfer.remote(init_info)        # once: join the trainer's NCCL group
-    await actor.receive_weights.remote(update_info, version)  # per sync: names/dtypes/shapes, then broadcast
+    await actor.init_weight_transfer.remote(init_info)   # once: join the trainer's NCCL group
+    await actor.start_weight_update.remote()             # per sync: pause generation, prepare
+    await actor.receive_weights.remote(update_info)      # names/dtypes/shapes, during the broadcast
+    await actor.finish_weight_update.remote(version)     # finalise, reset caches, version, resume
+driven by the trainer through rl/weight_sync.py (vLLM's trainer-side weight-transfer engine).
 """
 from __future__ import annotations
 
@@ -57,6 +60,8 @@ class VLLMEngine:
         self.weight_transfer = weight_transfer
         self._version = 0
         self._ids = itertools.count()
+        self._weights_lock = asyncio.Lock()   # one weight update at a time (see start_weight_update)
+        self._update_started = 0.0
         memory = (f"gpu_memory_utilization={gpu_memory_utilization}" if self.on_gpu
                   else f"VLLM_CPU_KVCACHE_SPACE={os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB")
         self._info = {"model": model_path, "device": "gpu" if self.on_gpu else "cpu", "memory": memory,
@@ -127,22 +132,27 @@ class VLLMEngine:
             raise FileNotFoundError(f"update_weights: '{path}' is not a directory of HF safetensors "
                                     "(write it with terminus.model.save_hf_weights)")
         started = time.monotonic()
-        await self.llm.pause_generation(mode="keep", clear_cache=True)
-        try:
-            await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
-            await self.llm.reset_prefix_cache()
-            self._version = int(version)
-        finally:
-            await self.llm.resume_generation()
+        async with self._weights_lock:
+            await self.llm.pause_generation(mode="keep", clear_cache=True)
+            try:
+                await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+                await self.llm.reset_prefix_cache()
+                self._version = int(version)
+            finally:
+                await self.llm.resume_generation()
         return {"policy_version": self._version, "load_s": time.monotonic() - started}
 
+    # GPU streaming (vLLM's weight-transfer engine). The trainer's rl/weight_sync.py calls these:
+    # init_weight_transfer once, then per sync start_weight_update, receive_weights (one or more
+    # chunks, concurrently with the trainer's broadcast) and finish_weight_update. A sync spans
+    # several actor calls, so `_weights_lock` is taken in start and released in finish: no disk
+    # reload or second sync interleaves, and generation stays paused in between.
     async def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
         """GPU: join the trainer's weight-transfer group (vLLM weight_transfer nccl/ipc backends).
 
         For nccl (vLLM's NCCLWeightTransferInitInfo): master_address, master_port, world_size (trainer
         + all inference workers) and rank_offset (this engine's first rank; the trainer's sender is
-        rank 0, so engine i with TP t starts at 1 + i*t). The trainer side joins with vLLM's
-        NCCLTrainerWeightTransferEngine (trainer_init, then send_weights per sync).
+        rank 0, so engine i with TP t starts at 1 + i*t). Blocks until the trainer joins.
         Requires rollout.engine.weight_transfer != "disk".
         """
         if self.weight_transfer == "disk":
@@ -151,24 +161,49 @@ class VLLMEngine:
         from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
         await self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=init_info))
 
-    async def receive_weights(self, update_info: dict[str, Any], version: int) -> dict[str, Any]:
-        """GPU: receive one full set of weights streamed by the trainer (names, dtype_names, shapes).
-
-        The trainer starts its broadcast after calling this (both sides block in the collective).
-        Same pause/resume discipline as update_weights.
-        """
-        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
-        started = time.monotonic()
-        await self.llm.pause_generation(mode="keep", clear_cache=True)
+    async def start_weight_update(self) -> None:
+        """Pause generation (requests kept), then prepare the model to receive a full set of weights."""
+        await self._weights_lock.acquire()
+        self._update_started = time.monotonic()
+        try:
+            await self.llm.pause_generation(mode="keep", clear_cache=True)
+        except BaseException:
+            self._weights_lock.release()
+            raise
         try:
             await self.llm.start_weight_update()
-            await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
+        except BaseException:
+            await self._end_update()
+            raise
+
+    async def receive_weights(self, update_info: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Receive one chunk of weights (nccl: names/dtype_names/shapes, then the broadcast).
+
+        The trainer broadcasts while this runs (both sides block in the collective). On failure the
+        engine stays paused: its weights are partly new, and generating from them would be wrong.
+        """
+        if not self._weights_lock.locked():
+            raise RuntimeError("receive_weights outside a weight update: call start_weight_update first")
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+        await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
+
+    async def finish_weight_update(self, version: int) -> dict[str, Any]:
+        """Finalise the new weights, clear caches of the old ones, bump the policy version, resume."""
+        if not self._weights_lock.locked():
+            raise RuntimeError("finish_weight_update outside a weight update: call start_weight_update first")
+        try:
             await self.llm.finish_weight_update(str(version))
             await self.llm.reset_prefix_cache()
             self._version = int(version)
         finally:
+            await self._end_update()
+        return {"policy_version": self._version, "load_s": time.monotonic() - self._update_started}
+
+    async def _end_update(self) -> None:
+        try:
             await self.llm.resume_generation()
-        return {"policy_version": self._version, "load_s": time.monotonic() - started}
+        finally:
+            self._weights_lock.release()
 
     async def sleep(self) -> bool:
         """Free device memory for a colocated trainer (GPU only; a no-op on CPU). True if it slept."""
@@ -202,10 +237,20 @@ def engine_kwargs(cfg) -> dict[str, Any]:
                 weight_transfer=e.weight_transfer, block_size=e.block_size)
 
 
+def check_weight_transfer(weight_transfer: str, gpus: bool) -> None:
+    """vLLM's weight-transfer engine moves CUDA tensors: without GPUs only the disk path exists."""
+    if weight_transfer != "disk" and not gpus:
+        raise ValueError(f"rollout.engine.weight_transfer={weight_transfer!r} streams weights between GPUs "
+                         "(vLLM's weight-transfer engine), but no CUDA GPU is available; "
+                         "use rollout.engine.weight_transfer=disk on CPU")
+
+
 def start_engine_actor(cfg, name: str | None = None):
     """Start a VLLMEngine in a Ray actor (Ray must be initialised); returns a RayEngine client."""
     import ray
-    num_gpus = cfg.rollout.engine.tensor_parallel_size if _cluster_has_gpus() else 0
+    gpus = _cluster_has_gpus()
+    check_weight_transfer(cfg.rollout.engine.weight_transfer, gpus)   # before anything loads
+    num_gpus = cfg.rollout.engine.tensor_parallel_size if gpus else 0
     actor_cls = ray.remote(num_cpus=0, num_gpus=num_gpus)(VLLMEngine)
     opts: dict[str, Any] = {"max_concurrency": 1000}
     if name:
