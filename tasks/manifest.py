@@ -132,6 +132,7 @@ class ProjectCheck:
     results: list[dict] = field(default_factory=list)   # per run: test name -> status
     exit_codes: list[int] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)   # seconds of each test run
 
 
 def _parse(runner: str, output: str) -> dict[str, str]:
@@ -177,6 +178,7 @@ async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: flo
         check.results.append(results)
         check.outputs.append(r.output)
         check.exit_codes.append(r.exit_code)
+        check.durations.append(r.duration_s)
     a, b = check.results
     differ = sorted(t for t in set(a) | set(b) if a.get(t) != b.get(t))
     if differ or check.exit_codes[0] != check.exit_codes[1]:

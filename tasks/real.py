@@ -41,7 +41,7 @@ COMPILED = ("c", "cpp")        # languages whose sources are compiled by the pro
 SKIP_DIRS = {"node_modules", "build", "example", "examples", "fuzz", "fuzzing", "ossfuzz", "bench", "benchmark",
              "benchmarks", "contrib", "doc", "docs", "demo", "demos", "vendor", "third_party", "debian"}
 MAX_FAULTS = 6
-MAX_FAULT_TRIES = 20           # mutations tried per project (each one is a sandboxed test run)
+MAX_FAULT_TRIES = 10           # mutations tried per project (each one is a sandboxed test run)
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -247,6 +247,8 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg) -> Out
     baseline_fail = {t for t, s in chk.results[0].items() if failed(s)}
     from rollout.sandbox import open_sandbox
     prebuilt = built if built.is_dir() else None
+    # a fault that makes a test loop forever must not cost the full timeout: a few times the clean run
+    fault_timeout = min(300.0, max(30.0, 4 * max(chk.durations)))
     for m in fault_candidates(root, entry.language, prebuilt)[:MAX_FAULT_TRIES]:
         if len(tasks) > MAX_FAULTS:
             break
@@ -263,7 +265,7 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg) -> Out
         async with await open_sandbox(sandbox_cfg, str(run_dir), env=env) as sb:
             for c in entry.setup:
                 await sb.run(c, timeout_s=300)
-            r = await sb.run(entry.test_command, timeout_s=300)
+            r = await sb.run(entry.test_command, timeout_s=fault_timeout)
         if prebuilt:
             shutil.rmtree(run_dir, ignore_errors=True)
         results = _parse(entry.runner, r.output)
