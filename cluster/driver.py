@@ -26,6 +26,7 @@ from cluster.pipeline import run_steps
 from cluster.resources import cpus_needed, init_ray, make_layout
 from cluster.rollout_pool import RolloutPool
 from cluster.teacher import ScriptedTeacher
+from terminus.tracking import SAMPLE_COLUMNS, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,7 @@ async def _grpo(cfg, tasks, pool, engine, trainer, judge, run_dir: Path, start_s
     g = cfg.trainer.grpo
     tasks_by_id = {t.id: t for t in tasks}
     step_metrics: dict[int, dict] = {}
+    samples: dict[int, list] = {}      # each step's judged batch, for the sample table
 
     async def generate(step: int, version: int) -> list:
         # Seeded by the step, so a resumed run samples the same tasks as an uninterrupted one.
@@ -237,6 +239,7 @@ async def _grpo(cfg, tasks, pool, engine, trainer, judge, run_dir: Path, start_s
         t1 = asyncio.get_running_loop().time()
         step_metrics[step] = {**metrics, **await judge_batch(judge, tasks_by_id, flat),
                               "rollout_s": t1 - t0, "judge_s": asyncio.get_running_loop().time() - t1}
+        samples[step] = flat
         return flat
 
     # Colocated on GPU in sync mode the engine sleeps while the trainer holds the devices
@@ -259,6 +262,10 @@ async def _grpo(cfg, tasks, pool, engine, trainer, judge, run_dir: Path, start_s
         m.update({f"time/{k}": v for k, v in vars(rec.times).items()})
         # One W&B step axis for the whole run: SFT steps first, then GRPO steps.
         trainer.tracker.log(m, trainer.sft_step + rec.step + 1, prefix="grpo/")
+        batch = samples.pop(rec.step, [])
+        if cfg.logging.sample_table_every and rec.step % cfg.logging.sample_table_every == 0:
+            trainer.tracker.table("grpo/samples", SAMPLE_COLUMNS, sample_rows(batch, g.tasks_per_step),
+                                  trainer.sft_step + rec.step + 1)
         if eval_tasks and g.eval_every and (rec.step + 1) % g.eval_every == 0 and rec.step + 1 < g.steps:
             _report_eval(trainer, f"step{rec.step + 1}", await evaluate(cfg, eval_tasks, pool, judge, cfg.seed))
         every = cfg.trainer.checkpoint.every

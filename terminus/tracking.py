@@ -41,14 +41,38 @@ class Tracker:
             print(f"[{prefix.rstrip('/') or 'train'} {step}] {body}", flush=True)
 
     def table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        """A W&B table, and the same rows in samples.jsonl (readable without W&B)."""
         if self.run is not None:
             import wandb
             self.run.log({name: wandb.Table(columns=columns, data=rows)}, step=step)
+        with open(self.run_dir / "samples.jsonl", "a") as f:
+            for row in rows:
+                f.write(json.dumps({"table": name, "step": step, **dict(zip(columns, row))}) + "\n")
 
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+SAMPLE_COLUMNS = ["task_id", "reward", "finish_reason", "turns", "commands", "report", "error"]
+
+
+def sample_rows(trajectories, k: int) -> list[list[Any]]:
+    """Rows of SAMPLE_COLUMNS for the first k trajectories of distinct tasks, so one table shows
+    what the policy does across tasks (the best and the worst of a group would hide the typical)."""
+    rows, seen = [], set()
+    for t in trajectories:
+        if t.task_id in seen:
+            continue
+        seen.add(t.task_id)
+        r = t.report or {}
+        report = f"[{r.get('status', '')}] {r.get('summary', '')} | {r.get('details', '')}" if t.report else ""
+        rows.append([t.task_id, t.reward, t.finish_reason, len(t.turns),
+                     " ; ".join(x.command or f"<{x.action}>" for x in t.turns), report[:2000], t.error or ""])
+        if len(rows) == k:
+            break
+    return rows
 
 
 def _fmt(v: float) -> str:

@@ -63,3 +63,7 @@ def test_train_end_to_end_then_kill_and_resume(tmp_path):
     runs = list((run / "wandb").glob(f"offline-run-*-{killed_at['wandb_run_id']}"))
     assert runs, list((run / "wandb").iterdir())
     assert not list((run / "checkpoints").glob("*.tmp"))
+    # the sample table of GRPO step 0 (logging.sample_table_every=5), also readable without W&B
+    rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert rows and {r["step"] for r in rows} == {states[0]["sft_step"] + 1}, rows
+    assert all(r["table"] == "grpo/samples" and r["task_id"] and r["finish_reason"] for r in rows)

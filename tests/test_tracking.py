@@ -1,0 +1,36 @@
+"""Run tracking without W&B: metrics.jsonl and the sample table's samples.jsonl."""
+import json
+
+from rollout.trajectory import Trajectory, Turn
+from terminus.config import load_config
+from terminus.tracking import SAMPLE_COLUMNS, Tracker, sample_rows
+
+
+def traj(task_id, reward, report=None, error=None):
+    turns = [Turn(text="<command>make</command>", action="command", command="make"),
+             Turn(text="oops", action="format_error", format_error="no block")]
+    return Trajectory(task_id=task_id, messages=[], token_ids=[], response_mask=[], logprobs=[], turns=turns,
+                      report=report, finish_reason="report" if report else "max_turns", reward=reward, error=error)
+
+
+def test_sample_rows_one_per_task_with_commands_and_report():
+    report = {"status": "failure", "summary": "build fails", "details": "greet.c:8: error"}
+    rows = sample_rows([traj("a", 0.5, report), traj("a", 0.1), traj("b", None, error="engine: down"),
+                        traj("c", 1.0)], k=2)
+    assert [dict(zip(SAMPLE_COLUMNS, r))["task_id"] for r in rows] == ["a", "b"]
+    a, b = (dict(zip(SAMPLE_COLUMNS, r)) for r in rows)
+    assert a["reward"] == 0.5 and a["turns"] == 2 and a["commands"] == "make ; <format_error>"
+    assert a["report"] == "[failure] build fails | greet.c:8: error"
+    assert b["report"] == "" and b["error"] == "engine: down" and b["finish_reason"] == "max_turns"
+
+
+def test_tracker_writes_metrics_and_samples_without_wandb(tmp_path):
+    cfg = load_config("tiny_cpu", ["logging.wandb_mode=disabled"])
+    t = Tracker(cfg, tmp_path)
+    t.log({"loss": 1.5, "note": "text is not a metric"}, step=3, prefix="sft/")
+    t.table("grpo/samples", SAMPLE_COLUMNS, sample_rows([traj("a", 0.25)], k=4), step=7)
+    t.finish()
+    (metrics,) = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert metrics["step"] == 3 and metrics["sft/loss"] == 1.5 and "sft/note" not in metrics
+    (row,) = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert row["table"] == "grpo/samples" and row["step"] == 7 and row["task_id"] == "a" and row["reward"] == 0.25
