@@ -90,6 +90,9 @@ async def run_steps(steps: int, *, generate: Callable[[int, int], Awaitable[list
                            staleness_max=max(rec.staleness, default=0),
                            staleness_mean=sum(rec.staleness) / len(rec.staleness) if rec.staleness else 0.0)
         t4 = time.monotonic()
+        # What after_step logs is the step so far (generate, train, sync); the record keeps the full
+        # step, after_step's own logging/evaluation/checkpoint (other_s) included.
+        rec.times.step_s = t4 - t0
         if after_step is not None:
             await after_step(rec)
         rec.times.other_s = time.monotonic() - t4

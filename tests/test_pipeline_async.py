@@ -96,3 +96,18 @@ def test_too_stale_trajectories_are_excluded_and_counted():
 
     recs = asyncio.run(run_steps(2, generate=gen, train=train, sync=sync, max_staleness=1, start_version=3))
     assert [(r.metrics["n"], r.stale_excluded) for r in recs] == [(1, 1), (1, 1)]
+
+
+def test_after_step_sees_the_step_time_so_far():
+    """The step time logged from after_step covers generate + train + sync (it is not 0 there);
+    the record then keeps the full step, after_step's own time included."""
+    sim = Sim(dt=0.05, n=2)
+    seen = []
+
+    async def after_step(rec):
+        seen.append(rec.times.step_s)
+        await asyncio.sleep(0.05)
+
+    recs = asyncio.run(run_steps(2, generate=sim.generate, train=sim.train, sync=sim.sync, after_step=after_step))
+    assert all(s >= 0.09 for s in seen), seen                  # at least one generation + one training
+    assert all(r.times.step_s >= s + 0.04 and r.times.other_s >= 0.04 for r, s in zip(recs, seen))
