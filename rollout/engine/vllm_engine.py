@@ -219,6 +219,10 @@ class VLLMEngine:
     async def policy_version(self) -> int:
         return self._version
 
+    async def reset_prefix_cache(self) -> None:
+        """Forget cached prefixes (benchmarks: a baseline must not reuse another run's KV blocks)."""
+        await self.llm.reset_prefix_cache()
+
     async def info(self) -> dict[str, Any]:
         return dict(self._info, policy_version=self._version)
 
@@ -296,6 +300,9 @@ class RayEngine:
 
     async def policy_version(self) -> int:
         return await self.handle.policy_version.remote()
+
+    async def reset_prefix_cache(self) -> None:
+        await self.handle.reset_prefix_cache.remote()
 
     async def info(self) -> dict[str, Any]:
         return await self.handle.info.remote()
