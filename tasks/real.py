@@ -41,7 +41,8 @@ COMPILED = ("c", "cpp")        # languages whose sources are compiled by the pro
 SKIP_DIRS = {"node_modules", "build", "example", "examples", "fuzz", "fuzzing", "ossfuzz", "bench", "benchmark",
              "benchmarks", "contrib", "doc", "docs", "demo", "demos", "vendor", "third_party", "debian"}
 MAX_FAULTS = 6
-MAX_FAULT_TRIES = 10           # mutations tried per project (each one is a sandboxed test run)
+MAX_FAULT_TRIES = 16           # mutations tried per project (each one is a sandboxed test run)...
+MAX_FAULT_TRIES_COMPILED = 10  # ...and per C/C++ project, where each one is also a rebuild
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -249,7 +250,8 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg) -> Out
     prebuilt = built if built.is_dir() else None
     # a fault that makes a test loop forever must not cost the full timeout: a few times the clean run
     fault_timeout = min(300.0, max(30.0, 4 * max(chk.durations)))
-    for m in fault_candidates(root, entry.language, prebuilt)[:MAX_FAULT_TRIES]:
+    tries = MAX_FAULT_TRIES_COMPILED if entry.language in COMPILED else MAX_FAULT_TRIES
+    for m in fault_candidates(root, entry.language, prebuilt)[:tries]:
         if len(tasks) > MAX_FAULTS:
             break
         tid = f"{base}-{m.name}-{len(tasks)}"
