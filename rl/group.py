@@ -4,6 +4,7 @@ and writes and resumes checkpoints. The math is in rl/algos.py; this file only m
 """
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -17,6 +18,14 @@ from rollout.trajectory import Trajectory
 def _samples(trajs: Sequence[Trajectory]) -> list[dict]:
     return [{"token_ids": list(t.token_ids), "mask": list(t.response_mask), "rollout_logprobs": list(t.logprobs)}
             for t in trajs]
+
+
+def trainer_env() -> dict[str, str]:
+    """Environment of the trainer ranks. Their OpenMP threads sleep while they wait
+    (OMP_WAIT_POLICY=PASSIVE) instead of spinning: spinning threads steal the cores that the rollout
+    engine and the sandboxes share with the trainer (2 cores, one-step off-policy GRPO: step 20.8 s
+    -> 15.9 s, benchmarks/pipeline.py). A value set in the driver's environment wins."""
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
 def deal(micro_batches: list[list[dict]], world: int, per_rank: int | None = None) -> list[list[list[dict]]]:
@@ -52,6 +61,7 @@ class TrainerGroup:
         for rank in range(self.world):
             opts = layout.options("trainer", rank) if layout is not None else \
                 {"num_cpus": float(cfg.cluster.trainer.num_cpus), "num_gpus": float(cfg.cluster.trainer.num_gpus)}
+            opts["runtime_env"] = {"env_vars": trainer_env()}
             self.workers.append(remote.options(**opts).remote(cfg_yaml, rank, self.world))
         addr, port = ray.get(self.workers[0].address.remote())
         self.info = ray.get([w.setup.remote(addr, port, 1) for w in self.workers])

@@ -85,7 +85,8 @@ class TrainerWorker:
             self.ref = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).to(self.device)
             self.ref.eval().requires_grad_(False)
         n = sum(p.numel() for p in model.parameters())
-        return {"rank": self.rank, "backend": backend, "params": n, "device": str(self.device)}
+        return {"rank": self.rank, "backend": backend, "params": n, "device": str(self.device),
+                "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
 
     def set_schedule(self, total_steps: int, restart: bool = True, lr: float = 0.0) -> None:
         """LR schedule over `total_steps` optimizer steps. restart=False keeps the current step

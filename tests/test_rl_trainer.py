@@ -49,6 +49,7 @@ def test_sft_loss_falls(cluster, tok, tmp_path):
     g = TrainerGroup(config(tmp_path, "trainer.sft.epochs=8", "trainer.optim.lr=1e-3"))
     try:
         assert [i["backend"] for i in g.info] == ["gloo", "gloo"]
+        assert [i["omp_wait_policy"] for i in g.info] == ["PASSIVE", "PASSIVE"]   # rl.group.trainer_env
         s = g.sft(demos(tok))
     finally:
         g.shutdown()
