@@ -91,24 +91,28 @@ async def collect_demos(cfg, tasks: list, pool: RolloutPool, tokenizer, out: Pat
 
 
 async def evaluate(cfg, tasks: list, pool: RolloutPool, judge, seed: int, out: Path | None = None) -> dict[str, Any]:
-    """Mean judged reward on held-out tasks, `repeats` independent passes: the spread of the passes
-    is the run-to-run noise a claimed improvement must beat."""
+    """Mean judged reward on held-out tasks over `repeats` independent passes, with two measures of
+    the noise a claimed improvement must beat: the spread of the pass means, and the standard error
+    of the mean over every judged episode (the spread of three pass means is itself noisy and tends
+    to be low; the standard error is the steadier figure)."""
     import statistics
 
     ev = cfg.trainer.eval
     tasks = tasks[: ev.max_tasks] if ev.max_tasks else tasks
     by_id = {t.id: t for t in tasks}
-    means = []
+    means, rewards = [], []
     for r in range(ev.repeats):
         groups, _ = await pool.run([(t, ev.samples_per_task) for t in tasks], seed=seed + 7919 * r)
         flat = [t for g in groups for t in g]
         m = await judge_batch(judge, by_id, flat)
         means.append(m["reward_mean"])
+        rewards += [t.reward for t in flat if t.reward is not None]
         if r == 0 and out is not None:   # keep one pass's trajectories to read what the policy does
             from rollout.io import write_trajectories
             write_trajectories(out, flat)
+    sem = statistics.stdev(rewards) / len(rewards) ** 0.5 if len(rewards) > 1 else float("nan")
     return {"reward_mean": statistics.fmean(means), "reward_std_between_passes": statistics.pstdev(means),
-            "passes": means}
+            "reward_sem": sem, "episodes": len(rewards), "passes": means}
 
 
 def plot_rewards(run_dir: Path, grpo_steps: list[dict], evals: dict[str, dict]) -> Path:
@@ -216,7 +220,8 @@ async def _train(cfg) -> dict[str, Any]:
 
 def _report_eval(trainer, name: str, e: dict) -> None:
     print(f"[eval] {name}: held-out reward {e['reward_mean']:.3f} (±{e['reward_std_between_passes']:.3f} "
-          f"between {len(e['passes'])} passes)", flush=True)
+          f"between {len(e['passes'])} passes; standard error {e['reward_sem']:.3f} over {e['episodes']} "
+          f"episodes)", flush=True)
     trainer.tracker.log({k: v for k, v in e.items() if k != "passes"}, trainer.sft_step + trainer.step,
                         prefix=f"eval/{name}/")
 

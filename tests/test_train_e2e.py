@@ -56,6 +56,13 @@ def test_train_end_to_end_then_kill_and_resume(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert [m["step"] for m in summary["grpo"]] == list(range(killed_at["grpo_step"], 3))
     assert "grpo" in summary["evals"] and summary["peak_memory_gib"] < 12
+    # the held-out noise: the standard error over the judged episodes of the (single) pass kept on disk
+    import statistics
+    from rollout.io import read_trajectories
+    judged = [t.reward for t in read_trajectories(run / "eval_grpo.jsonl") if t.reward is not None]
+    ev = summary["evals"]["grpo"]
+    assert ev["episodes"] == len(judged) >= 2, ev
+    assert ev["reward_sem"] == pytest.approx(statistics.stdev(judged) / len(judged) ** 0.5)
     assert Path(summary["plot"]).is_file() and Path(summary["final_hf"], "model.safetensors").is_file()
     for m in summary["grpo"]:   # the async pipeline never trains on data staler than the bound
         assert m["staleness_max"] <= 1
