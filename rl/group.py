@@ -24,7 +24,7 @@ def trainer_env() -> dict[str, str]:
     """Environment of the trainer ranks. Their OpenMP threads sleep while they wait
     (OMP_WAIT_POLICY=PASSIVE) instead of spinning: spinning threads steal the cores that the rollout
     engine and the sandboxes share with the trainer (2 cores, one-step off-policy GRPO: step 20.8 s
-    -> 15.9 s, benchmarks/pipeline.py). A value set in the driver's environment wins."""
+    -> 14.6 s, benchmarks/pipeline.py). A value set in the driver's environment wins."""
     return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
