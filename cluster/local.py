@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,15 @@ def _ray_bin() -> str:
     return str(here) if here.exists() else (shutil.which("ray") or "ray")
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class LocalCluster:
     def __init__(self, nodes: list[dict[str, float]] = (), *, head_resources: dict[str, float] | None = None,
                  cpus_per_node: int = 1, dashboard: bool = False, start_timeout_s: float = 90.0):
@@ -35,8 +45,11 @@ class LocalCluster:
         self.timeout = start_timeout_s
         # Short path: Ray's unix socket paths must stay under ~107 characters.
         self.temp_dir = tempfile.mkdtemp(prefix="tr", dir="/tmp")
-        self.port = free_port()
-        self.dashboard_port = free_port()
+        # Every port handed to any node of this cluster, worker ranges included: the OS may give
+        # back a port that lies inside a range drawn earlier, and Ray refuses such overlaps.
+        self._taken: set[int] = set()
+        self.port = self._port()
+        self.dashboard_port = self._port()
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
         # Ray turns token auth on for a new head when ~/.ray/auth_token exists, but a node joining
@@ -47,13 +60,23 @@ class LocalCluster:
         self._env.update(self.env, RAY_USAGE_STATS_ENABLED="0")
         self._started = False
 
+    def _port(self, span: int = 1) -> int:
+        """The first of `span` consecutive ports that are free now and not yet given to this cluster."""
+        for _ in range(1000):
+            lo = free_port()
+            block = set(range(lo, lo + span))
+            if lo + span <= 65536 and not block & self._taken and all(map(_bindable, block)):
+                self._taken |= block
+                return lo
+        raise RuntimeError(f"found no {span} free consecutive ports on 127.0.0.1 after 1000 tries")
+
     def _node_ports(self) -> list[str]:
         # Every node on one machine needs its own ports; worker port ranges must not overlap.
-        lo = free_port()
-        return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-                "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-                "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
-                "--min-worker-port", str(lo), "--max-worker-port", str(lo + 40)]
+        lo = self._port(span=41)
+        flags = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+                 "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"]
+        return [x for flag in flags for x in (flag, str(self._port()))] + [
+            "--min-worker-port", str(lo), "--max-worker-port", str(lo + 40)]
 
     def _run(self, args: list[str]) -> None:
         r = subprocess.run([_ray_bin(), *args], env=self._env, capture_output=True, text=True, timeout=self.timeout)

@@ -1,5 +1,7 @@
 """Resource layouts on a real multi-node Ray cluster: a head and two worker nodes, each a separate
 `ray start` process with its own custom resource; checks on which node each pool's actors land."""
+import os
+
 import pytest
 import ray
 
@@ -36,6 +38,20 @@ def test_bundles_disaggregated_one_group_per_pool():
 def test_layout_is_validated_by_config():
     with pytest.raises(ConfigError, match="cluster.layout"):
         load_config("tiny_cpu", ["cluster.layout=spread"])
+
+
+def test_local_cluster_ports_never_overlap_across_nodes():
+    # A port drawn from the OS may fall inside a worker range drawn earlier; Ray then refuses to
+    # start the node (seen in CI). Every port of every node must be distinct.
+    c = LocalCluster(nodes=[{}, {}])
+    used = [c.port, c.dashboard_port]
+    for _ in range(3):
+        args = c._node_ports()
+        flags = dict(zip(args[::2], map(int, args[1::2])))
+        lo, hi = flags.pop("--min-worker-port"), flags.pop("--max-worker-port")
+        used += [*flags.values(), *range(lo, hi + 1)]
+    os.rmdir(c.temp_dir)
+    assert len(used) == len(set(used)) == 2 + 3 * (6 + 41)
 
 
 @pytest.fixture(scope="module")
