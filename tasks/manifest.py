@@ -9,7 +9,7 @@ A manifest is JSONL (one project per line, so it scales to thousands and diffs l
      "runner": "ctest"}
 
 Ecosystems: pypi (sdists), npm (tarballs), debian (source packages of Debian bookworm: the upstream
-tarball, for C/C++ projects; the version is Debian's, epoch included, e.g. 1:1.2.13.dfsg-1), local.
+tarball, for C/C++ and Java projects; the version is Debian's, epoch included, e.g. 1:1.2.13.dfsg-1), local.
 
 `load_manifest` returns the valid entries AND the problems of the invalid ones (never silently
 dropped). `check_project` runs a project's test command twice in a real sandbox, with a different
@@ -170,7 +170,7 @@ def junit_tree_results(output: str) -> dict[str, str]:
     results, path = {}, []
     for i, (depth, name, status) in enumerate(nodes):
         path[depth:] = [name.removesuffix("()")]
-        if i + 1 < len(nodes) and nodes[i + 1][0] > depth or depth == 0:
+        if depth == 0 or (i + 1 < len(nodes) and nodes[i + 1][0] > depth):
             continue   # a container (engine, class, parameterized method) or an engine without tests
         parts = path[1:]
         if parts and parts[-1].startswith("[") and len(parts) > 1:   # "[1] a, b" under "method(int)"
