@@ -26,6 +26,9 @@ def _ray_bin() -> str:
     return str(here) if here.exists() else (shutil.which("ray") or "ray")
 
 
+WORKER_PORTS = 41   # ports per node for its worker processes (Ray's --min/--max-worker-port range)
+
+
 def _bindable(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -72,11 +75,11 @@ class LocalCluster:
 
     def _node_ports(self) -> list[str]:
         # Every node on one machine needs its own ports; worker port ranges must not overlap.
-        lo = self._port(span=41)
+        lo = self._port(span=WORKER_PORTS)
         flags = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
                  "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"]
         return [x for flag in flags for x in (flag, str(self._port()))] + [
-            "--min-worker-port", str(lo), "--max-worker-port", str(lo + 40)]
+            "--min-worker-port", str(lo), "--max-worker-port", str(lo + WORKER_PORTS - 1)]
 
     def _run(self, args: list[str]) -> None:
         r = subprocess.run([_ray_bin(), *args], env=self._env, capture_output=True, text=True, timeout=self.timeout)

@@ -25,22 +25,26 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && command -v bwrap >/dev/
   exit 0
 fi
 
+# System packages: bubblewrap is required; junit5 only for Java projects of `terminus tasks build`.
+# One `apt-get update` for both, and a junit5 failure only warns.
+apt_install() {   # package: install it quietly, after one `apt-get update` per run of this script
+  [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq >/dev/null; APT_UPDATED=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+}
 if ! command -v bwrap >/dev/null 2>&1; then
-  echo "[install] installing bubblewrap (sandbox backend)"
   if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null
+    echo "[install] installing bubblewrap (sandbox backend)"
+    apt_install bubblewrap
   else
     echo "[install] bwrap is missing and this is not root: run 'sudo apt-get install bubblewrap'" >&2
     exit 1
   fi
 fi
-
 if [ ! -f /usr/share/java/junit-platform-console-standalone.jar ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "[install] installing junit5 (the test runner of the corpus's Java projects)"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq junit5) >/dev/null \
-      || echo "[install] apt-get install junit5 failed: Java projects of a corpus build will be excluded" >&2
-  else   # only `terminus tasks build` of Java projects needs it; everything else works without
+    apt_install junit5 || echo "[install] apt-get install junit5 failed: Java projects of a corpus build will be excluded" >&2
+  else
     echo "[install] junit5 is missing and this is not root: Java projects of a corpus build will be excluded" \
          "until 'sudo apt-get install junit5'" >&2
   fi
