@@ -25,7 +25,7 @@ from cluster.memory import PeakMemory
 from cluster.pipeline import run_steps
 from cluster.resources import cpus_needed, init_ray, make_layout
 from cluster.rollout_pool import RolloutPool
-from cluster.teacher import ScriptedTeacher
+from cluster.teacher import ScriptedTeacher, choose_demo_tasks
 from terminus.tracking import SAMPLE_COLUMNS, sample_rows
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 async def collect_demos(cfg, tasks: list, pool: RolloutPool, tokenizer, out: Path) -> tuple[list, dict]:
-    """SFT demonstrations: the scripted teacher plays every train task once in real sandboxes.
+    """SFT demonstrations: the scripted teacher plays each given task once in real sandboxes.
 
     Failed episodes (error set or no report) are kept in the file, marked, and counted, but not
     trained on.
@@ -158,7 +158,13 @@ async def _train(cfg) -> dict[str, Any]:
     eval_tasks = _load_tasks(cfg, cfg.tasks.eval_split) if cfg.trainer.eval.enabled else []
     counts = {"rollout": cfg.rollout.num_workers, "trainer": cfg.trainer.num_workers,
               "judge": cfg.judge.num_workers}
-    summary: dict[str, Any] = {}
+    demo_tasks, undemonstrated = choose_demo_tasks(train_tasks, cfg.trainer.sft.demo_fraction, cfg.seed)
+    grpo_tasks = undemonstrated if cfg.trainer.grpo.tasks == "undemonstrated" else train_tasks
+    if not grpo_tasks:
+        raise ValueError("trainer.grpo.tasks=undemonstrated leaves GRPO no tasks: the teacher demonstrates "
+                         "every train task; set trainer.sft.demo_fraction below 1")
+    summary: dict[str, Any] = {"tasks": {"train": len(train_tasks), "demonstrated": len(demo_tasks),
+                                         "grpo": len(grpo_tasks), "eval": len(eval_tasks)}}
     evals: dict[str, dict] = {}
     with PeakMemory(interval_s=2.0) as mem:
         init_ray(cfg.cluster, min_cpus=cpus_needed(cfg.cluster, counts))
@@ -184,7 +190,7 @@ async def _train(cfg) -> dict[str, Any]:
                                                    run_dir / "eval_untrained.jsonl")
                 _report_eval(trainer, "untrained", evals["untrained"])
             if "sft" in cfg.trainer.stage and not resumed_in_grpo:
-                demos, m = await collect_demos(cfg, train_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")
+                demos, m = await collect_demos(cfg, demo_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")
                 print(f"[sft] {m['demos_total']} teacher demos, {m['demos_failed']} failed", flush=True)
                 sft = await asyncio.to_thread(trainer.sft, demos)
                 summary["sft"] = sft
@@ -195,7 +201,7 @@ async def _train(cfg) -> dict[str, Any]:
                     evals["sft"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed, run_dir / "eval_sft.jsonl")
                     _report_eval(trainer, "sft", evals["sft"])
             if "grpo" in cfg.trainer.stage:
-                summary["grpo"] = await _grpo(cfg, train_tasks, pool, engine, trainer, judge, run_dir,
+                summary["grpo"] = await _grpo(cfg, grpo_tasks, pool, engine, trainer, judge, run_dir,
                                               start_step, start_version, eval_tasks)
                 if eval_tasks:
                     evals["grpo"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed, run_dir / "eval_grpo.jsonl")

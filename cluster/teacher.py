@@ -8,6 +8,8 @@ OpenAI chat engine), so it needs no tokenizer tricks to know where in the episod
 """
 from __future__ import annotations
 
+import hashlib
+import math
 from typing import Any, Iterable
 
 from rollout.engine.base import EngineError, Generation, Sampling
@@ -21,6 +23,23 @@ def report_text(report: str) -> str:
     if "<status>" in r:
         return f"<report>{r}{'' if '<details>' in r else '<details></details>'}</report>"
     return f"<report><status>success</status><summary>{r}</summary><details></details></report>"
+
+
+def choose_demo_tasks(tasks: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(demonstrated, undemonstrated): in each project, ceil(fraction * its tasks) are demonstrated.
+
+    The choice is a seeded hash of the task id, so it is stable across runs and resumes, and every
+    project keeps at least one demonstration. Holding tasks out of SFT gives GRPO tasks whose
+    outputs the policy has never been shown a report for, which is what a held-out project is too.
+    """
+    by_project: dict[str, list] = {}
+    for t in tasks:
+        by_project.setdefault(t.project, []).append(t)
+    chosen: set[str] = set()
+    for group in by_project.values():
+        ranked = sorted(group, key=lambda t: hashlib.sha256(f"{seed}:{t.id}".encode()).hexdigest())
+        chosen.update(t.id for t in ranked[: math.ceil(fraction * len(group))])
+    return [t for t in tasks if t.id in chosen], [t for t in tasks if t.id not in chosen]
 
 
 class ScriptedTeacher:

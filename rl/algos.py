@@ -56,6 +56,24 @@ def group_advantages(rewards: Sequence[float | None], group_ids: Sequence[str], 
     return adv, stats
 
 
+def mask_turns(mask: Sequence[int], turn_tokens: Sequence[int], drop: Sequence[bool]) -> list[int]:
+    """The response mask with the generated tokens of the turns flagged in `drop` set to 0.
+
+    A trajectory's generated tokens are its mask's 1s, turn after turn, `turn_tokens[k]` of them
+    for turn k. A mask that does not add up to the turns (a retokenized trajectory) is an error.
+    """
+    if sum(mask) != sum(turn_tokens) or len(turn_tokens) != len(drop):
+        raise ValueError(f"the mask has {sum(mask)} generated tokens but the turns have {sum(turn_tokens)} "
+                         f"({len(turn_tokens)} turns, {len(drop)} flags): not a token-exact trajectory")
+    owner = [k for k, n in enumerate(turn_tokens) for _ in range(n)]   # turn of each generated token
+    out, seen = [], 0
+    for m in mask:
+        if m:
+            m = 0 if drop[owner[seen]] else 1
+            seen += 1
+        out.append(m)
+    return out
+
 # ---- per-token quantities ----------------------------------------------------------------------------
 
 

@@ -24,6 +24,9 @@ class SFTConfig:
     grad_accum: int = at_least(1, default=1)
     max_steps: int = at_least(0, default=0, help="0 = run all epochs")
     checkpoint_every: int = at_least(0, default=0, help="optimizer steps between SFT checkpoints; 0 = none")
+    demo_fraction: float = positive(default=1.0, hi=1.0,
+                                    help="share of each train project's tasks the teacher demonstrates (a "
+                                         "seeded choice); the others are met only in GRPO rollouts")
 
 
 @dataclass
@@ -31,8 +34,14 @@ class GRPOConfig:
     steps: int = at_least(0, default=10)
     tasks_per_step: int = at_least(1, default=8)
     rollouts_per_task: int = at_least(2, default=8, help="the group size n")
+    tasks: str = one_of("all", "undemonstrated", default="all",
+                        help="which train tasks GRPO samples: all, or only those SFT had no demonstration of")
     advantage: str = one_of("grpo", "dr_grpo", "rloo", default="grpo")
     lr: float = at_least(0.0, default=0.0, help="learning rate of the GRPO stage; 0 = trainer.optim.lr")
+    reinforce_malformed_turns: bool = field(default=False, metadata={
+        "help": "false: in a trajectory with a positive advantage, turns the protocol rejected (format "
+                "errors) are left out of the loss, so a retry that succeeded does not reinforce the "
+                "malformed attempt; they still count in a negative one"})
     clip_low: float = in_range(0.0, 1.0, default=0.2)
     clip_high: float = in_range(0.0, 10.0, default=0.28)
     tis_cap: float = at_least(1.0, default=2.0, help="truncated importance-sampling cap")

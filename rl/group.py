@@ -20,6 +20,16 @@ def _samples(trajs: Sequence[Trajectory]) -> list[dict]:
             for t in trajs]
 
 
+def loss_mask(t: Trajectory, advantage: float, reinforce_malformed: bool = False) -> list[int]:
+    """The tokens the policy loss sees: the generated ones, less, in a trajectory with a positive
+    advantage, the turns the protocol rejected (unless reinforce_malformed): an episode that
+    recovered from a malformed report should reinforce the recovery, not the malformed attempt."""
+    malformed = [u.action == "format_error" for u in t.turns]
+    if reinforce_malformed or advantage <= 0 or not any(malformed):
+        return list(t.response_mask)
+    return algos.mask_turns(t.response_mask, [u.num_generated_tokens for u in t.turns], malformed)
+
+
 def trainer_env() -> dict[str, str]:
     """Environment of the trainer ranks. Their OpenMP threads sleep while they wait
     (OMP_WAIT_POLICY=PASSIVE) instead of spinning: spinning threads steal the cores that the rollout
@@ -93,9 +103,9 @@ class TrainerGroup:
             self.wandb_run_id = self._tracker.run_id
         return self._tracker
 
-    def logprobs(self, seqs: list[list[int]]) -> list[list[float]]:
-        """Trainer logprobs of whole sequences (rank 0 holds a shard; every rank must join)."""
-        return self._all("logprobs", seqs)[0]
+    def logprobs(self, seqs: list[list[int]], temperature: float = 1.0) -> list[list[float]]:
+        """Trainer logprobs of whole sequences at a sampling temperature (every rank must join)."""
+        return self._all("logprobs", seqs, temperature)[0]
 
     # -- SFT ----------------------------------------------------------------------------------------------
     def sft_schedule(self, samples: list[dict]) -> list[list[list[dict]]]:
@@ -156,10 +166,16 @@ class TrainerGroup:
             metrics["skipped_update"] = 1
             return metrics
         samples = _samples([t for t, _ in chosen])
-        for s, (_, a) in zip(samples, chosen):
+        masked = 0
+        for s, (t, a) in zip(samples, chosen):
             s["advantage"] = a
+            kept = loss_mask(t, a, g.reinforce_malformed_turns)
+            masked += sum(s["mask"]) - sum(kept)
+            s["mask"] = kept
+        metrics["malformed_tokens_masked"] = masked
         if g.mini_batches > 1:   # old-policy logprobs, before the first of several updates
-            for s, lp in zip(samples, self.logprobs([s["token_ids"] for s in samples])):
+            for s, lp in zip(samples, self.logprobs([s["token_ids"] for s in samples],
+                                                             self.cfg.rollout.sampling.temperature)):
                 s["old_logprobs"] = lp
         random.Random(self.cfg.seed + version).shuffle(samples)
         per_update = -(-len(samples) // g.mini_batches)
@@ -168,7 +184,7 @@ class TrainerGroup:
             mini = sorted(samples[k:k + per_update], key=lambda s: -len(s["token_ids"]))
             mbs = [mini[i:i + g.micro_batch_size] for i in range(0, len(mini), g.micro_batch_size)]
             if g.loss_agg == "token_mean":
-                norm = float(sum(sum(s["mask"][1:]) for s in mini))
+                norm = float(max(1, sum(sum(s["mask"][1:]) for s in mini)))
             elif g.loss_agg == "constant":
                 r = self.cfg.rollout
                 norm = float(len(mini) * r.sampling.max_tokens_per_turn * r.episode.max_turns)

@@ -114,10 +114,11 @@ class TrainerWorker:
         return logits, ids, attn
 
     @torch.no_grad()
-    def logprobs(self, seqs: list[list[int]]) -> list[list[float]]:
-        """Per-token logprobs aligned with token ids (position 0 gets 0.0), like rollout logprobs."""
+    def logprobs(self, seqs: list[list[int]], temperature: float = 1.0) -> list[list[float]]:
+        """Per-token logprobs aligned with token ids (position 0 gets 0.0), like rollout logprobs,
+        of the distribution sampled at `temperature`."""
         logits, ids, _ = self._forward(self.model, seqs)
-        lp = algos.token_logprobs(logits, ids).cpu()
+        lp = algos.token_logprobs(logits / temperature, ids).cpu()
         return [[0.0] + lp[i, : len(s) - 1].tolist() for i, s in enumerate(seqs)]
 
     # -- one optimizer step -------------------------------------------------------------------------------
@@ -135,6 +136,10 @@ class TrainerWorker:
                 mb = [{"token_ids": [0, 0], "mask": [0, 0], "advantage": 0.0, "rollout_logprobs": [0.0, 0.0]}]
             seqs = [s["token_ids"] for s in mb]
             logits, ids, _ = self._forward(self.model, seqs)
+            if kind == "grpo":
+                # Train the distribution the rollouts were sampled from (vLLM's processed logprobs):
+                # the policy at the sampling temperature, not the raw logits.
+                logits = logits / self.cfg.rollout.sampling.temperature
             t = ids.shape[1]
             lp = algos.token_logprobs(logits, ids)
             mask = algos.shifted([s["mask"] for s in mb], t).to(self.device)
@@ -149,7 +154,7 @@ class TrainerWorker:
                 if self.ref is not None and g.kl_coef > 0:
                     with torch.no_grad():
                         ref_logits, _, _ = self._forward(self.ref, seqs)
-                        ref_lp = algos.token_logprobs(ref_logits, ids)
+                        ref_lp = algos.token_logprobs(ref_logits / self.cfg.rollout.sampling.temperature, ids)
                 agg_norm = norm if g.loss_agg in ("token_mean", "constant") else None
                 loss, m = algos.policy_loss(lp, old_lp, rollout_lp, adv, mask, clip_low=g.clip_low,
                                             clip_high=g.clip_high, tis_cap=g.tis_cap, agg=g.loss_agg,

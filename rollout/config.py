@@ -50,8 +50,9 @@ class EngineConfig:
     max_num_seqs: int = at_least(1, default=128)
     block_size: int = at_least(0, default=0, help="KV cache block size; 0 = vLLM's default (CPU: 128). "
                                                   "Smaller blocks re-use more of a prefix across turns")
-    logprobs_mode: str = one_of("raw_logprobs", "processed_logprobs", default="raw_logprobs",
-                                help="rollout logprobs before (raw) or after temperature/top-p")
+    logprobs_mode: str = one_of("raw_logprobs", "processed_logprobs", default="processed_logprobs",
+                                help="rollout logprobs before (raw) or after temperature/top-p; the GRPO "
+                                     "trainer trains the tempered distribution, so processed")
     weight_transfer: str = one_of("disk", "nccl", "ipc", default="disk",
                                   help="how trainer weights reach vLLM: reload from a dir, or vLLM's "
                                        "weight-transfer engine (GPU)")

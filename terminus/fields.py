@@ -25,9 +25,9 @@ def at_least(lo: float, *, default: Any = MISSING, help: str = "") -> Any:
     return in_range(lo, None, default=default, help=help)
 
 
-def positive(*, default: Any = MISSING, help: str = "") -> Any:
-    """A number > 0."""
-    return field(default=default, metadata={"min": 0, "exclusive_min": True, "help": help})
+def positive(*, default: Any = MISSING, help: str = "", hi: float | None = None) -> Any:
+    """A number > 0 (and <= hi when given)."""
+    return field(default=default, metadata={"min": 0, "exclusive_min": True, "max": hi, "help": help})
 
 
 def items(factory: Any, help: str = "") -> Any:

@@ -29,6 +29,7 @@ def test_overrides_apply_and_interpolate():
     ("rollout.bogus=1", "unknown config key 'rollout.bogus'; known keys under 'rollout': engine"),
     ("trainer.optim.lr=fast", "bad value for 'trainer.optim.lr'"),
     ("rollout.episode.max_turns=0", "'rollout.episode.max_turns' = 0 is out of range; it must be >= 1"),
+    ("trainer.sft.demo_fraction=0", "'trainer.sft.demo_fraction' = 0.0 is out of range; it must be in (0, 1.0]"),
 ])
 def test_bad_overrides_name_key_source_and_allowed(override, message):
     with pytest.raises(ConfigError) as e:
@@ -48,6 +49,13 @@ def test_bad_file_names_the_file(tmp_path: Path):
     f.write_text("trainer: [unclosed\n")
     with pytest.raises(ConfigError, match="cannot parse YAML"):
         load_config(f)
+
+
+def test_grpo_refuses_raw_logprobs_at_another_temperature():
+    with pytest.raises(ConfigError, match="set rollout.engine.logprobs_mode=processed_logprobs"):
+        load_config("tiny_cpu", ["rollout.engine.logprobs_mode=raw_logprobs"])   # tiny_cpu samples at T=0.8
+    load_config("tiny_cpu", ["rollout.engine.logprobs_mode=raw_logprobs", "rollout.sampling.temperature=1.0"])
+    load_config("tiny_cpu", ["rollout.engine.logprobs_mode=raw_logprobs", "trainer.stage=sft"])
 
 
 def test_missing_config_and_malformed_override():

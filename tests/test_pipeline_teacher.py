@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from cluster.teacher import ScriptedTeacher, report_text
+from cluster.teacher import ScriptedTeacher, choose_demo_tasks, report_text
 from rollout.config import RolloutConfig
 from rollout.worker import run_requests
 from tasks.types import ReferenceSolution, Task
@@ -65,3 +65,16 @@ def test_report_text_forms():
     assert report_text("<report><status>x</status></report>") == "<report><status>x</status></report>"
     assert report_text("<status>failure</status><summary>s</summary>").startswith("<report><status>failure")
     assert "<summary>plain</summary>" in report_text("plain")
+
+
+def test_choose_demo_tasks_takes_a_stable_share_of_every_project():
+    from types import SimpleNamespace as T
+    tasks = [T(id=f"{p}-{i}", project=p) for p, n in (("a", 4), ("b", 3), ("c", 1)) for i in range(n)]
+    shown, rest = choose_demo_tasks(tasks, 0.5, seed=0)
+    count = lambda ts, p: sum(t.project == p for t in ts)
+    assert [count(shown, p) for p in "abc"] == [2, 2, 1]       # ceil(0.5 * n): every project keeps one
+    assert sorted(t.id for t in shown + rest) == sorted(t.id for t in tasks) and not {t.id for t in shown} & {t.id for t in rest}
+    assert [t.id for t in shown] == [t.id for t in choose_demo_tasks(tasks, 0.5, seed=0)[0]]   # stable
+    picks = {tuple(t.id for t in choose_demo_tasks(tasks, 0.5, seed=s)[0]) for s in range(8)}
+    assert len(picks) > 1                                        # the seed chooses
+    assert choose_demo_tasks(tasks, 1.0, seed=0) == (tasks, [])

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from rl.algos import (aggregate, group_advantages, k3_kl, lr_multiplier, pack_by_tokens, policy_loss, shifted,
-                      token_logprobs)
+from rl.algos import (aggregate, group_advantages, k3_kl, lr_multiplier, mask_turns, pack_by_tokens, policy_loss,
+                      shifted, token_logprobs)
 
 
 def test_grpo_advantages_by_hand():
@@ -25,6 +25,29 @@ def test_dr_grpo_and_rloo_by_hand():
     assert adv == pytest.approx([0.75, -0.75, 0.0])
     with pytest.raises(ValueError, match="unknown advantage mode"):
         group_advantages([1.0], ["g"], "ppo")
+
+
+def test_mask_turns_drops_only_the_flagged_turns_tokens():
+    # prompt (0 0), turn 0: 3 tokens, observation (0 0), turn 1: 2 tokens, observation (0), turn 2: 1 token
+    mask = [0, 0, 1, 1, 1, 0, 0, 1, 1, 0, 1]
+    assert mask_turns(mask, [3, 2, 1], [False, True, False]) == [0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 1]
+    assert mask_turns(mask, [3, 2, 1], [True, False, True]) == [0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0]
+    assert mask_turns(mask, [3, 2, 1], [False] * 3) == mask
+    with pytest.raises(ValueError, match="not a token-exact trajectory"):
+        mask_turns(mask, [3, 2], [False, False])   # the turns account for 5 of the 6 generated tokens
+
+
+def test_loss_mask_never_credits_a_malformed_turn():
+    from rl.group import loss_mask
+    from rollout.trajectory import Trajectory, Turn
+    turns = [Turn(text="<command>ls</command>", action="command", num_generated_tokens=2),
+             Turn(text="<report>oops", action="format_error", num_generated_tokens=3),
+             Turn(text="<report>...</report>", action="report", num_generated_tokens=1)]
+    t = Trajectory(task_id="t", messages=[], token_ids=list(range(10)), response_mask=[0, 1, 1, 0, 1, 1, 1, 0, 0, 1],
+                   logprobs=[0.0] * 10, turns=turns)
+    assert loss_mask(t, 1.5) == [0, 1, 1, 0, 0, 0, 0, 0, 0, 1]          # recovered: the bad report is not reinforced
+    assert loss_mask(t, -0.5) == t.response_mask                           # below the group: all of it is pushed down
+    assert loss_mask(t, 1.5, reinforce_malformed=True) == t.response_mask
 
 
 def test_token_logprobs_align_with_next_token():

@@ -126,6 +126,15 @@ def test_exported_weights_reach_vllm_exactly(cluster, tok, tmp_path):
             engine_lp = ray.get(engine.handle.score.remote(seq))
             assert max(abs(a - b) for a, b in zip(engine_lp[1:], lp[1:])) <= 1e-4
         assert max(abs(a - b) for a, b in zip(before[1:], trainer_lp[0][1:])) > 1e-3   # it really changed
+        # What GRPO trains on: vLLM's logprobs of tokens it sampled at T=0.8 (processed_logprobs)
+        # are the trainer's at the same temperature, and not its raw ones.
+        from rollout.engine.base import Sampling
+        prompt = seqs[0][:40]
+        gen = ray.get(engine.handle.generate.remote(prompt, Sampling(max_tokens=16, temperature=0.8, ignore_eos=True)))
+        seq = prompt + list(gen.token_ids)
+        tempered, raw = g.logprobs([seq], 0.8)[0][len(prompt):], g.logprobs([seq])[0][len(prompt):]
+        assert max(abs(a - b) for a, b in zip(gen.logprobs, tempered)) <= 1e-4
+        assert max(abs(a - b) for a, b in zip(gen.logprobs, raw)) > 1e-3
     finally:
         engine.kill()
         g.shutdown()
@@ -143,8 +152,10 @@ def test_grpo_raises_a_verifiable_reward_through_vllm(cluster, tok, tmp_path):
     from rl import TrainerGroup
     from rollout.engine.base import Sampling
     from rollout.engine.vllm_engine import start_engine_actor
+    # top-2 sampling at T=1: vLLM's raw logprobs are the full softmax the trainer computes
     cfg = config(tmp_path, "trainer.grpo.lr=0.003", "trainer.grpo.micro_batch_size=16", "trainer.grpo.steps=6",
-                 "trainer.optim.warmup_steps=0")
+                 "trainer.optim.warmup_steps=0", "rollout.sampling.temperature=1.0",
+                 "rollout.engine.logprobs_mode=raw_logprobs")
     prompt = tok.apply_chat_template([{"role": "user", "content": "Say something."}], add_generation_prompt=True,
                                      tokenize=True, return_dict=False)
     g = TrainerGroup(cfg)

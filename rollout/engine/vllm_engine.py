@@ -32,7 +32,7 @@ class VLLMEngine:
     def __init__(self, model_path: str, *, dtype: str = "bfloat16", max_model_len: int = 4096, seed: int = 0,
                  kv_cache_space_gb: float = 1.0, gpu_memory_utilization: float = 0.85,
                  tensor_parallel_size: int = 1, enforce_eager: bool = True, max_num_seqs: int = 128,
-                 logprobs_mode: str = "raw_logprobs", weight_transfer: str = "disk", block_size: int = 0):
+                 logprobs_mode: str = "processed_logprobs", weight_transfer: str = "disk", block_size: int = 0):
         import torch
         self.on_gpu = torch.cuda.is_available()
         if not self.on_gpu:
