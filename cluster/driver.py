@@ -17,6 +17,7 @@ import asyncio
 import importlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,21 @@ async def evaluate(cfg, tasks: list, pool: RolloutPool, judge, seed: int, out: P
     sem = statistics.stdev(rewards) / len(rewards) ** 0.5 if len(rewards) > 1 else float("nan")
     return {"reward_mean": statistics.fmean(means), "reward_std_between_passes": statistics.pstdev(means),
             "reward_sem": sem, "episodes": len(rewards), "passes": means}
+
+
+def compare_evals(evals: dict[str, dict]) -> dict[str, dict]:
+    """Each stage against the one before it (SFT vs untrained, GRPO vs SFT): the difference of the
+    held-out means, its standard error sqrt(se_a^2 + se_b^2) (independent evaluations), and how many
+    standard errors the difference is (z)."""
+    out = {}
+    for after, before in (("sft", "untrained"), ("grpo", "sft")):
+        if after in evals and before in evals:
+            a, b = evals[after], evals[before]
+            diff = a["reward_mean"] - b["reward_mean"]
+            se = math.hypot(a["reward_sem"], b["reward_sem"])
+            out[f"{after}-{before}"] = {"diff": diff, "se": se,
+                                        "z": diff / se if se > 0 else math.copysign(math.inf, diff)}
+    return out
 
 
 def plot_rewards(run_dir: Path, grpo_steps: list[dict], evals: dict[str, dict]) -> Path:
@@ -215,6 +231,10 @@ async def _train(cfg) -> dict[str, Any]:
             trainer.shutdown()
             layout.remove()
     summary["evals"] = evals
+    summary["improvements"] = compare_evals(evals)
+    for name, c in summary["improvements"].items():
+        print(f"[eval] {name}: {c['diff']:+.3f} held-out reward (standard error of the difference {c['se']:.3f}: "
+              f"{c['z']:+.1f} SE)", flush=True)
     summary["peak_memory_gib"] = mem.peak_bytes / 2**30
     summary["judge"] = judge.metrics()
     if evals or summary.get("grpo"):

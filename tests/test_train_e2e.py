@@ -74,3 +74,14 @@ def test_train_end_to_end_then_kill_and_resume(tmp_path):
     rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert rows and {r["step"] for r in rows} == {states[0]["sft_step"] + 1}, rows
     assert all(r["table"] == "grpo/samples" and r["task_id"] and r["finish_reason"] for r in rows)
+
+
+def test_compare_evals_by_hand():
+    from cluster.driver import compare_evals
+    evals = {"untrained": {"reward_mean": -0.3, "reward_sem": 0.0},
+             "sft": {"reward_mean": -0.17, "reward_sem": 0.03},
+             "grpo": {"reward_mean": -0.01, "reward_sem": 0.04}}
+    c = compare_evals(evals)
+    assert c["grpo-sft"] == pytest.approx({"diff": 0.16, "se": 0.05, "z": 3.2})       # sqrt(.03^2 + .04^2) = .05
+    assert c["sft-untrained"] == pytest.approx({"diff": 0.13, "se": 0.03, "z": 0.13 / 0.03})
+    assert compare_evals({"grpo": evals["grpo"]}) == {}          # a resumed run has no SFT evaluation to compare
