@@ -170,7 +170,10 @@ async def _train(cfg) -> dict[str, Any]:
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    train_tasks = _load_tasks(cfg, cfg.tasks.train_split)   # fail fast, before anything starts
+    if "grpo" in cfg.trainer.stage:
+        from rl.config import check_grpo_sampling
+        check_grpo_sampling(cfg)                            # fail fast, before anything starts
+    train_tasks = _load_tasks(cfg, cfg.tasks.train_split)
     eval_tasks = _load_tasks(cfg, cfg.tasks.eval_split) if cfg.trainer.eval.enabled else []
     counts = {"rollout": cfg.rollout.num_workers, "trainer": cfg.trainer.num_workers,
               "judge": cfg.judge.num_workers}

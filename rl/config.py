@@ -87,3 +87,24 @@ class TrainerConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def check_grpo_sampling(cfg) -> None:
+    """Before a GRPO stage starts: the rollouts' sampling must be something the trainer can train.
+
+    The trainer trains the distribution the rollouts are sampled from, logits / temperature (see
+    docs/trainer.md), so the temperature must be > 0 and vLLM must report that distribution's
+    logprobs. Checked only for training: evaluating greedily is fine.
+    """
+    from terminus.config import ConfigError
+
+    r = cfg.rollout
+    if r.sampling.temperature == 0:
+        raise ConfigError("rollout.sampling.temperature=0 (greedy) with a GRPO stage: every rollout of a "
+                          "group would be the same and the trainer divides the logits by the temperature; "
+                          "sample with a temperature > 0 (tiny_cpu: 0.8), or set trainer.stage=sft")
+    if r.engine.kind == "vllm" and r.engine.logprobs_mode == "raw_logprobs" and r.sampling.temperature != 1.0:
+        raise ConfigError(f"rollout.engine.logprobs_mode=raw_logprobs with rollout.sampling.temperature="
+                          f"{r.sampling.temperature}: the GRPO trainer trains the distribution the rollouts are "
+                          f"sampled from (logits / temperature), so vLLM must report the same logprobs; set "
+                          f"rollout.engine.logprobs_mode=processed_logprobs (or temperature=1.0)")

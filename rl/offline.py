@@ -20,6 +20,9 @@ def train_on_dataset(cfg, data_path: str, stage: str) -> dict[str, Any]:
 
     if stage not in ("sft", "grpo"):
         raise ValueError(f"stage must be sft or grpo, not {stage!r}")
+    if stage == "grpo":
+        from rl.config import check_grpo_sampling
+        check_grpo_sampling(cfg)
     if not Path(data_path).is_file():
         raise FileNotFoundError(f"training data {data_path} does not exist (a .jsonl or .parquet of trajectories)")
     data = read_trajectories(data_path)

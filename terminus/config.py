@@ -170,19 +170,6 @@ def validate(cfg: DictConfig, schema: type = RunConfig,
                 raise ConfigError(f"{origin_of(key)}: '{key}' = {value!r} is out of range; it must be {rng}")
 
     walk(schema, cfg, "")
-    if schema is RunConfig:
-        _check_across_fields(cfg)
-
-
-def _check_across_fields(cfg: DictConfig) -> None:
-    """Rules that tie two sections together."""
-    r = cfg.rollout
-    if ("grpo" in cfg.trainer.stage and r.engine.kind == "vllm" and r.engine.logprobs_mode == "raw_logprobs"
-            and r.sampling.temperature != 1.0):
-        raise ConfigError(f"rollout.engine.logprobs_mode=raw_logprobs with rollout.sampling.temperature="
-                          f"{r.sampling.temperature}: the GRPO trainer trains the distribution the rollouts are "
-                          f"sampled from (logits / temperature), so vLLM must report the same logprobs; set "
-                          f"rollout.engine.logprobs_mode=processed_logprobs (or temperature=1.0)")
 
 
 _ABSENT = object()

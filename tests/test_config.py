@@ -51,11 +51,16 @@ def test_bad_file_names_the_file(tmp_path: Path):
         load_config(f)
 
 
-def test_grpo_refuses_raw_logprobs_at_another_temperature():
+def test_grpo_refuses_sampling_it_cannot_train():
+    from rl.config import check_grpo_sampling
     with pytest.raises(ConfigError, match="set rollout.engine.logprobs_mode=processed_logprobs"):
-        load_config("tiny_cpu", ["rollout.engine.logprobs_mode=raw_logprobs"])   # tiny_cpu samples at T=0.8
-    load_config("tiny_cpu", ["rollout.engine.logprobs_mode=raw_logprobs", "rollout.sampling.temperature=1.0"])
-    load_config("tiny_cpu", ["rollout.engine.logprobs_mode=raw_logprobs", "trainer.stage=sft"])
+        check_grpo_sampling(load_config("tiny_cpu", ["rollout.engine.logprobs_mode=raw_logprobs"]))   # T=0.8
+    with pytest.raises(ConfigError, match="temperature=0 .greedy. with a GRPO stage"):
+        check_grpo_sampling(load_config("tiny_cpu", ["rollout.sampling.temperature=0"]))
+    check_grpo_sampling(load_config("tiny_cpu", ["rollout.engine.logprobs_mode=raw_logprobs",
+                                                 "rollout.sampling.temperature=1.0"]))
+    check_grpo_sampling(load_config("tiny_cpu"))
+    load_config("tiny_cpu", ["rollout.sampling.temperature=0"])   # greedy evaluation: a valid config
 
 
 def test_missing_config_and_malformed_override():
