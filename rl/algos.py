@@ -74,6 +74,7 @@ def mask_turns(mask: Sequence[int], turn_tokens: Sequence[int], drop: Sequence[b
         out.append(m)
     return out
 
+
 # ---- per-token quantities ----------------------------------------------------------------------------
 
 

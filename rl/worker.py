@@ -107,18 +107,20 @@ class TrainerWorker:
                 group["lr"] = base * multiplier(self.sched.last_epoch)
 
     # -- forward ----------------------------------------------------------------------------------------
-    def _forward(self, model, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _forward(self, model, seqs: list[list[int]], temperature: float = 1.0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits of the distribution sampled at `temperature` (GRPO trains what the rollouts sampled)."""
         ids, attn = algos.pad_batch(seqs)
         ids, attn = ids.to(self.device), attn.to(self.device)
         logits = model(input_ids=ids, attention_mask=attn).logits
-        return logits, ids, attn
+        return (logits if temperature == 1.0 else logits / temperature), ids, attn
 
     @torch.no_grad()
     def logprobs(self, seqs: list[list[int]], temperature: float = 1.0) -> list[list[float]]:
         """Per-token logprobs aligned with token ids (position 0 gets 0.0), like rollout logprobs,
         of the distribution sampled at `temperature`."""
-        logits, ids, _ = self._forward(self.model, seqs)
-        lp = algos.token_logprobs(logits / temperature, ids).cpu()
+        logits, ids, _ = self._forward(self.model, seqs, temperature)
+        lp = algos.token_logprobs(logits, ids).cpu()
         return [[0.0] + lp[i, : len(s) - 1].tolist() for i, s in enumerate(seqs)]
 
     # -- one optimizer step -------------------------------------------------------------------------------
@@ -135,11 +137,9 @@ class TrainerWorker:
             if not mb:   # keep collectives in step: a zero-weight forward/backward on a dummy sequence
                 mb = [{"token_ids": [0, 0], "mask": [0, 0], "advantage": 0.0, "rollout_logprobs": [0.0, 0.0]}]
             seqs = [s["token_ids"] for s in mb]
-            logits, ids, _ = self._forward(self.model, seqs)
-            if kind == "grpo":
-                # Train the distribution the rollouts were sampled from (vLLM's processed logprobs):
-                # the policy at the sampling temperature, not the raw logits.
-                logits = logits / self.cfg.rollout.sampling.temperature
+            # GRPO trains the policy at the sampling temperature (vLLM's processed logprobs), not the raw logits
+            temperature = self.cfg.rollout.sampling.temperature if kind == "grpo" else 1.0
+            logits, ids, _ = self._forward(self.model, seqs, temperature)
             t = ids.shape[1]
             lp = algos.token_logprobs(logits, ids)
             mask = algos.shifted([s["mask"] for s in mb], t).to(self.device)
@@ -153,8 +153,8 @@ class TrainerWorker:
                 ref_lp = None
                 if self.ref is not None and g.kl_coef > 0:
                     with torch.no_grad():
-                        ref_logits, _, _ = self._forward(self.ref, seqs)
-                        ref_lp = algos.token_logprobs(ref_logits / self.cfg.rollout.sampling.temperature, ids)
+                        ref_logits, _, _ = self._forward(self.ref, seqs, temperature)
+                        ref_lp = algos.token_logprobs(ref_logits, ids)
                 agg_norm = norm if g.loss_agg in ("token_mean", "constant") else None
                 loss, m = algos.policy_loss(lp, old_lp, rollout_lp, adv, mask, clip_low=g.clip_low,
                                             clip_high=g.clip_high, tis_cap=g.tis_cap, agg=g.loss_agg,

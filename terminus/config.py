@@ -166,7 +166,8 @@ def validate(cfg: DictConfig, schema: type = RunConfig,
                 continue
             too_low = lo is not None and (value <= lo if meta.get("exclusive_min") else value < lo)
             if too_low or (hi is not None and value > hi):
-                rng = f"{'>' if meta.get('exclusive_min') else '>='} {lo}" if hi is None else f"in {'(' if meta.get('exclusive_min') else '['}{lo}, {hi}]"
+                exclusive = meta.get("exclusive_min")
+                rng = f"{'>' if exclusive else '>='} {lo}" if hi is None else f"in {'(' if exclusive else '['}{lo}, {hi}]"
                 raise ConfigError(f"{origin_of(key)}: '{key}' = {value!r} is out of range; it must be {rng}")
 
     walk(schema, cfg, "")
