@@ -115,6 +115,7 @@ class ShellSandbox:
         if why is None:
             return ""
         await self._kill_all()
+        self._limit_hit()  # forks refused while the bomb was being killed belong to this notice
         return f"\n[sandbox: {why}; every process was killed and the shell restarted]\n"
 
     # --- shared machinery ----------------------------------------------------------------
