@@ -78,16 +78,34 @@ def mask_turns(mask: Sequence[int], turn_tokens: Sequence[int], drop: Sequence[b
 # ---- per-token quantities ----------------------------------------------------------------------------
 
 
-def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """logprob of each next token: out[:, t] = log p(token_ids[:, t+1] | <= t); shape [B, T-1]."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return logp.gather(-1, token_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+def positions_to_keep(mask: torch.Tensor) -> torch.Tensor:
+    """The positions t (of a [B, T-1] mask) that any sequence trains on: the only ones whose
+    logits the loss needs (the model's `logits_to_keep`; a vocabulary-sized row per position)."""
+    return mask.bool().any(0).nonzero().squeeze(-1)
 
 
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution at each position, [B, T-1]."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+def _at_positions(values: torch.Tensor, keep: torch.Tensor | None, t: int) -> torch.Tensor:
+    """[B, K] values at positions `keep` -> [B, t] with zeros elsewhere (differentiable)."""
+    if keep is None:
+        return values
+    return values.new_zeros(values.shape[0], t).index_copy(1, keep, values)
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """logprob of each next token: out[:, t] = log p(token_ids[:, t+1] | <= t); shape [B, T-1].
+    With `keep`, logits hold only those positions ([B, K, V]) and the others are 0."""
+    t = token_ids.shape[1] - 1
+    logits = logits[:, :-1] if keep is None else logits
+    targets = token_ids[:, 1:] if keep is None else token_ids[:, keep + 1]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return _at_positions(logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), keep, t)
+
+
+def entropy(logits: torch.Tensor, keep: torch.Tensor | None = None, t: int | None = None) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position, [B, T-1] (T-1 = t when logits
+    hold only the positions `keep`; 0 at the others)."""
+    logp = torch.log_softmax((logits[:, :-1] if keep is None else logits).float(), dim=-1)
+    return _at_positions(-(logp.exp() * logp).sum(-1), keep, t or 0)
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm: float | None = None) -> torch.Tensor:

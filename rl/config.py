@@ -81,6 +81,10 @@ class TrainerConfig:
     activation_checkpointing: bool = False
     cpu_offload: bool = False
     attn_implementation: str = one_of("sdpa", "flash_attention_2", "eager", default="sdpa")
+    pad_free: bool = field(default=False, metadata={
+        "help": "one sequence per forward pass, so no padding and no attention mask: on CPU a mask "
+                "forces sdpa's slow math kernel (benchmarks/trainer.py); "
+                "the optimizer steps and the loss are the same"})
     use_reference_model: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

@@ -83,6 +83,8 @@ class TrainerGroup:
 
     def _train(self, kind: str, micro_batches: list[list[dict]], norm: float) -> dict[str, float]:
         import ray
+        if self.cfg.trainer.pad_free:   # same optimizer step, one unpadded sequence per forward
+            micro_batches = [[s] for mb in micro_batches for s in mb]
         per_rank = deal(micro_batches, self.world)
         outs = ray.get([w.train.remote(kind, mbs, norm) for w, mbs in zip(self.workers, per_rank)])
         # A rank that got only empty micro-batches reports no per-token metrics: use every rank's keys.

@@ -107,21 +107,27 @@ class TrainerWorker:
                 group["lr"] = base * multiplier(self.sched.last_epoch)
 
     # -- forward ----------------------------------------------------------------------------------------
-    def _forward(self, model, seqs: list[list[int]], temperature: float = 1.0
+    def _forward(self, model, seqs: list[list[int]], temperature: float = 1.0, keep: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits of the distribution sampled at `temperature` (GRPO trains what the rollouts sampled)."""
+        """Logits of the distribution sampled at `temperature` (GRPO trains what the rollouts sampled),
+        at every position or only at the positions `keep` ([B, K, V]: prompts and tool outputs are
+        most of a trajectory and need no vocabulary-sized row)."""
         ids, attn = algos.pad_batch(seqs)
         ids, attn = ids.to(self.device), attn.to(self.device)
-        logits = model(input_ids=ids, attention_mask=attn).logits
+        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=0 if keep is None else keep).logits
         return (logits if temperature == 1.0 else logits / temperature), ids, attn
 
     @torch.no_grad()
     def logprobs(self, seqs: list[list[int]], temperature: float = 1.0) -> list[list[float]]:
         """Per-token logprobs aligned with token ids (position 0 gets 0.0), like rollout logprobs,
         of the distribution sampled at `temperature`."""
-        logits, ids, _ = self._forward(self.model, seqs, temperature)
-        lp = algos.token_logprobs(logits, ids).cpu()
-        return [[0.0] + lp[i, : len(s) - 1].tolist() for i, s in enumerate(seqs)]
+        batches = [[s] for s in seqs] if self.cfg.trainer.pad_free else [seqs]
+        out = []
+        for batch in batches:
+            logits, ids, _ = self._forward(self.model, batch, temperature)
+            lp = algos.token_logprobs(logits, ids).cpu()
+            out += [[0.0] + lp[i, : len(s) - 1].tolist() for i, s in enumerate(batch)]
+        return out
 
     # -- one optimizer step -------------------------------------------------------------------------------
     def train(self, kind: str, micro_batches: list[list[dict]], norm: float) -> dict[str, float]:
@@ -139,22 +145,25 @@ class TrainerWorker:
             seqs = [s["token_ids"] for s in mb]
             # GRPO trains the policy at the sampling temperature (vLLM's processed logprobs), not the raw logits
             temperature = self.cfg.rollout.sampling.temperature if kind == "grpo" else 1.0
-            logits, ids, _ = self._forward(self.model, seqs, temperature)
-            t = ids.shape[1]
-            lp = algos.token_logprobs(logits, ids)
+            t = max(len(s) for s in seqs)
             mask = algos.shifted([s["mask"] for s in mb], t).to(self.device)
+            keep = algos.positions_to_keep(mask)   # logits only where a token is trained
+            logits, ids, _ = self._forward(self.model, seqs, temperature, keep)
+            lp = algos.token_logprobs(logits, ids, keep)
             if kind == "sft":
                 loss = algos.sft_loss(lp, mask, norm=norm)
             else:
                 rollout_lp = algos.shifted([s["rollout_logprobs"] for s in mb], t).to(self.device)
                 old_lp = lp.detach() if "old_logprobs" not in mb[0] else \
                     algos.shifted([s["old_logprobs"] for s in mb], t).to(self.device)
+                # untrained positions: ratio 1 (lp there is 0, not a logprob, and exp(0 - old) may overflow)
+                old_lp = torch.where(mask.bool(), old_lp, lp.detach())
                 adv = torch.tensor([s["advantage"] for s in mb], dtype=torch.float32, device=self.device)
                 ref_lp = None
                 if self.ref is not None and g.kl_coef > 0:
                     with torch.no_grad():
-                        ref_logits, _, _ = self._forward(self.ref, seqs, temperature)
-                        ref_lp = algos.token_logprobs(ref_logits, ids)
+                        ref_logits, _, _ = self._forward(self.ref, seqs, temperature, keep)
+                        ref_lp = algos.token_logprobs(ref_logits, ids, keep)
                 agg_norm = norm if g.loss_agg in ("token_mean", "constant") else None
                 loss, m = algos.policy_loss(lp, old_lp, rollout_lp, adv, mask, clip_low=g.clip_low,
                                             clip_high=g.clip_high, tis_cap=g.tis_cap, agg=g.loss_agg,
@@ -170,7 +179,7 @@ class TrainerWorker:
                 for k, v in m.items():
                     extra.setdefault(k, []).append(v)
             if kind == "grpo":
-                ent = algos.entropy(logits if g.entropy_coef else logits.detach())
+                ent = algos.entropy(logits if g.entropy_coef else logits.detach(), keep, t - 1)
                 sums["entropy"] += (ent.detach() * mask).sum().item()
                 if g.entropy_coef:   # an entropy bonus, normalised like the loss
                     loss = loss - g.entropy_coef * (ent * mask).sum() / norm

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from rl.algos import (aggregate, group_advantages, k3_kl, lr_multiplier, mask_turns, pack_by_tokens, policy_loss,
-                      shifted, token_logprobs)
+from rl.algos import (aggregate, entropy, group_advantages, k3_kl, lr_multiplier, mask_turns, pack_by_tokens,
+                      policy_loss, positions_to_keep, shifted, token_logprobs)
 
 
 def test_grpo_advantages_by_hand():
@@ -56,6 +56,23 @@ def test_token_logprobs_align_with_next_token():
     lp = token_logprobs(logits, ids)
     assert lp.shape == (1, 2)
     assert lp[0].tolist() == pytest.approx([math.log(0.25), math.log(0.8)], abs=1e-6)
+
+
+def test_logits_at_kept_positions_only_give_the_same_logprobs_and_entropy():
+    # 2 sequences of 3 tokens; row 0 trains position 1, row 1 trains position 0: keep = [0, 1], not 2.
+    mask = torch.tensor([[0, 1, 0], [1, 0, 0]])
+    keep = positions_to_keep(mask)
+    assert keep.tolist() == [0, 1]
+    full = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8], [0.2, 0.2, 0.6], [1 / 3, 1 / 3, 1 / 3]],
+                                   [[0.7, 0.2, 0.1], [0.3, 0.3, 0.4], [0.9, 0.05, 0.05], [1 / 3, 1 / 3, 1 / 3]]]))
+    ids = torch.tensor([[0, 1, 2, 0], [2, 0, 1, 1]])
+    lp = token_logprobs(full[:, keep], ids, keep)
+    assert lp.shape == (2, 3)
+    assert lp[0].tolist() == pytest.approx([math.log(0.25), math.log(0.8), 0.0], abs=1e-6)
+    assert lp[1].tolist() == pytest.approx([math.log(0.7), math.log(0.3), 0.0], abs=1e-6)
+    ent = entropy(full[:, keep], keep, 3)
+    assert torch.allclose(ent[:, :2], entropy(full)[:, :2], atol=1e-6)
+    assert ent[:, 2].tolist() == [0.0, 0.0]
 
 
 def test_aggregation_modes_by_hand():
