@@ -154,10 +154,11 @@ class TrainerWorker:
                 loss = algos.sft_loss(lp, mask, norm=norm)
             else:
                 rollout_lp = algos.shifted([s["rollout_logprobs"] for s in mb], t).to(self.device)
-                old_lp = lp.detach() if "old_logprobs" not in mb[0] else \
-                    algos.shifted([s["old_logprobs"] for s in mb], t).to(self.device)
-                # untrained positions: ratio 1 (lp there is 0, not a logprob, and exp(0 - old) may overflow)
-                old_lp = torch.where(mask.bool(), old_lp, lp.detach())
+                old_lp = lp.detach()   # one update per step: the old policy is the current one
+                if "old_logprobs" in mb[0]:
+                    # only at trained positions: elsewhere lp is 0 (no logits kept), so the ratio stays 1
+                    old = algos.shifted([s["old_logprobs"] for s in mb], t).to(self.device)
+                    old_lp = torch.where(mask.bool(), old, old_lp)
                 adv = torch.tensor([s["advantage"] for s in mb], dtype=torch.float32, device=self.device)
                 ref_lp = None
                 if self.ref is not None and g.kl_coef > 0:
