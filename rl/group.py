@@ -155,8 +155,7 @@ class TrainerGroup:
         loss, KL, entropy, clip fraction, grad norm, logprob mismatch, ...)."""
         g = self.cfg.trainer.grpo
         if self.stage != "grpo":
-            self.stage = "grpo"
-            self._all("set_schedule", g.steps * g.mini_batches, True, g.lr)
+            self._start_grpo()
         t0 = time.time()
         trajs = list(trajectories)
         rewards = [t.reward if t.error is None else None for t in trajs]
@@ -199,6 +198,24 @@ class TrainerGroup:
         self.version = version + 1
         metrics["train_time_s"] = time.time() - t0
         return metrics
+
+    def _start_grpo(self, resumed: bool = False) -> None:
+        """Enter the GRPO stage: the LR schedule of its steps and, with a KL term, the reference it
+        anchors to: the policy GRPO starts from (the SFT model after SFT, not the base model).
+        The reference is written once to <checkpoints>/reference, so a resumed run anchors to the
+        same weights."""
+        g = self.cfg.trainer.grpo
+        self.stage = "grpo"
+        self._all("set_schedule", g.steps * g.mini_batches, True, g.lr)   # a resume then loads its state
+        if not self.cfg.trainer.use_reference_model:
+            return
+        ref = self.root / "reference"
+        if not resumed:
+            self.export_hf(ref)
+        elif not (ref / "config.json").exists():
+            raise FileNotFoundError(f"{ref} is missing: the run was checkpointed in GRPO with a KL reference, "
+                                    "and a resumed run needs the same one (start a new output_dir to begin again)")
+        self._all("load_reference", str(ref))
 
     # -- weights and checkpoints ----------------------------------------------------------------------------
     def export_hf(self, path: str | Path) -> Path:
@@ -250,8 +267,7 @@ class TrainerGroup:
         state = checkpoint.read_state(ckpt)
         self.stage = state["stage"]
         if self.stage == "grpo":   # the LR schedule's length must be known before the scheduler state loads
-            g = self.cfg.trainer.grpo
-            self._all("set_schedule", g.steps * g.mini_batches, True, g.lr)
+            self._start_grpo(resumed=True)
         self._all("load", str(ckpt))
         self.sft_step, self.step, self.version = state["sft_step"], state["grpo_step"], state["version"]
         self.wandb_run_id = state.get("wandb_run_id")

@@ -19,13 +19,7 @@ from typing import Any
 import torch
 
 from rl import algos
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+from terminus.net import free_port
 
 
 class TrainerWorker:
@@ -41,7 +35,7 @@ class TrainerWorker:
     # -- setup ------------------------------------------------------------------------------------------
     def address(self) -> tuple[str, int]:
         import ray
-        return ray.util.get_node_ip_address(), _free_port()
+        return ray.util.get_node_ip_address(), free_port("")
 
     def setup(self, master_addr: str, master_port: int, total_steps: int) -> dict[str, Any]:
         import torch.distributed as dist
@@ -80,13 +74,17 @@ class TrainerWorker:
         self.optim = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas),
                                        weight_decay=o.weight_decay)
         self.set_schedule(total_steps)
-        self.ref = None
-        if tc.use_reference_model:
-            self.ref = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).to(self.device)
-            self.ref.eval().requires_grad_(False)
+        self.ref = None   # the KL term's frozen policy: loaded when GRPO starts (load_reference)
         n = sum(p.numel() for p in model.parameters())
         return {"rank": self.rank, "backend": backend, "params": n, "device": str(self.device),
                 "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
+
+    def load_reference(self, path: str) -> None:
+        """Load the frozen reference policy of the KL term from an HF directory (every rank keeps a
+        whole, unsharded copy: it only runs forwards)."""
+        from transformers import AutoModelForCausalLM
+        self.ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.device)
+        self.ref.eval().requires_grad_(False)
 
     def set_schedule(self, total_steps: int, restart: bool = True, lr: float = 0.0) -> None:
         """LR schedule over `total_steps` optimizer steps. restart=False keeps the current step

@@ -117,6 +117,66 @@ def test_pad_free_takes_the_same_steps_as_padded_micro_batches(cluster, tok, tmp
     assert max((padded[k] - unpadded[k]).abs().max().item() for k in padded) <= 2e-4
 
 
+def sampled_by(g, data, version):
+    """The demos as if the trainer's current policy had sampled them (its own logprobs), in two
+    groups of mixed rewards."""
+    sampled = g.logprobs([t.token_ids for t in data], g.cfg.rollout.sampling.temperature)
+    return [Trajectory(task_id=t.task_id, messages=t.messages, token_ids=t.token_ids, response_mask=t.response_mask,
+                       logprobs=lp, group_id=str(i % 2), reward=float(i % 4 < 2), policy_version=version)
+            for i, (t, lp) in enumerate(zip(data, sampled))]
+
+
+def test_grpo_mini_batches_are_clipped_against_the_policy_that_sampled(cluster, tok, tmp_path):
+    """trainer.grpo.mini_batches=2: two optimizer steps per GRPO step, both measured against the
+    pre-update (sampling) policy. The first sees ratio 1 exactly; the second sees the first's update,
+    so a large step must show up as ratios away from 1 and clipped tokens. With one mini-batch
+    nothing is ever clipped (old == current), which is what a lost `old_logprobs` would look like."""
+    from rl import TrainerGroup
+    data = demos(tok)
+    metrics = {}
+    for n in (1, 2):
+        g = TrainerGroup(config(tmp_path / str(n), "trainer.grpo.lr=0.05", "trainer.grpo.steps=1",
+                                f"trainer.grpo.mini_batches={n}", "trainer.optim.warmup_steps=0",
+                                "trainer.optim.schedule=constant"))
+        try:
+            metrics[n] = g.grpo_step(sampled_by(g, data, 0), 0)
+        finally:
+            g.shutdown()
+    one, two = metrics[1], metrics[2]
+    # the old logprobs the second mini-batch is clipped against are the sampled ones, position for position
+    assert two["logprob_mismatch_max"] <= 1e-4, two
+    assert one["clip_frac"] == 0.0 and one["ratio_mean"] == pytest.approx(1.0, abs=1e-5), one
+    assert two["clip_frac"] > 0.0 and abs(two["ratio_mean"] - 1.0) > 1e-3, two
+
+
+def test_kl_reference_is_the_policy_grpo_starts_from(cluster, tok, tmp_path):
+    """use_reference_model: the KL term anchors GRPO to the model it starts from (after SFT, the SFT
+    model, not the base model), and a run resumed in GRPO to that same reference."""
+    from rl import TrainerGroup
+    data = demos(tok)
+    over = ("trainer.use_reference_model=true", "trainer.grpo.kl_coef=0.1", "trainer.grpo.lr=0.01",
+            "trainer.sft.max_steps=3", "trainer.optim.warmup_steps=0")
+    g = TrainerGroup(config(tmp_path, *over))
+    try:
+        g.sft(data)
+        first = g.grpo_step(sampled_by(g, data, 0), 0)
+        g.save_checkpoint(1)
+        batch = sampled_by(g, data, 1)
+        second = g.grpo_step(batch, 1)
+    finally:
+        g.shutdown()
+    assert (tmp_path / "checkpoints" / "reference" / "model.safetensors").exists()
+    assert first["kl"] < 1e-7, first     # nothing has moved from the reference yet
+    assert second["kl"] > 1e-4, second   # one update later it has
+    g = TrainerGroup(config(tmp_path, *over))
+    try:
+        assert g.resume_point()[1] == 1
+        resumed = g.grpo_step(batch, 1)
+    finally:
+        g.shutdown()
+    assert resumed["kl"] == pytest.approx(second["kl"], rel=1e-4, abs=1e-7)
+
+
 def test_partial_checkpoints_are_ignored(tmp_path):
     root = tmp_path / "checkpoints"
     good = checkpoint.commit(checkpoint.staging_dir(root, 2), {"step": 2}, keep_last=2)
