@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from terminus.testing.openai_server import free_port
+from terminus.net import free_port
 
 
 def _ray_bin() -> str:

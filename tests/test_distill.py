@@ -12,7 +12,8 @@ import pytest
 from tasks.types import Fact, GroundTruth, ReferenceSolution, Task
 from terminus.evaluation.distill import dedup_key, load_sft_dataset
 from terminus.evaluation.tasks_io import write_task_list
-from terminus.testing.openai_server import Reply, ScriptedOpenAIServer, free_port
+from terminus.net import free_port
+from terminus.testing.openai_server import Reply, ScriptedOpenAIServer
 
 TERMINUS = str(Path(sys.executable).parent / "terminus")
 

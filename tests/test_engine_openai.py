@@ -17,7 +17,7 @@ from rollout.io import read_trajectories
 from tasks.types import Task
 from terminus.model import resolve_model_path
 from terminus.openai_api import OpenAIClient
-from terminus.testing.openai_server import free_port
+from terminus.net import free_port
 
 VENV_BIN = os.path.dirname(sys.executable)
 

@@ -63,11 +63,11 @@ def test_fsdp2_source_on_one_gloo_rank(tmp_path):
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
-    from rl.worker import _free_port
+    from terminus.net import free_port
 
     if dist.is_initialized():
         pytest.skip("a process group already exists in this process")
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         model = tiny_model()

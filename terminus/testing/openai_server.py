@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 import uuid
@@ -19,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 from aiohttp import web
+
+from terminus.net import free_port
 
 
 @dataclass
@@ -34,12 +35,6 @@ class Reply:
 
 
 Script = Union[list[Reply], Callable[[dict[str, Any]], Reply]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ScriptedOpenAIServer:
