@@ -77,6 +77,39 @@ def _stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from cluster.driver import across_runs
+
+    runs = {}
+    for d in args.runs:
+        f = Path(d) / "summary.json"
+        if not f.exists():
+            print(f"error: {f} not found: give run directories of finished `terminus train` runs", file=sys.stderr)
+            return 2
+        runs[d] = json.loads(f.read_text()).get("evals", {})
+    if len(runs) < 2:
+        print("error: give two or more runs (the same config, other seeds): noise between runs needs at least two",
+              file=sys.stderr)
+        return 2
+    out = across_runs(runs)
+    print(f"{'run':24s} " + " ".join(f"{s:>10s}" for s in ("untrained", "sft", "grpo")))
+    for name, e in runs.items():
+        print(f"{name:24s} " + " ".join(f"{e[s]['reward_mean']:+10.3f}" if s in e else f"{'-':>10s}"
+                                        for s in ("untrained", "sft", "grpo")))
+    for name, st in out["stages"].items():
+        print(f"[runs] {name}: mean {st['mean']:+.3f} over {st['runs']} runs, spread between runs {st['std_between_runs']:.3f}")
+    for name, c in out["comparisons"].items():
+        print(f"[runs] {name}: margin {c['margin']:+.3f} = {c['margin_over_noise']:.1f} x the run-to-run noise "
+              f"({c['noise']:.3f}); per run {c['diff_mean']:+.3f} +- {c['diff_std']:.3f} (SE {c['diff_sem']:.3f}), "
+              f"positive in {c['positive']} of {c['runs']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": runs, **out}, indent=1))
+    return 0
+
+
 def register(sub) -> None:
     from terminus.cli import add_config_args
 
@@ -84,6 +117,11 @@ def register(sub) -> None:
         t = sub.add_parser("train", help="train end to end (SFT then GRPO, by trainer.stage) on this machine / Ray")
         add_config_args(t)
         t.set_defaults(func=_train)
+
+    cmp = sub.add_parser("compare", help="run-to-run noise: held-out rewards of several runs of one config (seeds)")
+    cmp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="output_dir of finished `terminus train` runs")
+    cmp.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    cmp.set_defaults(func=_compare)
 
     addr = {"help": "Ray job server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS or http://127.0.0.1:8265)"}
     s = sub.add_parser("submit", help="submit `terminus train` as a Ray job; prints the job id")

@@ -121,7 +121,7 @@ def compare_evals(evals: dict[str, dict]) -> dict[str, dict]:
     held-out means, its standard error sqrt(se_a^2 + se_b^2) (independent evaluations), and how many
     standard errors the difference is (z)."""
     out = {}
-    for after, before in (("sft", "untrained"), ("grpo", "sft")):
+    for after, before in STAGES:
         if after in evals and before in evals:
             a, b = evals[after], evals[before]
             diff = a["reward_mean"] - b["reward_mean"]
@@ -129,6 +129,41 @@ def compare_evals(evals: dict[str, dict]) -> dict[str, dict]:
             out[f"{after}-{before}"] = {"diff": diff, "se": se,
                                         "z": diff / se if se > 0 else math.copysign(math.inf, diff)}
     return out
+
+
+STAGES = (("sft", "untrained"), ("grpo", "sft"))
+
+
+def across_runs(runs: dict[str, dict[str, dict]]) -> dict[str, Any]:
+    """Run-to-run noise, from the held-out evaluations of several runs of one config (other seeds):
+    per stage, the mean over runs and its spread between runs (sample standard deviation); per
+    comparison, the margin (mean after - mean before), the noise it must beat (the larger of the two
+    stages' spreads), their ratio, and the paired view: each run's own difference, its mean, spread,
+    standard error, and in how many runs it is positive. `runs`: run name -> that run's `evals`."""
+    import statistics
+
+    def spread(xs: list[float]) -> float:
+        return statistics.stdev(xs) if len(xs) > 1 else float("nan")
+
+    stages: dict[str, dict] = {}
+    for name in ("untrained", "sft", "grpo"):
+        xs = [e[name]["reward_mean"] for e in runs.values() if name in e]
+        if xs:
+            stages[name] = {"mean": statistics.fmean(xs), "std_between_runs": spread(xs), "runs": len(xs)}
+    comparisons: dict[str, dict] = {}
+    for after, before in STAGES:
+        paired = [e[after]["reward_mean"] - e[before]["reward_mean"] for e in runs.values()
+                  if after in e and before in e]
+        if not paired:
+            continue
+        margin = stages[after]["mean"] - stages[before]["mean"]
+        noise = max(stages[after]["std_between_runs"], stages[before]["std_between_runs"])
+        comparisons[f"{after}-{before}"] = {
+            "margin": margin, "noise": noise, "margin_over_noise": margin / noise if noise > 0 else float("nan"),
+            "diff_mean": statistics.fmean(paired), "diff_std": spread(paired),
+            "diff_sem": spread(paired) / len(paired) ** 0.5, "positive": sum(d > 0 for d in paired),
+            "runs": len(paired)}
+    return {"stages": stages, "comparisons": comparisons}
 
 
 def plot_rewards(run_dir: Path, grpo_steps: list[dict], evals: dict[str, dict]) -> Path:

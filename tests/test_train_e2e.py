@@ -85,3 +85,37 @@ def test_compare_evals_by_hand():
     assert c["grpo-sft"] == pytest.approx({"diff": 0.16, "se": 0.05, "z": 3.2})       # sqrt(.03^2 + .04^2) = .05
     assert c["sft-untrained"] == pytest.approx({"diff": 0.13, "se": 0.03, "z": 0.13 / 0.03})
     assert compare_evals({"grpo": evals["grpo"]}) == {}          # a resumed run has no SFT evaluation to compare
+
+
+def test_across_runs_by_hand():
+    from cluster.driver import across_runs
+
+    def ev(*means):
+        return {s: {"reward_mean": m} for s, m in zip(("untrained", "sft", "grpo"), means)}
+    out = across_runs({"a": ev(-0.3, -0.2, 0.0), "b": ev(-0.3, 0.0, 0.1)})
+    s, c = out["stages"], out["comparisons"]
+    assert s["sft"] == pytest.approx({"mean": -0.1, "std_between_runs": 0.02 ** 0.5, "runs": 2})
+    assert s["untrained"]["std_between_runs"] == 0.0
+    # grpo-sft: margin 0.05 - (-0.1) = 0.15 against the larger spread, stdev(-0.2, 0.0) = 0.1414;
+    # per run +0.2 and +0.1: mean 0.15, stdev 0.0707, SE 0.05
+    assert c["grpo-sft"] == pytest.approx({"margin": 0.15, "noise": 0.02 ** 0.5, "margin_over_noise": 0.15 / 0.02 ** 0.5,
+                                           "diff_mean": 0.15, "diff_std": 0.005 ** 0.5, "diff_sem": 0.05,
+                                           "positive": 2, "runs": 2})
+    assert c["sft-untrained"]["margin_over_noise"] == pytest.approx(0.2 / 0.02 ** 0.5)
+
+
+def test_compare_reads_run_directories(tmp_path):
+    for name, sft, grpo in (("s0", -0.2, 0.0), ("s1", 0.0, 0.1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"evals": {"untrained": {"reward_mean": -0.3}, "sft": {"reward_mean": sft}, "grpo": {"reward_mean": grpo}}}))
+    run = [sys.executable, "-m", "terminus.cli", "compare"]
+    r = subprocess.run(run + [str(tmp_path / "s0"), str(tmp_path / "s1"), "--json", str(tmp_path / "c.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "grpo-sft: margin +0.150 = 1.1 x the run-to-run noise (0.141)" in r.stdout, r.stdout
+    assert json.loads((tmp_path / "c.json").read_text())["comparisons"]["grpo-sft"]["positive"] == 2
+    r = subprocess.run(run + [str(tmp_path / "s0")], capture_output=True, text=True)
+    assert r.returncode == 2 and "two or more runs" in r.stderr
+    r = subprocess.run(run + [str(tmp_path / "s0"), str(tmp_path / "nope")], capture_output=True, text=True)
+    assert r.returncode == 2 and "summary.json not found" in r.stderr
