@@ -116,6 +116,9 @@ async def evaluate(cfg, tasks: list, pool: RolloutPool, judge, seed: int, out: P
             "reward_sem": sem, "episodes": len(rewards), "passes": means}
 
 
+STAGES = (("sft", "untrained"), ("grpo", "sft"))   # (after, before): each stage against the one it starts from
+
+
 def compare_evals(evals: dict[str, dict]) -> dict[str, dict]:
     """Each stage against the one before it (SFT vs untrained, GRPO vs SFT): the difference of the
     held-out means, its standard error sqrt(se_a^2 + se_b^2) (independent evaluations), and how many
@@ -129,9 +132,6 @@ def compare_evals(evals: dict[str, dict]) -> dict[str, dict]:
             out[f"{after}-{before}"] = {"diff": diff, "se": se,
                                         "z": diff / se if se > 0 else math.copysign(math.inf, diff)}
     return out
-
-
-STAGES = (("sft", "untrained"), ("grpo", "sft"))
 
 
 def across_runs(runs: dict[str, dict[str, dict]]) -> dict[str, Any]:
@@ -157,7 +157,8 @@ def across_runs(runs: dict[str, dict[str, dict]]) -> dict[str, Any]:
         if not paired:
             continue
         margin = stages[after]["mean"] - stages[before]["mean"]
-        noise = max(stages[after]["std_between_runs"], stages[before]["std_between_runs"])
+        spreads = [stages[s]["std_between_runs"] for s in (after, before)]
+        noise = max((x for x in spreads if not math.isnan(x)), default=math.nan)   # a stage seen in one run has none
         comparisons[f"{after}-{before}"] = {
             "margin": margin, "noise": noise, "margin_over_noise": margin / noise if noise > 0 else float("nan"),
             "diff_mean": statistics.fmean(paired), "diff_std": spread(paired),
