@@ -81,7 +81,7 @@ def _compare(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from cluster.driver import across_runs
+    from cluster.driver import EVALUATED, across_runs
 
     runs = {}
     for d in args.runs:
@@ -95,10 +95,10 @@ def _compare(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     out = across_runs(runs)
-    print(f"{'run':24s} " + " ".join(f"{s:>10s}" for s in ("untrained", "sft", "grpo")))
+    print(f"{'run':24s} " + " ".join(f"{s:>10s}" for s in EVALUATED))
     for name, e in runs.items():
         print(f"{name:24s} " + " ".join(f"{e[s]['reward_mean']:+10.3f}" if s in e else f"{'-':>10s}"
-                                        for s in ("untrained", "sft", "grpo")))
+                                        for s in EVALUATED))
     for name, st in out["stages"].items():
         print(f"[runs] {name}: mean {st['mean']:+.3f} over {st['runs']} runs, spread between runs {st['std_between_runs']:.3f}")
     for name, c in out["comparisons"].items():

@@ -116,6 +116,7 @@ async def evaluate(cfg, tasks: list, pool: RolloutPool, judge, seed: int, out: P
             "reward_sem": sem, "episodes": len(rewards), "passes": means}
 
 
+EVALUATED = ("untrained", "sft", "grpo")            # the held-out evaluations of a run, in order
 STAGES = (("sft", "untrained"), ("grpo", "sft"))   # (after, before): each stage against the one it starts from
 
 
@@ -146,7 +147,7 @@ def across_runs(runs: dict[str, dict[str, dict]]) -> dict[str, Any]:
         return statistics.stdev(xs) if len(xs) > 1 else float("nan")
 
     stages: dict[str, dict] = {}
-    for name in ("untrained", "sft", "grpo"):
+    for name in EVALUATED:
         xs = [e[name]["reward_mean"] for e in runs.values() if name in e]
         if xs:
             stages[name] = {"mean": statistics.fmean(xs), "std_between_runs": spread(xs), "runs": len(xs)}
