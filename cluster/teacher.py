@@ -8,8 +8,10 @@ OpenAI chat engine), so it needs no tokenizer tricks to know where in the episod
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
+import re
 from typing import Any, Iterable
 
 from rollout.engine.base import EngineError, Generation, Sampling
@@ -42,11 +44,27 @@ def choose_demo_tasks(tasks: list, fraction: float, seed: int) -> tuple[list, li
     return [t for t in tasks if t.id in chosen], [t for t in tasks if t.id not in chosen]
 
 
+_OBSERVATION = re.compile(r"<exit_code>(-?\d+)</exit_code>.*?<output>\n(.*?)\n</output>", re.DOTALL)
+
+
+def observations_in(messages: list[dict[str, str]]) -> list[tuple[int, str]]:
+    """(exit code, output) of every command the episode ran so far, read back from its messages."""
+    seen = []
+    for m in messages[2:]:
+        if m["role"] == "user" and (hit := _OBSERVATION.search(m["content"])):
+            seen.append((int(hit.group(1)), hit.group(2)))
+    return seen
+
+
 class ScriptedTeacher:
     """Engine whose turn k for a task is reference.commands[k], then the reference report.
 
-    At most max_turns - 1 commands are played so the report always fits the turn cap. A request it
-    has no reference for is an EngineError (the episode is marked failed, not faked).
+    At most max_turns - 1 commands are played so the report always fits the turn cap. Several tasks
+    may share a request (variants of one project: "run the tests" on differently broken copies), so
+    the teacher tells them apart like an expert would, by what the commands printed: the candidate
+    whose recorded exit codes match and whose recorded outputs are closest to the observed ones.
+    A request it has no reference for, or observations that fit two candidates whose next plays
+    differ, is an EngineError (the episode is marked failed, not faked).
     """
 
     api = "chat"
@@ -55,25 +73,38 @@ class ScriptedTeacher:
         self.tokenizer = tokenizer
         self.max_turns = max_turns
         self.policy_version = policy_version
-        self.by_request: dict[str, Any] = {}
+        self.by_request: dict[str, list[Any]] = {}
         for t in tasks:
             if t.reference is not None:
-                self.by_request[t.request.strip()] = t
+                self.by_request.setdefault(t.request.strip(), []).append(t)
 
-    def _task_of(self, messages: list[dict[str, str]]) -> Any:
-        first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
-        for request, task in self.by_request.items():
-            if first_user.strip().startswith(request):
-                return task
-        raise EngineError(f"scripted teacher: no reference solution for request {first_user[:80]!r}")
-
-    def turn_text(self, messages: list[dict[str, str]]) -> str:
-        task = self._task_of(messages)
-        k = sum(1 for m in messages if m["role"] == "assistant")
+    def _play(self, task: Any, k: int) -> str:
         commands = list(task.reference.commands)[: max(0, self.max_turns - 1)]
         if k < len(commands):
             return f"<command>{commands[k]}</command>"
         return report_text(task.reference.report)
+
+    def _candidates(self, messages: list[dict[str, str]]) -> list[Any]:
+        first_user = next((m["content"] for m in messages if m["role"] == "user"), "").strip()
+        # The longest matching request, so one request that prefixes another cannot capture it.
+        matching = [r for r in self.by_request if first_user.startswith(r)]
+        if not matching:
+            raise EngineError(f"scripted teacher: no reference solution for request {first_user[:80]!r}")
+        return self.by_request[max(matching, key=len)]
+
+    def turn_text(self, messages: list[dict[str, str]]) -> str:
+        candidates = self._candidates(messages)
+        k = sum(1 for m in messages if m["role"] == "assistant")
+        plays = {self._play(t, k) for t in candidates}
+        if len(plays) == 1:
+            return plays.pop()
+        seen = observations_in(messages)
+        scored = sorted(((_fit(t, seen), i) for i, t in enumerate(candidates)), reverse=True)
+        (best, i), (runner_up, j) = scored[0], scored[1]
+        if best == runner_up and self._play(candidates[i], k) != self._play(candidates[j], k):
+            raise EngineError(f"scripted teacher: the observations fit tasks {candidates[i].id} and "
+                              f"{candidates[j].id} equally; cannot tell which reference to follow")
+        return self._play(candidates[i], k)
 
     async def generate(self, prompt_ids: list[int], sampling: Sampling, messages: list[dict[str, str]] | None = None
                        ) -> Generation:
@@ -85,3 +116,13 @@ class ScriptedTeacher:
         # A deterministic expert: every token has probability 1.
         return Generation(token_ids=ids, logprobs=[0.0] * len(ids), finish_reason="stop", stop_reason=stop,
                           policy_version=self.policy_version)
+
+
+def _fit(task: Any, seen: list[tuple[int, str]]) -> tuple[int, float]:
+    """How well a task's recorded runs explain the observed ones: (exit codes matched, output likeness)."""
+    recorded = (task.ground_truth.observed if task.ground_truth else {}) or {}
+    codes, outputs = recorded.get("exit_codes", []), recorded.get("outputs", [])
+    matched = sum(1 for (code, _), want in zip(seen, codes) if code == want)
+    likeness = sum(difflib.SequenceMatcher(None, out[:4000], want[:4000], autojunk=False).ratio()
+                   for (_, out), want in zip(seen, outputs))
+    return matched, likeness

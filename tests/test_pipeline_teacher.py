@@ -7,7 +7,7 @@ import pytest
 from cluster.teacher import ScriptedTeacher, choose_demo_tasks, report_text
 from rollout.config import RolloutConfig
 from rollout.worker import run_requests
-from tasks.types import ReferenceSolution, Task
+from tasks.types import GroundTruth, ReferenceSolution, Task
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,6 +59,37 @@ def test_teacher_marks_unknown_request_as_failed(tmp_path, tok):
     teacher = ScriptedTeacher([known], tok, max_turns=4)
     tr = asyncio.run(run_requests([(unknown, 1)], teacher, tok, cfg))[0][0]
     assert tr.error and "no reference solution" in tr.error
+
+
+def test_teacher_tells_variants_with_one_request_apart_by_their_outputs(tmp_path, tok):
+    """Two broken copies of one project share a request; each demo must follow its own task's
+    second command and report, read off what the first command printed (not the last task listed)."""
+    variants = []
+    for tid, fault, code in (("v-name", "NameError: nme", 1), ("v-syntax", "SyntaxError: line 3", 2)):
+        repo = tmp_path / tid
+        repo.mkdir()
+        (repo / "run.sh").write_text(f"echo 'Traceback'; echo '{fault}'; exit {code}\n")
+        variants.append(Task(
+            id=tid, language="python", category="diagnose", project="p", repo_dir=str(repo),
+            request="Run run.sh and tell me why it fails.",
+            ground_truth=GroundTruth(exit_status=code, observed={"exit_codes": [code, 0],
+                                                                 "outputs": [f"Traceback\n{fault}", "x"]}),
+            reference=ReferenceSolution(commands=["sh run.sh", f"echo look at {tid}"],
+                                        report=f"<status>failure</status><summary>{fault}</summary>")))
+    for order in (variants, variants[::-1]):
+        groups = run(order, tok)
+        for task, group in zip(order, groups):
+            tr = group[0]
+            assert tr.error is None, tr.error
+            assert [t.command for t in tr.turns] == ["sh run.sh", f"echo look at {task.id}", None]
+            assert tr.report["summary"] == task.reference.report.split("<summary>")[1].split("<")[0]
+
+
+def test_teacher_refuses_to_guess_between_indistinguishable_variants(tmp_path, tok):
+    a, b = make_task(tmp_path, ["cat a.txt", "true"], "a"), make_task(tmp_path, ["cat a.txt", "false"], "b")
+    b.request = a.request
+    tr = run([a, b], tok)[0][0]
+    assert tr.error and "fit tasks" in tr.error
 
 
 def test_report_text_forms():
