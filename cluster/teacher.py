@@ -11,10 +11,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
-import re
 from typing import Any, Iterable
 
 from rollout.engine.base import EngineError, Generation, Sampling
+from rollout.protocol import parse_observation
 
 
 def report_text(report: str) -> str:
@@ -44,16 +44,10 @@ def choose_demo_tasks(tasks: list, fraction: float, seed: int) -> tuple[list, li
     return [t for t in tasks if t.id in chosen], [t for t in tasks if t.id not in chosen]
 
 
-_OBSERVATION = re.compile(r"<exit_code>(-?\d+)</exit_code>.*?<output>\n(.*?)\n</output>", re.DOTALL)
-
-
 def observations_in(messages: list[dict[str, str]]) -> list[tuple[int, str]]:
     """(exit code, output) of every command the episode ran so far, read back from its messages."""
-    seen = []
-    for m in messages[2:]:
-        if m["role"] == "user" and (hit := _OBSERVATION.search(m["content"])):
-            seen.append((int(hit.group(1)), hit.group(2)))
-    return seen
+    parsed = (parse_observation(m["content"]) for m in messages if m["role"] == "user")
+    return [o for o in parsed if o is not None]
 
 
 class ScriptedTeacher:
@@ -95,16 +89,15 @@ class ScriptedTeacher:
     def turn_text(self, messages: list[dict[str, str]]) -> str:
         candidates = self._candidates(messages)
         k = sum(1 for m in messages if m["role"] == "assistant")
-        plays = {self._play(t, k) for t in candidates}
-        if len(plays) == 1:
-            return plays.pop()
+        plays = [self._play(t, k) for t in candidates]
+        if len(set(plays)) == 1:
+            return plays[0]
         seen = observations_in(messages)
-        scored = sorted(((_fit(t, seen), i) for i, t in enumerate(candidates)), reverse=True)
-        (best, i), (runner_up, j) = scored[0], scored[1]
-        if best == runner_up and self._play(candidates[i], k) != self._play(candidates[j], k):
+        (best, i), (runner_up, j) = sorted(((_fit(t, seen), i) for i, t in enumerate(candidates)), reverse=True)[:2]
+        if best == runner_up and plays[i] != plays[j]:
             raise EngineError(f"scripted teacher: the observations fit tasks {candidates[i].id} and "
                               f"{candidates[j].id} equally; cannot tell which reference to follow")
-        return self._play(candidates[i], k)
+        return plays[i]
 
     async def generate(self, prompt_ids: list[int], sampling: Sampling, messages: list[dict[str, str]] | None = None
                        ) -> Generation:

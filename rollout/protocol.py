@@ -85,6 +85,19 @@ def format_observation(obs: Observation, turns_left: int) -> str:
     return f"{head}<output>\n{body}\n</output>\n</observation>\n{_turns_left(turns_left)}"
 
 
+_OBSERVATION = re.compile(r"<observation>\n<exit_code>(-?\d+)</exit_code>\n(?:<note>.*?</note>\n)?<output>\n(.*?)\n</output>",
+                          re.DOTALL)
+
+
+def parse_observation(message: str) -> tuple[int, str] | None:
+    """(exit code, output) of a message format_observation wrote; None for any other message."""
+    hit = _OBSERVATION.match(message)
+    if hit is None:
+        return None
+    output = hit.group(2)
+    return int(hit.group(1)), "" if output == "(no output)" else output
+
+
 def format_error_message(error: str, turns_left: int) -> str:
     """The user message after a malformed turn: what was wrong and the expected form. Nothing ran."""
     return (f"<format_error>{error}. Nothing was run. Reply with brief reasoning and then exactly one "

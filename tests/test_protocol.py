@@ -83,3 +83,11 @@ def test_messages_and_observation():
     assert "(no output)" in last and "last turn" in last
     err = protocol.format_error_message("empty <command> block", turns_left=2)
     assert "empty <command> block" in err and "Nothing was run" in err
+
+
+def test_parse_observation_reads_back_what_format_observation_wrote():
+    for obs in (Observation(1, "FAILED test_x\nline 2"), Observation(124, "partial", timed_out=True, truncated=True),
+                Observation(0, "")):
+        assert protocol.parse_observation(protocol.format_observation(obs, turns_left=2)) == (obs.exit_code, obs.output)
+    assert protocol.parse_observation("Run the tests.\n\nWorking directory: /work/repo") is None
+    assert protocol.parse_observation(protocol.format_error_message("unclosed <report>", 2)) is None
