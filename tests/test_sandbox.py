@@ -344,6 +344,26 @@ def test_background_processes_die_at_close():
     assert_new_sandbox_works()
 
 
+@pytest.mark.parametrize("use_cgroups", [True, False])
+def test_close_kills_the_namespace_without_relying_on_die_with_parent(use_cgroups):
+    """bwrap's namespace init arms --die-with-parent only after forking the shell (and a capability
+    drop in between clears it), so a sandbox closed within milliseconds of starting could outlive
+    the killed bwrap, and close() waited forever on the pipe its shell held (about 1 close in 500;
+    CI hung on it). Without the flag at all, close() must still kill everything, promptly."""
+    async def go() -> str:
+        sb = await open_sandbox(cfg(use_cgroups=use_cgroups), None)
+        sb._base_args.remove("--die-with-parent")
+        try:
+            r = await sb.run("sleep 300789 & echo up")
+            assert (r.exit_code, r.output) == (0, "up\n")
+        finally:
+            await asyncio.wait_for(sb.close(), 30)
+        return sb.workspace.id
+    sid = run(go())
+    assert host_processes_matching(sid) == [] and host_processes_matching("sleep 300789") == []
+    assert_new_sandbox_works()
+
+
 def test_binary_output_is_decoded():
     r = run(run_one("head -c 200000 /dev/urandom; echo; echo done"))
     assert r.exit_code == 0 and r.truncated and r.output.endswith("done\n")

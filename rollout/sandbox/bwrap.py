@@ -15,17 +15,21 @@ CPU time through RLIMIT_CPU, per process. Without writable cgroup v1 the memory 
 RLIMIT_AS and the process limit to RLIMIT_NPROC (per uid, host-wide: not applied as root, where
 it would count every root process of the host).
 
-Timeout and close kill every process: SIGKILL to bwrap collapses the PID namespace (the kernel kills
-every member), then a loop over the cgroup's members catches anything else.
+Timeout and close kill every process: SIGKILL to the namespace's init (bwrap's child) collapses the
+PID namespace (the kernel kills every member), then a loop over the cgroup's members catches
+anything else. Killing only the outer bwrap is not enough: --die-with-parent arms the init's
+parent-death signal after the init has forked the shell, so a sandbox closed within milliseconds of
+starting could leave init and shell running, holding our pipes (about 1 close in 500 on 2 cores).
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import shutil
+import signal
 
 from rollout.config import SandboxConfig
-from rollout.sandbox.shell import SandboxError, ShellSandbox
+from rollout.sandbox.shell import SandboxError, ShellSandbox, wait_for_exit
 from rollout.sandbox.workspace import CGROUPS_FILE, Cgroups, Workspace
 
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -37,6 +41,32 @@ _LAUNCHER = ('while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; s
              '[ -n "$TERMINUS_AS_KB" ] && { ulimit -v "$TERMINUS_AS_KB" || exit 125; }; '
              '[ -n "$TERMINUS_NPROC" ] && { ulimit -p "$TERMINUS_NPROC" || exit 125; }; '
              'exec "$@"')
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a live process (stable while it lives: it has not reaped them)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:  # needs CONFIG_PROC_CHILDREN
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        pass
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])  # comm may hold spaces and ')'
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            found.append(int(entry))
+    return found
+
+
+def _sigkill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def bwrap_binary() -> str:
@@ -132,14 +162,14 @@ class BwrapSandbox(ShellSandbox):
     async def _kill_all(self) -> None:
         proc = self._proc
         if proc is not None and proc.returncode is None:
-            try:
-                proc.kill()  # bwrap dies -> its PID-1 child gets SIGKILL -> the namespace collapses
-            except ProcessLookupError:
-                pass
-            await proc.wait()
+            for pid in child_pids(proc.pid):  # the namespace's init: its death kills every member
+                _sigkill(pid)
+            _sigkill(proc.pid)
         if self.limits_via_cgroups and self.cgroups.pids():
             if not await asyncio.to_thread(self.cgroups.kill_all):
                 raise SandboxError(f"could not kill every process of sandbox {self.workspace.id}")
+        if proc is not None:
+            await wait_for_exit(proc, f"sandbox {self.workspace.id}")
 
     async def _teardown(self) -> None:
         if self.cgroups:

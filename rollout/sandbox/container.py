@@ -19,7 +19,7 @@ import os
 import shutil
 
 from rollout.config import SandboxConfig
-from rollout.sandbox.shell import SandboxError, ShellSandbox
+from rollout.sandbox.shell import SandboxError, ShellSandbox, wait_for_exit
 
 
 async def _engine(engine: str, *args: str, timeout: float = 120.0) -> tuple[int, str]:
@@ -105,7 +105,7 @@ class ContainerSandbox(ShellSandbox):
                           timeout=30)
         if self._proc is not None and self._proc.returncode is None:
             self._proc.kill()
-            await self._proc.wait()
+            await wait_for_exit(self._proc, f"container {self.container}")
 
     async def _teardown(self) -> None:
         if self.container:

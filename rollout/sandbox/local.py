@@ -13,7 +13,7 @@ import resource
 import signal
 
 from rollout.config import SandboxConfig
-from rollout.sandbox.shell import SandboxError, ShellSandbox
+from rollout.sandbox.shell import SandboxError, ShellSandbox, wait_for_exit
 from rollout.sandbox.workspace import Workspace
 
 
@@ -49,8 +49,7 @@ class LocalSandbox(ShellSandbox):
             os.killpg(proc.pid, signal.SIGKILL)  # the session/group the shell leads
         except ProcessLookupError:
             pass
-        if proc.returncode is None:
-            await proc.wait()
+        await wait_for_exit(proc, "local sandbox (a process that left the shell's group escapes the kill)")
 
     async def _teardown(self) -> None:
         self.workspace.destroy()

@@ -43,6 +43,16 @@ class SandboxError(RuntimeError):
     """A sandbox could not be created or used (not a failing command: those return a result)."""
 
 
+async def wait_for_exit(proc: asyncio.subprocess.Process, what: str, timeout_s: float = 5.0) -> None:
+    """Wait for a killed process. asyncio's Process.wait() returns only once the process has exited
+    AND its pipes are closed, so a survivor still holding stdout would block it forever: bound it."""
+    try:
+        await asyncio.wait_for(proc.wait(), timeout_s)
+    except asyncio.TimeoutError:
+        raise SandboxError(f"{what}: a process of the sandbox still holds its output pipe "
+                           f"{timeout_s:.0f} s after the kill") from None
+
+
 class _Framer:
     """Splits the shell's output stream at the sentinel line, feeding the rest to an OutputBuffer."""
 
