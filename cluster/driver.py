@@ -91,18 +91,19 @@ async def collect_demos(cfg, tasks: list, pool: RolloutPool, tokenizer, out: Pat
     return good, metrics
 
 
-async def evaluate(cfg, tasks: list, pool: RolloutPool, judge, seed: int, out: Path | None = None) -> dict[str, Any]:
+async def evaluate(cfg, tasks: list, pool: RolloutPool, judge, seed: int, out: Path | None = None,
+                   repeats: int = 0) -> dict[str, Any]:
     """Mean judged reward on held-out tasks over `repeats` independent passes, with two measures of
     the noise a claimed improvement must beat: the spread of the pass means, and the standard error
     of the mean over every judged episode (the spread of three pass means is itself noisy and tends
-    to be low; the standard error is the steadier figure)."""
+    to be low; the standard error is the steadier figure). `repeats` = 0: trainer.eval.repeats."""
     import statistics
 
     ev = cfg.trainer.eval
     tasks = tasks[: ev.max_tasks] if ev.max_tasks else tasks
     by_id = {t.id: t for t in tasks}
     means, rewards = [], []
-    for r in range(ev.repeats):
+    for r in range(repeats or ev.repeats):
         groups, _ = await pool.run([(t, ev.samples_per_task) for t in tasks], seed=seed + 7919 * r)
         flat = [t for g in groups for t in g]
         m = await judge_batch(judge, by_id, flat)
@@ -243,7 +244,7 @@ async def _train(cfg) -> dict[str, Any]:
             pool.set_engine(engine)
             if eval_tasks and not resumed_in_grpo and trainer.sft_step == 0:
                 evals["untrained"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed,
-                                                   run_dir / "eval_untrained.jsonl")
+                                                   run_dir / "eval_untrained.jsonl", cfg.trainer.eval.untrained_repeats)
                 _report_eval(trainer, "untrained", evals["untrained"])
             if "sft" in cfg.trainer.stage and not resumed_in_grpo:
                 demos, m = await collect_demos(cfg, demo_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")

@@ -69,6 +69,7 @@ class EvalConfig:
     enabled: bool = True
     samples_per_task: int = at_least(1, default=2)
     repeats: int = at_least(1, default=3, help="independent passes (seeds): their spread is the noise")
+    untrained_repeats: int = at_least(0, default=0, help="passes for the untrained model; 0 = `repeats`")
     max_tasks: int = at_least(0, default=0, help="0 = the whole split")
 
 
