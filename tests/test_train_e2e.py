@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.timeout(900)
 
 SMALL = ["trainer.sft.epochs=2", "trainer.grpo.tasks_per_step=2", "trainer.grpo.rollouts_per_task=2",
-         "trainer.eval.samples_per_task=1", "trainer.eval.repeats=2", "trainer.eval.max_tasks=3",
+         "trainer.eval.samples_per_task=1", "trainer.eval.repeats=1", "trainer.eval.max_tasks=3",
          "trainer.checkpoint.every=1", "rollout.sampling.max_tokens_per_turn=48", "rollout.episode.max_turns=3"]
 
 
@@ -34,7 +34,7 @@ def test_train_end_to_end_then_kill_and_resume(tmp_path):
     run = tmp_path / "run"
     # 1. the job runs SFT and starts GRPO; killed (SIGKILL, whole process group) after its first
     #    GRPO checkpoint
-    p = terminus(run, "trainer.grpo.steps=3", wait=False)
+    p = terminus(run, "trainer.grpo.steps=3", "trainer.eval.untrained_repeats=2", wait=False)
     deadline = time.time() + 600
     while time.time() < deadline and p.poll() is None:
         ckpts = list((run / "checkpoints").glob("step_*/COMPLETE")) if (run / "checkpoints").exists() else []
@@ -56,19 +56,17 @@ def test_train_end_to_end_then_kill_and_resume(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert [m["step"] for m in summary["grpo"]] == list(range(killed_at["grpo_step"], 3))
     assert "grpo" in summary["evals"] and summary["peak_memory_gib"] < 12
-    # the held-out noise: the standard error over the judged episodes of both passes (one kept on disk)
+    # the held-out noise: the standard error over the judged episodes of the (single) pass kept on disk
     import statistics
     from rollout.io import read_trajectories
     judged = [t.reward for t in read_trajectories(run / "eval_grpo.jsonl") if t.reward is not None]
     ev = summary["evals"]["grpo"]
-    assert ev["episodes"] == 2 * len(judged) >= 4 and len(ev["passes"]) == 2, ev
-    # the untrained model got trainer.eval.untrained_repeats=1 (tiny_cpu) pass: 3 tasks x 1 sample
+    assert ev["episodes"] == len(judged) >= 2, ev
+    assert ev["reward_sem"] == pytest.approx(statistics.stdev(judged) / len(judged) ** 0.5)
+    # trainer.eval.untrained_repeats=2 passes for the untrained model (the others 1): 2 x 3 tasks x 1 sample
     untrained = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
                  if "eval/untrained/episodes" in line]
-    assert [r["eval/untrained/episodes"] for r in untrained] == [3]
-    judged = [t.reward for t in read_trajectories(run / "eval_untrained.jsonl") if t.reward is not None]
-    assert len(judged) == 3 and untrained[0]["eval/untrained/reward_sem"] == pytest.approx(
-        statistics.stdev(judged) / len(judged) ** 0.5)
+    assert [r["eval/untrained/episodes"] for r in untrained] == [6]
     assert Path(summary["plot"]).is_file() and Path(summary["final_hf"], "model.safetensors").is_file()
     for m in summary["grpo"]:   # the async pipeline never trains on data staler than the bound
         assert m["staleness_max"] <= 1

@@ -26,11 +26,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 
 from rollout.config import SandboxConfig
 from rollout.sandbox.shell import SandboxError, ShellSandbox, wait_for_exit
-from rollout.sandbox.workspace import CGROUPS_FILE, Cgroups, Workspace
+from rollout.sandbox.workspace import CGROUPS_FILE, Cgroups, Workspace, sigkill
 
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _KEPT_CAPS = ("CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_CHOWN")
@@ -60,13 +59,6 @@ def child_pids(pid: int) -> list[int]:
         if ppid == pid:
             found.append(int(entry))
     return found
-
-
-def _sigkill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def bwrap_binary() -> str:
@@ -163,8 +155,8 @@ class BwrapSandbox(ShellSandbox):
         proc = self._proc
         if proc is not None and proc.returncode is None:
             for pid in child_pids(proc.pid):  # the namespace's init: its death kills every member
-                _sigkill(pid)
-            _sigkill(proc.pid)
+                sigkill(pid)
+            sigkill(proc.pid)
         if self.limits_via_cgroups and self.cgroups.pids():
             if not await asyncio.to_thread(self.cgroups.kill_all):
                 raise SandboxError(f"could not kill every process of sandbox {self.workspace.id}")

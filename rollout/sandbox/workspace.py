@@ -76,6 +76,14 @@ class Workspace:
 _reaped_roots: set[str] = set()
 
 
+def sigkill(pid: int) -> None:
+    """SIGKILL, where a process that is already gone is not an error."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -214,10 +222,7 @@ class Cgroups:
             if time.monotonic() > end:
                 return False
             for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                sigkill(pid)
             time.sleep(0.002)
 
     def remove(self) -> None:
