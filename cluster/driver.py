@@ -200,7 +200,7 @@ async def _train(cfg) -> dict[str, Any]:
     # Trainer calls block (they wait on the ranks), so they run in threads.
     from omegaconf import OmegaConf
 
-    from rollout.engine.vllm_engine import start_engine_actor
+    from rollout.engine.vllm_engine import cluster_has_gpus, start_engine_actor
     from rollout.worker import load_tokenizer
     from terminus.model import resolve_model_path
 
@@ -229,14 +229,24 @@ async def _train(cfg) -> dict[str, Any]:
         model_path = str(resolve_model_path(cfg.model.path))
         tokenizer = load_tokenizer(model_path)
         pool = RolloutPool(cfg, None, cfg.rollout.num_workers, placement=lambda i: layout.options("rollout", i))
-        trainer = _trainer(cfg, layout)
         judge = _judge(cfg, run_dir)
-        engine = None
+        engine = trainer = None
         try:
+            # Without GPUs the engine starts (~30 s of imports and profiling) while the trainer sets up;
+            # on GPUs after it, so that vLLM sizes its memory with the trainer's share already taken.
+            early_engine = not cluster_has_gpus()
+            if early_engine:
+                engine = start_engine_actor(cfg)
+            trainer = await asyncio.to_thread(_trainer, cfg, layout)
             start_step, start_version = (await asyncio.to_thread(trainer.resume_point)
                                          if cfg.trainer.checkpoint.resume == "auto" else (0, 0))
             resumed_in_grpo = trainer.stage == "grpo"
-            engine = start_engine_actor(cfg)
+            run_sft = "sft" in cfg.trainer.stage and not resumed_in_grpo
+            if not early_engine:
+                engine = start_engine_actor(cfg)
+            if run_sft:   # the scripted teacher needs no engine: it plays while vLLM starts
+                demos, m = await collect_demos(cfg, demo_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")
+                print(f"[sft] {m['demos_total']} teacher demos, {m['demos_failed']} failed", flush=True)
             # Weight sync (disk, nccl or ipc by rollout.engine.weight_transfer) goes through push_weights.
             await asyncio.to_thread(trainer.init_weight_transfer, [engine])
             if resumed_in_grpo:   # the engine starts from the base weights: give it the checkpoint's
@@ -246,14 +256,11 @@ async def _train(cfg) -> dict[str, Any]:
                 evals["untrained"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed,
                                                    run_dir / "eval_untrained.jsonl", cfg.trainer.eval.untrained_repeats)
                 _report_eval(trainer, "untrained", evals["untrained"])
-            if "sft" in cfg.trainer.stage and not resumed_in_grpo:
-                demos, m = await collect_demos(cfg, demo_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")
-                print(f"[sft] {m['demos_total']} teacher demos, {m['demos_failed']} failed", flush=True)
+            if run_sft:
                 sft = await asyncio.to_thread(trainer.sft, demos)
                 summary["sft"] = sft
                 await asyncio.to_thread(trainer.save_checkpoint, trainer.sft_step)
                 await asyncio.to_thread(trainer.push_weights, [engine], 0, run_dir / "weights" / "sft")
-                pool.set_engine(engine)
                 if eval_tasks:
                     evals["sft"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed, run_dir / "eval_sft.jsonl")
                     _report_eval(trainer, "sft", evals["sft"])
@@ -269,7 +276,8 @@ async def _train(cfg) -> dict[str, Any]:
             pool.shutdown()
             if engine is not None:
                 engine.kill()
-            trainer.shutdown()
+            if trainer is not None:
+                trainer.shutdown()
             layout.remove()
     summary["evals"] = evals
     summary["improvements"] = compare_evals(evals)

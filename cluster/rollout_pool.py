@@ -36,7 +36,9 @@ class RolloutPool:
         self.placement = placement or (lambda i: {"num_cpus": 0})
         self.max_restarts = max_restarts
         self.restarts = 0
-        self.workers = [self._start(i) for i in range(num_workers)]
+        self.num_workers = num_workers
+        # No engine yet (set_engine gives one): no actors either, rather than start some to kill them
+        self.workers = [self._start(i) for i in range(num_workers)] if engine is not None else []
 
     def _start(self, i: int):
         return self._cls.options(max_concurrency=4, **self.placement(i)).remote(self._yaml, self.engine)
@@ -45,10 +47,12 @@ class RolloutPool:
         """Use another engine (e.g. the teacher for SFT demos, then the policy): fresh actors hold it."""
         import ray
 
+        if engine is self.engine and self.workers:
+            return   # the same engine (new weights reach its actors through it): keep the actors
         self.engine = engine
         for w in self.workers:
             ray.kill(w)
-        self.workers = [self._start(i) for i in range(len(self.workers))]
+        self.workers = [self._start(i) for i in range(self.num_workers)]
 
     async def _run_shard(self, i: int, requests: list, seed: int | None, budget: list[int]) -> dict[str, Any]:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -69,6 +73,8 @@ class RolloutPool:
     async def run(self, requests: Sequence[tuple[Any, int]], seed: int | None = None
                   ) -> tuple[list[list[Trajectory]], dict[str, Any]]:
         """One group per request (request order) and merged metrics (incl. restarts this step)."""
+        if not self.workers:
+            raise RolloutPoolError("the pool has no engine to run episodes with: call set_engine(engine) first")
         shards: list[list[int]] = [[] for _ in self.workers]
         for k in range(len(requests)):
             shards[k % len(self.workers)].append(k)

@@ -78,6 +78,27 @@ def test_restart_budget_is_bounded(ray_local, setup):
         pool.shutdown()
 
 
+def test_pool_starts_actors_only_for_an_engine_and_keeps_them_for_the_same_one(ray_local, setup):
+    cfg, tasks, teacher = setup
+    pool = RolloutPool(cfg, None, num_workers=1)
+    try:
+        assert pool.workers == []   # nothing to run episodes with yet: no actor is started
+        with pytest.raises(RolloutPoolError, match="set_engine"):
+            asyncio.run(pool.run([(tasks[0], 1)]))
+        pool.set_engine(teacher)
+        first = pool.workers[0]
+        pool.set_engine(teacher)     # the same engine (a weight update): the actor stays
+        assert pool.workers[0] is first
+        groups, _ = asyncio.run(pool.run([(tasks[0], 1)]))
+        assert groups[0][0].finish_reason == "report"
+        other = ScriptedTeacher(tasks, teacher.tokenizer, max_turns=cfg.rollout.episode.max_turns)
+        pool.set_engine(other)       # another engine: fresh actors hold it
+        assert pool.workers[0] is not first
+        assert asyncio.run(pool.run([(tasks[1], 1)]))[0][0][0].finish_reason == "report"
+    finally:
+        pool.shutdown()
+
+
 def test_demo_collection_marks_and_counts_failures(ray_local, setup, tmp_path):
     from cluster.driver import collect_demos
     from rollout.io import read_trajectories

@@ -252,7 +252,7 @@ def check_weight_transfer(weight_transfer: str, gpus: bool) -> None:
 def start_engine_actor(cfg, name: str | None = None):
     """Start a VLLMEngine in a Ray actor (Ray must be initialised); returns a RayEngine client."""
     import ray
-    gpus = _cluster_has_gpus()
+    gpus = cluster_has_gpus()
     check_weight_transfer(cfg.rollout.engine.weight_transfer, gpus)   # before anything loads
     num_gpus = cfg.rollout.engine.tensor_parallel_size if gpus else 0
     actor_cls = ray.remote(num_cpus=0, num_gpus=num_gpus)(VLLMEngine)
@@ -263,7 +263,7 @@ def start_engine_actor(cfg, name: str | None = None):
     return RayEngine(handle)
 
 
-def _cluster_has_gpus() -> bool:
+def cluster_has_gpus() -> bool:
     import ray
     return ray.cluster_resources().get("GPU", 0) > 0
 
