@@ -234,15 +234,14 @@ async def _train(cfg) -> dict[str, Any]:
         try:
             # Without GPUs the engine starts (~30 s of imports and profiling) while the trainer sets up;
             # on GPUs after it, so that vLLM sizes its memory with the trainer's share already taken.
-            early_engine = not cluster_has_gpus()
-            if early_engine:
+            if not cluster_has_gpus():
                 engine = start_engine_actor(cfg)
             trainer = await asyncio.to_thread(_trainer, cfg, layout)
             start_step, start_version = (await asyncio.to_thread(trainer.resume_point)
                                          if cfg.trainer.checkpoint.resume == "auto" else (0, 0))
             resumed_in_grpo = trainer.stage == "grpo"
             run_sft = "sft" in cfg.trainer.stage and not resumed_in_grpo
-            if not early_engine:
+            if engine is None:
                 engine = start_engine_actor(cfg)
             if run_sft:   # the scripted teacher needs no engine: it plays while vLLM starts
                 demos, m = await collect_demos(cfg, demo_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")
