@@ -45,7 +45,7 @@ def _need(module: str, attr: str, what: str) -> Any:
 
 
 def _load_tasks(cfg, split: str) -> list:
-    return list(_need("tasks", "load_tasks", "the task corpus")(cfg.tasks.corpus, split))
+    return list(_need("tasks", "load_tasks", "the task corpus")(cfg.tasks, split))
 
 
 def _trainer(cfg, layout):
@@ -65,6 +65,34 @@ async def judge_batch(judge, tasks_by_id: dict, trajectories: list) -> dict[str,
     rewards = [t.reward for t in trajectories if t.reward is not None]
     return {"judge_masked": len(trajectories) - len(rewards), "judged": len(rewards),
             "reward_mean": sum(rewards) / len(rewards) if rewards else float("nan")}
+
+
+async def sample_groups(batch: list, replacements: list, run_round, target: int, dynamic: bool
+                        ) -> tuple[list[list], dict[str, int]]:
+    """A step's groups, with dynamic sampling (rl/dynamic_sampling.py) when `dynamic`: after `batch`,
+    rounds of tasks from `replacements` (in order) run while fewer than `target` groups are
+    informative, and only the first `target` informative groups are returned. Without it every
+    group of `batch` is returned (the trainer drops the uninformative ones itself).
+    `run_round(tasks, round)` runs and judges the tasks' groups; round 0 is `batch`."""
+    from rl.dynamic_sampling import extra_draws, group_rewards, informative, keep_groups
+
+    groups = list(await run_round(batch, 0))
+    flags = [informative(group_rewards(grp)) for grp in groups]
+    used = rounds = 0
+    while dynamic:
+        n = extra_draws(target - sum(flags), sum(flags), len(groups), len(replacements) - used)
+        if n == 0:
+            break
+        rounds += 1
+        more = await run_round(replacements[used:used + n], rounds)
+        used += n
+        groups += more
+        flags += [informative(group_rewards(grp)) for grp in more]
+    keep = keep_groups(flags, target) if dynamic else list(range(len(groups)))
+    stats = {"groups_drawn": len(groups), "groups_dropped_zero_variance": flags.count(False),
+             "groups_dropped_surplus": sum(flags) - sum(flags[i] for i in keep),
+             "extra_tasks_drawn": used, "sampling_rounds": rounds + 1}
+    return [groups[i] for i in keep], stats
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -99,22 +127,26 @@ async def evaluate(cfg, tasks: list, pool: RolloutPool, judge, seed: int, out: P
     to be low; the standard error is the steadier figure). `repeats` = 0: trainer.eval.repeats."""
     import statistics
 
+    from judge.rules import exact_facts
+
     ev = cfg.trainer.eval
     tasks = tasks[: ev.max_tasks] if ev.max_tasks else tasks
     by_id = {t.id: t for t in tasks}
-    means, rewards = [], []
+    means, rewards, exact = [], [], []
     for r in range(repeats or ev.repeats):
         groups, _ = await pool.run([(t, ev.samples_per_task) for t in tasks], seed=seed + 7919 * r)
         flat = [t for g in groups for t in g]
         m = await judge_batch(judge, by_id, flat)
         means.append(m["reward_mean"])
         rewards += [t.reward for t in flat if t.reward is not None]
+        exact += [exact_facts(by_id[t.task_id], t) for t in flat if t.reward is not None]
         if r == 0 and out is not None:   # keep one pass's trajectories to read what the policy does
             from rollout.io import write_trajectories
             write_trajectories(out, flat)
     sem = statistics.stdev(rewards) / len(rewards) ** 0.5 if len(rewards) > 1 else float("nan")
     return {"reward_mean": statistics.fmean(means), "reward_std_between_passes": statistics.pstdev(means),
-            "reward_sem": sem, "episodes": len(rewards), "passes": means}
+            "reward_sem": sem, "episodes": len(rewards), "passes": means,
+            "exact_fact_rate": statistics.fmean(exact) if exact else float("nan")}
 
 
 EVALUATED = ("untrained", "sft", "grpo")            # the held-out evaluations of a run, in order
@@ -211,8 +243,9 @@ async def _train(cfg) -> dict[str, Any]:
     if "grpo" in cfg.trainer.stage:
         from rl.config import check_grpo_sampling
         check_grpo_sampling(cfg)                            # fail fast, before anything starts
+    ev = cfg.trainer.eval
     train_tasks = _load_tasks(cfg, cfg.tasks.train_split)
-    eval_tasks = _load_tasks(cfg, cfg.tasks.eval_split) if cfg.trainer.eval.enabled else []
+    eval_tasks = _load_tasks(cfg, cfg.tasks.eval_split) if ev.enabled else []
     counts = {"rollout": cfg.rollout.num_workers, "trainer": cfg.trainer.num_workers,
               "judge": cfg.judge.num_workers}
     demo_tasks, undemonstrated = choose_demo_tasks(train_tasks, cfg.trainer.sft.demo_fraction, cfg.seed)
@@ -223,6 +256,10 @@ async def _train(cfg) -> dict[str, Any]:
     summary: dict[str, Any] = {"tasks": {"train": len(train_tasks), "demonstrated": len(demo_tasks),
                                          "grpo": len(grpo_tasks), "eval": len(eval_tasks)}}
     evals: dict[str, dict] = {}
+    transfer: dict[str, dict] = {}                       # the same stages on the held-out family
+    transfer_tasks = _load_tasks(cfg, ev.transfer_split) if ev.enabled and ev.transfer_split else []
+    loop = asyncio.get_running_loop()
+    started, wall = loop.time(), {}                      # wall-clock seconds per phase
     with PeakMemory(interval_s=2.0) as mem:
         init_ray(cfg.cluster, min_cpus=cpus_needed(cfg.cluster, counts))
         layout = make_layout(cfg.cluster, counts)
@@ -251,24 +288,37 @@ async def _train(cfg) -> dict[str, Any]:
             if resumed_in_grpo:   # the engine starts from the base weights: give it the checkpoint's
                 await asyncio.to_thread(trainer.push_weights, [engine], start_version, run_dir / "weights" / "resumed")
             pool.set_engine(engine)
+
+            async def held_out(stage: str, repeats: int = 0) -> None:
+                """Evaluate a stage on the held-out split, and on the held-out family when configured."""
+                t0 = loop.time()
+                if eval_tasks:
+                    evals[stage] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed,
+                                                  run_dir / f"eval_{stage}.jsonl", repeats)
+                    _report_eval(trainer, stage, evals[stage])
+                if transfer_tasks:
+                    transfer[stage] = await evaluate(cfg, transfer_tasks, pool, judge, cfg.seed,
+                                                     run_dir / f"transfer_{stage}.jsonl", ev.transfer_repeats)
+                    _report_eval(trainer, f"{stage}/transfer", transfer[stage])
+                wall[f"eval_{stage}"] = loop.time() - t0
+
+            wall["startup"] = loop.time() - started
             if eval_tasks and not resumed_in_grpo and trainer.sft_step == 0:
-                evals["untrained"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed,
-                                                   run_dir / "eval_untrained.jsonl", cfg.trainer.eval.untrained_repeats)
-                _report_eval(trainer, "untrained", evals["untrained"])
+                await held_out("untrained", ev.untrained_repeats)
             if run_sft:
+                t0 = loop.time()
                 sft = await asyncio.to_thread(trainer.sft, demos)
                 summary["sft"] = sft
                 await asyncio.to_thread(trainer.save_checkpoint, trainer.sft_step)
                 await asyncio.to_thread(trainer.push_weights, [engine], 0, run_dir / "weights" / "sft")
-                if eval_tasks:
-                    evals["sft"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed, run_dir / "eval_sft.jsonl")
-                    _report_eval(trainer, "sft", evals["sft"])
+                wall["sft"] = loop.time() - t0
+                await held_out("sft")
             if "grpo" in cfg.trainer.stage:
+                t0 = loop.time()
                 summary["grpo"] = await _grpo(cfg, grpo_tasks, pool, engine, trainer, judge, run_dir,
                                               start_step, start_version, eval_tasks)
-                if eval_tasks:
-                    evals["grpo"] = await evaluate(cfg, eval_tasks, pool, judge, cfg.seed, run_dir / "eval_grpo.jsonl")
-                    _report_eval(trainer, "grpo", evals["grpo"])
+                wall["grpo"] = loop.time() - t0
+                await held_out("grpo")
             if cfg.trainer.checkpoint.export_hf:
                 summary["final_hf"] = str(await asyncio.to_thread(trainer.export_hf, run_dir / "hf"))
         finally:
@@ -279,10 +329,14 @@ async def _train(cfg) -> dict[str, Any]:
                 trainer.shutdown()
             layout.remove()
     summary["evals"] = evals
+    summary["transfer"] = transfer
     summary["improvements"] = compare_evals(evals)
+    wall["total"] = loop.time() - started
+    summary["wall_s"] = wall
     for name, c in summary["improvements"].items():
         print(f"[eval] {name}: {c['diff']:+.3f} held-out reward (standard error of the difference {c['se']:.3f}: "
               f"{c['z']:+.1f} SE)", flush=True)
+    print(results_table(evals, transfer, wall), flush=True)
     summary["peak_memory_gib"] = mem.peak_bytes / 2**30
     summary["judge"] = judge.metrics()
     if evals or summary.get("grpo"):
@@ -292,10 +346,27 @@ async def _train(cfg) -> dict[str, Any]:
     return summary
 
 
+def results_table(evals: dict[str, dict], transfer: dict[str, dict], wall: dict[str, float]) -> str:
+    """The run's result at a glance: per stage, held-out reward (standard error), exact-fact accuracy,
+    the same on the held-out family, and the stage's wall time."""
+    rows = ["stage        held-out reward (SE)   exact facts   held-out family (SE)   exact facts   wall"]
+    for stage in EVALUATED:
+        if stage not in evals and stage not in transfer:
+            continue
+        cells = []
+        for e in (evals.get(stage), transfer.get(stage)):
+            cells += ([f"{e['reward_mean']:+.3f} ({e['reward_sem']:.3f})", f"{e['exact_fact_rate']:.0%}"]
+                      if e else ["-", "-"])
+        spent = wall.get(stage, 0.0) + wall.get(f"eval_{stage}", 0.0)
+        rows.append(f"{stage:12s} {cells[0]:22s} {cells[1]:13s} {cells[2]:22s} {cells[3]:13s} {spent / 60:.1f} min")
+    rows.append(f"total wall time {wall.get('total', 0.0) / 60:.1f} min (startup {wall.get('startup', 0.0) / 60:.1f} min)")
+    return "\n".join(rows)
+
+
 def _report_eval(trainer, name: str, e: dict) -> None:
     print(f"[eval] {name}: held-out reward {e['reward_mean']:.3f} (±{e['reward_std_between_passes']:.3f} "
           f"between {len(e['passes'])} passes; standard error {e['reward_sem']:.3f} over {e['episodes']} "
-          f"episodes)", flush=True)
+          f"episodes); exact facts in {e['exact_fact_rate']:.0%}", flush=True)
     trainer.tracker.log({k: v for k, v in e.items() if k != "passes"}, trainer.sft_step + trainer.step,
                         prefix=f"eval/{name}/")
 
@@ -310,15 +381,41 @@ async def _grpo(cfg, tasks, pool, engine, trainer, judge, run_dir: Path, start_s
     samples: dict[int, list] = {}      # each step's judged batch, for the sample table
 
     async def generate(step: int, version: int) -> list:
-        # Seeded by the step, so a resumed run samples the same tasks as an uninterrupted one.
-        batch = random.Random(cfg.seed * 100_003 + step).sample(tasks, min(g.tasks_per_step, len(tasks)))
-        t0 = asyncio.get_running_loop().time()
-        groups, metrics = await pool.run([(t, g.rollouts_per_task) for t in batch], seed=cfg.seed + step)
+        from rl.dynamic_sampling import replacement_order
+        from rollout.worker import summarize
+
+        # Seeded by the step, so a resumed run samples the same tasks (replacements included) as an
+        # uninterrupted one.
+        rng = random.Random(cfg.seed * 100_003 + step)
+        batch = rng.sample(tasks, min(g.tasks_per_step, len(tasks)))
+        extra = [tasks_by_id[i] for i in replacement_order(
+            [t.id for t in tasks], [t.id for t in batch], rng.randrange(2**32), g.dynamic_sampling_max_extra)]
+        clock = asyncio.get_running_loop().time
+        drawn, judged, times, restarts = [], [], {"rollout_s": 0.0, "judge_s": 0.0}, 0
+
+        async def run_round(chosen: list, rnd: int) -> list:
+            nonlocal restarts
+            t0 = clock()
+            # other sampling seeds per round: a task drawn again must not replay the same rollouts
+            groups, m = await pool.run([(t, g.rollouts_per_task) for t in chosen], seed=cfg.seed + step + 100_003 * rnd)
+            flat = [t for grp in groups for t in grp]
+            t1 = clock()
+            judged.append(await judge_batch(judge, tasks_by_id, flat))
+            times["rollout_s"] += t1 - t0
+            times["judge_s"] += clock() - t1
+            drawn.extend(flat)
+            restarts += m.get("worker_restarts", 0)
+            return groups
+
+        groups, counts = await sample_groups(batch, extra, run_round, g.tasks_per_step,
+                                             dynamic=g.dynamic_sampling_max_extra > 0)
         flat = [t for grp in groups for t in grp]
-        t1 = asyncio.get_running_loop().time()
-        step_metrics[step] = {**metrics, **await judge_batch(judge, tasks_by_id, flat),
-                              "rollout_s": t1 - t0, "judge_s": asyncio.get_running_loop().time() - t1}
-        samples[step] = flat
+        # reward_mean is the step's own tasks' (round 0): replacements are chosen for their spread,
+        # and a curve over them would not compare with a run without dynamic sampling
+        step_metrics[step] = {**summarize(drawn), "worker_restarts": restarts, **judged[0], **counts, **times,
+                              "judge_masked": sum(j["judge_masked"] for j in judged),
+                              "judged": sum(j["judged"] for j in judged)}
+        samples[step] = drawn   # the sample table shows what the policy did, trained on or not
         return flat
 
     # Colocated on GPU in sync mode the engine sleeps while the trainer holds the devices

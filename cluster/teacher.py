@@ -93,7 +93,11 @@ class ScriptedTeacher:
         if len(set(plays)) == 1:
             return plays[0]
         seen = observations_in(messages)
-        (best, i), (runner_up, j) = sorted(((_fit(t, seen), i) for i, t in enumerate(candidates)), reverse=True)[:2]
+        # A cheap word-overlap score shortlists the candidates; the exact (quadratic) likeness ranks the few
+        # left, so a corpus with hundreds of projects per request stays fast.
+        shortlist = sorted(range(len(candidates)), key=lambda i: _fit(candidates[i], seen, quick=True),
+                           reverse=True)[:4]
+        (best, i), (runner_up, j) = sorted(((_fit(candidates[i], seen), i) for i in shortlist), reverse=True)[:2]
         if best == runner_up and plays[i] != plays[j]:
             raise EngineError(f"scripted teacher: the observations fit tasks {candidates[i].id} and "
                               f"{candidates[j].id} equally; cannot tell which reference to follow")
@@ -111,11 +115,16 @@ class ScriptedTeacher:
                           policy_version=self.policy_version)
 
 
-def _fit(task: Any, seen: list[tuple[int, str]]) -> tuple[int, float]:
-    """How well a task's recorded runs explain the observed ones: (exit codes matched, output likeness)."""
+def _fit(task: Any, seen: list[tuple[int, str]], quick: bool = False) -> tuple[int, float]:
+    """How well a task's recorded runs explain the observed ones: (exit codes matched, output likeness);
+    `quick`: likeness as the overlap of the outputs' word sets (linear, for shortlisting)."""
     recorded = (task.ground_truth.observed if task.ground_truth else {}) or {}
     codes, outputs = recorded.get("exit_codes", []), recorded.get("outputs", [])
     matched = sum(1 for (code, _), want in zip(seen, codes) if code == want)
-    likeness = sum(difflib.SequenceMatcher(None, out[:4000], want[:4000], autojunk=False).ratio()
-                   for (_, out), want in zip(seen, outputs))
+    if quick:
+        likeness = sum(len(set(out.split()) & set(want.split())) / max(1, len(set(out.split()) | set(want.split())))
+                       for (_, out), want in zip(seen, outputs))
+    else:
+        likeness = sum(difflib.SequenceMatcher(None, out[:4000], want[:4000], autojunk=False).ratio()
+                       for (_, out), want in zip(seen, outputs))
     return matched, likeness

@@ -61,7 +61,7 @@ def _make(args) -> int:
     from terminus.model import resolve_model_path
 
     cfg = load_config(args.config, args.overrides)
-    tasks = [t for s in args.splits.split(",") if s for t in load_tasks(cfg.tasks.corpus, s)]
+    tasks = [t for s in args.splits.split(",") if s for t in load_tasks(cfg.tasks, s)]
     tok = AutoTokenizer.from_pretrained(str(resolve_model_path(cfg.model.path)))
     examples = make_calibration(tasks, tok, cfg.rollout)
     out = Path(args.out)

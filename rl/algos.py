@@ -40,7 +40,7 @@ def group_advantages(rewards: Sequence[float | None], group_ids: Sequence[str], 
         rs = [float(rewards[i]) for i in idx]
         n = len(rs)
         mean = sum(rs) / n
-        if n < 2 or max(rs) - min(rs) < 1e-12:
+        if not informative(rs):
             dropped += 1
             continue
         std = math.sqrt(sum((r - mean) ** 2 for r in rs) / (n - 1))
@@ -54,6 +54,14 @@ def group_advantages(rewards: Sequence[float | None], group_ids: Sequence[str], 
     stats = {"masked_unjudged": sum(r is None for r in rewards), "zero_variance_groups": dropped,
              "groups": len(groups), "trained": sum(a is not None for a in adv)}
     return adv, stats
+
+
+def informative(rewards: Sequence[float | None]) -> bool:
+    """Whether a group can teach anything: at least two judged rewards (not None), not all equal.
+    Otherwise every advantage is zero or undefined; `group_advantages` drops such a group and dynamic
+    sampling (rl/dynamic_sampling.py) replaces it."""
+    rs = [float(r) for r in rewards if r is not None]
+    return len(rs) >= 2 and max(rs) - min(rs) >= 1e-12
 
 
 def mask_turns(mask: Sequence[int], turn_tokens: Sequence[int], drop: Sequence[bool]) -> list[int]:
@@ -91,6 +99,13 @@ def _at_positions(values: torch.Tensor, keep: torch.Tensor | None, t: int) -> to
     return values.new_zeros(values.shape[0], t).index_copy(1, keep, values)
 
 
+def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The logits of the distribution sampled at `temperature`, in fp32 as vLLM divides them: dividing
+    bf16 logits first rounds each quotient to bf16 (8 mantissa bits: ~0.03 at a logit of 8)."""
+    logits = logits.float()
+    return logits if temperature == 1.0 else logits / temperature
+
+
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """logprob of each next token: out[:, t] = log p(token_ids[:, t+1] | <= t); shape [B, T-1].
     With `keep`, logits hold only those positions ([B, K, V]) and the others are 0."""
@@ -115,8 +130,10 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm: floa
     seq_mean_token_mean: mean over sequences of each sequence's token mean (original GRPO)
     seq_mean_token_sum:  mean over sequences of each sequence's token sum
     constant:            sum / norm, norm a constant (Dr. GRPO: no length bias)
-    `norm`, when given for token_mean, replaces the local token count (the global count of a
-    batch split over ranks or micro-batches, so every piece is weighted the same).
+    A sequence with no masked token (every turn of it left out of the loss) does not count in the
+    seq_mean modes. `norm`, when given, replaces the local count (of tokens for token_mean, of such
+    sequences for seq_mean_*): the global count of a batch split over ranks or micro-batches, so
+    every piece is weighted the same.
     """
     mask = mask.to(per_token.dtype)
     total = (per_token * mask).sum()
@@ -131,12 +148,20 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm: floa
         per_seq = per_seq / mask.sum(-1).clamp(min=1)
     elif mode != "seq_mean_token_sum":
         raise ValueError(f"unknown loss aggregation {mode!r}")
-    return per_seq.mean()
+    return per_seq.sum() / (norm if norm is not None else trained_sequences(mask))
+
+
+def trained_sequences(mask: torch.Tensor) -> torch.Tensor:
+    """The number of sequences with at least one masked token (at least 1): the seq_mean denominator."""
+    return (mask.sum(-1) > 0).sum().clamp(min=1)
 
 
 def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, norm: float | None = None) -> torch.Tensor:
     """Negative log-likelihood of the masked (assistant) tokens, token-mean."""
     return aggregate(-logprobs, mask, "token_mean", norm)
+
+
+LOG_RATIO_MAX = 20.0   # |log pi/pi_old| above this is clamped: e^20 ~ 5e8 is far past any clip
 
 
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -148,7 +173,7 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
                 advantages: torch.Tensor, mask: torch.Tensor, *, clip_low: float, clip_high: float,
                 tis_cap: float, agg: str = "token_mean", norm: float | None = None,
-                ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0,
+                ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0, clip_ratio_c: float = 3.0,
                 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Token-level clipped surrogate with asymmetric clipping and truncated importance sampling.
 
@@ -157,13 +182,20 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, rollout_logp
     compute slightly different probabilities, and stale rollouts (async) come from older weights;
     w corrects for both, truncated so one token cannot dominate. Plus kl_coef * k3 KL to the
     reference when given. `advantages` is [B] (one per sequence) or [B, T].
+
+    Dual clip (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL"; verl's
+    clip_ratio_c): with A < 0 the loss is also capped at -A * clip_ratio_c, since max() alone lets a
+    token whose ratio has grown large (off-policy, stale) push its logprob down without bound. The
+    log-ratio is clamped to [-LOG_RATIO_MAX, LOG_RATIO_MAX] before exp, so no ratio is inf (inf * 0 = nan).
     """
     if advantages.dim() == 1:
         advantages = advantages[:, None].expand_as(logprobs)
-    ratio = torch.exp(logprobs - old_logprobs)
+    ratio = torch.exp((logprobs - old_logprobs).clamp(-LOG_RATIO_MAX, LOG_RATIO_MAX))
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
+    dual = (advantages < 0) & (per_token > -advantages * clip_ratio_c)
+    per_token = torch.where(dual, -advantages * clip_ratio_c, per_token)   # constant there: no gradient
     tis = torch.exp(old_logprobs - rollout_logprobs).clamp(max=tis_cap).detach()
     per_token = per_token * tis
     kl = None
@@ -175,6 +207,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, rollout_logp
     with torch.no_grad():
         metrics = {
             "clip_frac": (clipped > unclipped)[m].float().mean().item() if m.any() else 0.0,
+            "dual_clip_frac": dual[m].float().mean().item() if m.any() else 0.0,
             "ratio_mean": ratio[m].mean().item() if m.any() else 1.0,
             "tis_weight_mean": tis[m].mean().item() if m.any() else 1.0,
             "tis_capped_frac": (torch.exp(old_logprobs - rollout_logprobs) > tis_cap)[m].float().mean().item()
@@ -182,6 +215,64 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, rollout_logp
         }
         if kl is not None:
             metrics["kl"] = kl[m].mean().item() if m.any() else 0.0
+    return loss, metrics
+
+
+def effective_loss_agg(policy_loss: str, loss_agg: str) -> str:
+    """The aggregation a policy loss is trained with: GSPO's objective is fixed (a mean over sequences
+    of each one's token mean); the token-level loss uses the configured `loss_agg`."""
+    return "seq_mean_token_mean" if policy_loss == "gspo" else loss_agg
+
+
+def gspo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
+              advantages: torch.Tensor, mask: torch.Tensor, *, clip_low: float, clip_high: float,
+              tis_cap: float, ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0,
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"): one importance ratio per sequence,
+
+        s_i = exp(mean over the sequence's trained tokens of (logp - old_logp)),
+
+    the geometric mean of its token ratios, clipped as a whole with GSPO's small ranges (a mean over
+    hundreds of tokens moves far less than one token's ratio). Token form (GSPO-token): every token
+    gets ratio_t = sg[s_i] * pi_t / sg[pi_t], whose value is s_i and whose gradient is s_i * grad log
+    pi_t; loss_t = max(-A * ratio_t, -A * clip(ratio_t, 1 - clip_low, 1 + clip_high)), aggregated
+    seq_mean_token_mean, which with one advantage per sequence is GSPO's gradient exactly (and allows
+    [B, T] advantages). The truncated importance weight against the rollout engine is the sequence's
+    too, min(exp(mean(old_logp - rollout_logp)), tis_cap): GSPO's point is that per-token weights are
+    noise. log s_i is clamped to [-LOG_RATIO_MAX, LOG_RATIO_MAX], as the token ratio is: no inf * 0.
+    Metrics are per sequence (clip_frac: share of sequences clipped; ratio_mean: mean s_i).
+    """
+    if advantages.dim() == 1:
+        advantages = advantages[:, None].expand_as(logprobs)
+    m = mask.to(logprobs.dtype)
+    n = m.sum(-1).clamp(min=1)
+    log_seq = (((logprobs - old_logprobs) * m).sum(-1) / n).clamp(-LOG_RATIO_MAX, LOG_RATIO_MAX)   # [B]
+    ratio = torch.exp(log_seq.detach()[:, None] + logprobs - logprobs.detach())   # value s_i at every token
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
+    per_token = torch.maximum(unclipped, clipped)
+    log_tis = (((old_logprobs - rollout_logprobs) * m).sum(-1) / n).detach()
+    tis = torch.exp(log_tis).clamp(max=tis_cap)
+    per_token = per_token * tis[:, None]
+    kl = None
+    if ref_logprobs is not None and kl_coef > 0:
+        kl = k3_kl(logprobs, ref_logprobs)
+        per_token = per_token + kl_coef * kl
+    loss = aggregate(per_token, mask, "seq_mean_token_mean")
+    trained = mask.bool().any(-1)   # sequences with a trained token (not a zero-weight filler)
+    with torch.no_grad():
+        seq_clipped = ((clipped > unclipped) & mask.bool()).any(-1)
+        s = torch.exp(log_seq)
+        metrics = {
+            "clip_frac": seq_clipped[trained].float().mean().item() if trained.any() else 0.0,
+            "ratio_mean": s[trained].mean().item() if trained.any() else 1.0,
+            "tis_weight_mean": tis[trained].mean().item() if trained.any() else 1.0,
+            "tis_capped_frac": (torch.exp(log_tis) > tis_cap)[trained].float().mean().item()
+            if trained.any() else 0.0,
+        }
+        if kl is not None:
+            mb = mask.bool()
+            metrics["kl"] = kl[mb].mean().item() if mb.any() else 0.0
     return loss, metrics
 
 

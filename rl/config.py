@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
-from terminus.fields import at_least, in_range, one_of, positive
+from terminus.fields import at_least, greater_than, in_range, one_of, positive
 
 
 @dataclass
@@ -27,6 +28,10 @@ class SFTConfig:
     demo_fraction: float = positive(default=1.0, hi=1.0,
                                     help="share of each train project's tasks the teacher demonstrates (a "
                                          "seeded choice); the others are met only in GRPO rollouts")
+    train_on_observations: bool = field(default=False, metadata={
+        "help": "SFT also predicts the tool outputs (every token after the initial prompt, not only the "
+                "assistant's): a model trained from scratch learns to read and copy from outputs sooner; "
+                "GRPO always trains the policy's own tokens only"})
 
 
 @dataclass
@@ -44,11 +49,37 @@ class GRPOConfig:
                 "malformed attempt; they still count in a negative one"})
     clip_low: float = in_range(0.0, 1.0, default=0.2)
     clip_high: float = in_range(0.0, 10.0, default=0.28)
+    clip_ratio_c: float = greater_than(1.0, default=3.0,
+                                       help="dual clip: with a negative advantage a token's loss is capped at "
+                                            "-A * clip_ratio_c, so a grown ratio cannot push it down without "
+                                            "bound (Ye et al. 2020; verl's clip_ratio_c)")
     tis_cap: float = at_least(1.0, default=2.0, help="truncated importance-sampling cap")
-    kl_coef: float = at_least(0.0, default=0.0)
+    kl_coef: float = at_least(0.0, default=0.0, help="weight of the k3 KL to the reference; > 0 needs "
+                                                     "trainer.use_reference_model=true")
     entropy_coef: float = at_least(0.0, default=0.0)
     loss_agg: str = one_of("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant",
                            default="token_mean", help="constant = Dr. GRPO (sum / fixed token budget)")
+    policy_loss: str = one_of("token", "gspo", default="token",
+                              help="token: per-token ratio and clip (clip_low/clip_high, loss_agg); gspo: one "
+                                   "ratio per sequence, the geometric mean of its tokens' (GSPO, Zheng et al. "
+                                   "2025), clipped by gspo_clip_low/high, aggregated seq_mean_token_mean "
+                                   "(loss_agg, clip_low/high and clip_ratio_c do not apply)")
+    gspo_clip_low: float = in_range(0.0, 1.0, default=3e-4,
+                                    help="GSPO's clip below 1: a sequence ratio is a mean over its tokens, so "
+                                         "it moves far less than a token's and needs a far smaller range")
+    gspo_clip_high: float = in_range(0.0, 1.0, default=4e-4, help="GSPO's clip above 1")
+    dynamic_sampling_max_extra: int = at_least(0, default=0, help=(
+        "dynamic sampling (DAPO): extra tasks a step may draw, beyond tasks_per_step, to replace groups "
+        "that teach nothing (all rewards equal, or fewer than two judged) until tasks_per_step informative "
+        "groups are found; only those train. 0 = off (every drawn group is passed on)"))
+    overlong_filter: bool = field(default=False, metadata={
+        "help": "leave out of the loss the trajectories whose last turn was cut at its token budget "
+                "(DAPO's overlong filtering): their reward judges an unfinished answer; they still count "
+                "in their group's baseline"})
+    fresh_optimizer: bool = field(default=True, metadata={
+        "help": "start GRPO with a fresh optimizer (no Adam moments or step count): SFT's moments are "
+                "of another loss and would scale GRPO's first updates by stale statistics; false keeps "
+                "them"})
     micro_batch_size: int = at_least(1, default=8)
     mini_batches: int = at_least(1, default=1, help="optimizer steps per GRPO step")
     max_staleness: int = at_least(0, default=0, help="0 = synchronous; 1 = one-step off-policy")
@@ -71,6 +102,10 @@ class EvalConfig:
     repeats: int = at_least(1, default=3, help="independent passes (seeds): their spread is the noise")
     untrained_repeats: int = at_least(0, default=0, help="passes for the untrained model; 0 = `repeats`")
     max_tasks: int = at_least(0, default=0, help="0 = the whole split")
+    transfer_split: Optional[str] = field(default=None, metadata={
+        "help": "also evaluate each stage on this split, reported apart (tasks.corpus=generated: 'test' holds "
+                "the held-out family, never trained on); null = off"})
+    transfer_repeats: int = at_least(1, default=1, help="passes on transfer_split")
 
 
 @dataclass
@@ -113,3 +148,28 @@ def check_grpo_sampling(cfg) -> None:
                           f"{r.sampling.temperature}: the GRPO trainer trains the distribution the rollouts are "
                           f"sampled from (logits / temperature), so vLLM must report the same logprobs; set "
                           f"rollout.engine.logprobs_mode=processed_logprobs (or temperature=1.0)")
+    # Truncating or constraining the distribution changes it in ways the trainer's softmax does not
+    # reproduce: the importance weights and the ratio would compare two different policies.
+    s = r.sampling
+    unsupported = [(s.constrain != "none", f"rollout.sampling.constrain={s.constrain}", "rollout.sampling.constrain=none",
+                    "each turn is masked to the protocol's grammar (forced tokens get logprob 0)"),
+                   (s.top_p < 1.0, f"rollout.sampling.top_p={s.top_p}", "rollout.sampling.top_p=1.0",
+                    "the nucleus is renormalized"),
+                   (s.top_k > 0, f"rollout.sampling.top_k={s.top_k}", "rollout.sampling.top_k=-1",
+                    "the top k are renormalized")]
+    for bad, setting, fix, why in unsupported:
+        if bad:
+            raise ConfigError(f"{setting} with a GRPO stage: {why}, which the trainer cannot reproduce (it "
+                              f"trains softmax(logits / temperature) over the whole vocabulary); set {fix}, "
+                              f"or trainer.stage=sft")
+
+
+def check_trainer(cfg) -> None:
+    """Trainer settings that are valid one by one but not together (load_config checks them)."""
+    from terminus.config import ConfigError
+
+    t = cfg.trainer
+    if t.grpo.kl_coef > 0 and not t.use_reference_model:
+        raise ConfigError(f"trainer.grpo.kl_coef={t.grpo.kl_coef} with trainer.use_reference_model=false: the KL "
+                          f"term needs a reference policy and would silently do nothing; set "
+                          f"trainer.use_reference_model=true, or trainer.grpo.kl_coef=0")

@@ -20,6 +20,16 @@ def _samples(trajs: Sequence[Trajectory]) -> list[dict]:
             for t in trajs]
 
 
+def sft_samples(trajs: Sequence[Trajectory], train_on_observations: bool = False) -> list[dict]:
+    """SFT samples: the assistant's tokens are the targets, or, with `train_on_observations`, every
+    token after the initial prompt (assistant turns and the tool outputs between them)."""
+    samples = _samples(trajs)
+    if train_on_observations:
+        for s, t in zip(samples, trajs):
+            s["mask"] = [int(i >= t.prompt_len) for i in range(len(s["token_ids"]))]
+    return samples
+
+
 def loss_mask(t: Trajectory, advantage: float, reinforce_malformed: bool = False) -> list[int]:
     """The tokens the policy loss sees: the generated ones, less, in a trajectory with a positive
     advantage, the turns the protocol rejected (unless reinforce_malformed): an episode that
@@ -28,6 +38,26 @@ def loss_mask(t: Trajectory, advantage: float, reinforce_malformed: bool = False
     if reinforce_malformed or advantage <= 0 or not any(malformed):
         return list(t.response_mask)
     return algos.mask_turns(t.response_mask, [u.num_generated_tokens for u in t.turns], malformed)
+
+
+def overlong(t: Trajectory) -> bool:
+    """The episode ended on a turn cut at its token budget: its reward judges an unfinished answer."""
+    return bool(t.turns) and t.turns[-1].cut_off
+
+
+def filter_overlong(trajs: Sequence[Trajectory], adv: Sequence[float | None]) -> tuple[list[float | None], int]:
+    """DAPO's overlong filtering: the advantages with those of overlong trajectories set to None (out
+    of the loss), and how many it took out of the loss. Applied after the group advantages, so a cut
+    trajectory's reward still counts in its group's baseline."""
+    cut = [a is not None and overlong(t) for t, a in zip(trajs, adv)]
+    return [None if c else a for c, a in zip(cut, adv)], sum(cut)
+
+
+def merge_metrics(outs: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Metrics of several pieces (ranks, mini-batches) as one: the max of `*_max`, else the mean over
+    the pieces that report the key (one without a trained token reports no per-token metric)."""
+    keys = sorted({k for o in outs for k in o})
+    return {k: (max if k.endswith("_max") else statistics.fmean)([o[k] for o in outs if k in o]) for k in keys}
 
 
 def trainer_env() -> dict[str, str]:
@@ -87,9 +117,7 @@ class TrainerGroup:
             micro_batches = [[s] for mb in micro_batches for s in mb]
         per_rank = deal(micro_batches, self.world)
         outs = ray.get([w.train.remote(kind, mbs, norm) for w, mbs in zip(self.workers, per_rank)])
-        # A rank that got only empty micro-batches reports no per-token metrics: use every rank's keys.
-        keys = {k for o in outs for k in o}
-        m = {k: (max if k.endswith("_max") else statistics.fmean)([o[k] for o in outs if k in o]) for k in keys}
+        m = merge_metrics(outs)   # a rank that got only empty micro-batches reports no per-token metrics
         m["loss"] = sum(o["loss"] for o in outs)   # each rank's share of the global loss
         m["tokens"] = sum(o["tokens"] for o in outs)
         if kind == "grpo":
@@ -109,6 +137,25 @@ class TrainerGroup:
         """Trainer logprobs of whole sequences at a sampling temperature (every rank must join)."""
         return self._all("logprobs", seqs, temperature)[0]
 
+    def old_logprobs(self, samples: list[dict]) -> list[list[float]]:
+        """The current policy's logprobs of GRPO samples (token_ids, mask) at the sampling temperature,
+        at their trained positions (0.0 elsewhere): micro-batches of grpo.micro_batch_size (one sequence
+        with pad_free) dealt over the ranks, logits only where a token is trained, so neither compute
+        nor memory of one rank grows with the step's batch (TrainerWorker.old_logprobs)."""
+        import ray
+        size = 1 if self.cfg.trainer.pad_free else self.cfg.trainer.grpo.micro_batch_size
+        order = sorted(range(len(samples)), key=lambda i: -len(samples[i]["token_ids"]))   # little padding
+        per_rank = deal([order[i:i + size] for i in range(0, len(order), size)], self.world)
+        outs = ray.get([w.old_logprobs.remote([[{"token_ids": samples[i]["token_ids"], "mask": samples[i]["mask"]}
+                                                 for i in mb] for mb in mbs], self.cfg.rollout.sampling.temperature)
+                        for w, mbs in zip(self.workers, per_rank)])
+        lps: list[list[float]] = [[] for _ in samples]
+        for mbs, out in zip(per_rank, outs):
+            for mb, mb_lps in zip(mbs, out):
+                for i, lp in zip(mb, mb_lps):
+                    lps[i] = lp
+        return lps
+
     # -- SFT ----------------------------------------------------------------------------------------------
     def sft_schedule(self, samples: list[dict]) -> list[list[list[dict]]]:
         """The optimizer steps of the SFT stage, in order: each a list of micro-batches.
@@ -126,10 +173,10 @@ class TrainerGroup:
     def sft(self, demos: Sequence[Trajectory], stop_after: int | None = None) -> dict[str, Any]:
         """Train on demonstrations (assistant tokens only). Returns the loss curve. Resumes at
         self.sft_step when a checkpoint was loaded; `stop_after` ends early (tests, kill drills)."""
-        usable = [t for t in demos if t.error is None and sum(t.response_mask)]
+        usable = [t for t in demos if t.error is None and t.finish_reason != "timeout" and sum(t.response_mask)]
         if not usable:
             raise ValueError("SFT got no usable demonstration (all failed or without assistant tokens)")
-        schedule = self.sft_schedule(_samples(usable))
+        schedule = self.sft_schedule(sft_samples(usable, self.cfg.trainer.sft.train_on_observations))
         self.stage = "sft"
         self._all("set_schedule", len(schedule), self.sft_step == 0)
         curve = []
@@ -160,11 +207,17 @@ class TrainerGroup:
         trajs = list(trajectories)
         rewards = [t.reward if t.error is None else None for t in trajs]
         adv, stats = algos.group_advantages(rewards, [t.group_id for t in trajs], g.advantage)
+        if g.overlong_filter:
+            adv, cut = filter_overlong(trajs, adv)
+            stats.update(overlong_masked=cut, trained=stats["trained"] - cut)
         metrics: dict[str, Any] = {**stats, **reward_metrics(trajs)}
         chosen = [(t, a) for t, a in zip(trajs, adv) if a is not None]
         metrics["adv_abs_mean"] = statistics.fmean(abs(a) for _, a in chosen) if chosen else 0.0
-        if not chosen:
-            metrics["skipped_update"] = 1
+        if not chosen:   # nothing to train, yet a step: the counters (checkpoints, resume, the offline data
+            metrics["skipped_update"] = 1   # offset) and the LR schedule move on as after an update
+            self._all("skip_steps", g.mini_batches)
+            self.step += 1
+            self.version = version + 1
             return metrics
         samples = _samples([t for t, _ in chosen])
         masked = 0
@@ -175,8 +228,7 @@ class TrainerGroup:
             s["mask"] = kept
         metrics["malformed_tokens_masked"] = masked
         if g.mini_batches > 1:   # old-policy logprobs, before the first of several updates
-            for s, lp in zip(samples, self.logprobs([s["token_ids"] for s in samples],
-                                                             self.cfg.rollout.sampling.temperature)):
+            for s, lp in zip(samples, self.old_logprobs(samples)):
                 s["old_logprobs"] = lp
         random.Random(self.cfg.seed + version).shuffle(samples)
         per_update = -(-len(samples) // g.mini_batches)
@@ -184,16 +236,16 @@ class TrainerGroup:
         for k in range(0, len(samples), per_update):
             mini = sorted(samples[k:k + per_update], key=lambda s: -len(s["token_ids"]))
             mbs = [mini[i:i + g.micro_batch_size] for i in range(0, len(mini), g.micro_batch_size)]
-            if g.loss_agg == "token_mean":
+            agg = algos.effective_loss_agg(g.policy_loss, g.loss_agg)
+            if agg == "token_mean":
                 norm = float(max(1, sum(sum(s["mask"][1:]) for s in mini)))
-            elif g.loss_agg == "constant":
+            elif agg == "constant":
                 r = self.cfg.rollout
                 norm = float(len(mini) * r.sampling.max_tokens_per_turn * r.episode.max_turns)
-            else:
-                norm = float(len(mini))
+            else:   # seq_mean_*: the sequences with a trained token (algos.trained_sequences)
+                norm = float(max(1, sum(1 for s in mini if sum(s["mask"][1:]))))
             outs.append(self._train("grpo", mbs, norm))
-        for key in outs[0]:
-            metrics[key] = statistics.fmean(o[key] for o in outs)
+        metrics.update(merge_metrics(outs))
         self.step += 1
         self.version = version + 1
         metrics["train_time_s"] = time.time() - t0
@@ -206,6 +258,8 @@ class TrainerGroup:
         same weights."""
         g = self.cfg.trainer.grpo
         self.stage = "grpo"
+        if g.fresh_optimizer and not resumed:   # SFT's Adam moments are of another loss (a resume loads GRPO's)
+            self._all("reset_optimizer")
         self._all("set_schedule", g.steps * g.mini_batches, True, g.lr)   # a resume then loads its state
         if not self.cfg.trainer.use_reference_model:
             return

@@ -113,7 +113,7 @@ class TrainerWorker:
         ids, attn = algos.pad_batch(seqs)
         ids, attn = ids.to(self.device), attn.to(self.device)
         logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=0 if keep is None else keep).logits
-        return (logits if temperature == 1.0 else logits / temperature), ids, attn
+        return algos.tempered(logits, temperature), ids, attn
 
     @torch.no_grad()
     def logprobs(self, seqs: list[list[int]], temperature: float = 1.0) -> list[list[float]]:
@@ -125,6 +125,24 @@ class TrainerWorker:
             logits, ids, _ = self._forward(self.model, batch, temperature)
             lp = algos.token_logprobs(logits, ids).cpu()
             out += [[0.0] + lp[i, : len(s) - 1].tolist() for i, s in enumerate(batch)]
+        return out
+
+    @torch.no_grad()
+    def old_logprobs(self, micro_batches: list[list[dict]], temperature: float) -> list[list[list[float]]]:
+        """The policy's logprobs before a step's updates, for each sample of each micro-batch (aligned
+        with token ids), at the positions it trains on and 0.0 elsewhere (the loss reads no others).
+        One micro-batch at a time with logits only at those positions, as in `train`: memory stays that
+        of a training micro-batch however large the step. Every rank must get the same number of
+        micro-batches (FSDP collectives), possibly empty."""
+        out = []
+        for mb in micro_batches:
+            seqs = [s["token_ids"] for s in mb] or [[0, 0]]   # an empty one: a dummy forward
+            t = max(len(s) for s in seqs)
+            mask = algos.shifted([s["mask"] for s in mb] or [[0, 0]], t).to(self.device)
+            keep = algos.positions_to_keep(mask)
+            logits, ids, _ = self._forward(self.model, seqs, temperature, keep)
+            lp = algos.token_logprobs(logits, ids, keep).cpu()
+            out.append([[0.0] + lp[i, : len(s["token_ids"]) - 1].tolist() for i, s in enumerate(mb)])
         return out
 
     # -- one optimizer step -------------------------------------------------------------------------------
@@ -163,25 +181,31 @@ class TrainerWorker:
                     with torch.no_grad():
                         ref_logits, _, _ = self._forward(self.ref, seqs, temperature, keep)
                         ref_lp = algos.token_logprobs(ref_logits, ids, keep)
-                agg_norm = norm if g.loss_agg in ("token_mean", "constant") else None
-                loss, m = algos.policy_loss(lp, old_lp, rollout_lp, adv, mask, clip_low=g.clip_low,
-                                            clip_high=g.clip_high, tis_cap=g.tis_cap, agg=g.loss_agg,
-                                            norm=agg_norm, ref_logprobs=ref_lp, kl_coef=g.kl_coef)
-                if agg_norm is None:   # per-sequence means: weight this micro-batch by its share
-                    loss = loss * len(mb) / norm
+                agg = algos.effective_loss_agg(g.policy_loss, g.loss_agg)
+                agg_norm = norm if agg in ("token_mean", "constant") else None
+                if g.policy_loss == "gspo":   # one clipped ratio per sequence (rl/algos.py gspo_loss)
+                    loss, m = algos.gspo_loss(lp, old_lp, rollout_lp, adv, mask, clip_low=g.gspo_clip_low,
+                                              clip_high=g.gspo_clip_high, tis_cap=g.tis_cap,
+                                              ref_logprobs=ref_lp, kl_coef=g.kl_coef)
+                else:
+                    loss, m = algos.policy_loss(lp, old_lp, rollout_lp, adv, mask, clip_low=g.clip_low,
+                                                clip_high=g.clip_high, tis_cap=g.tis_cap, agg=g.loss_agg,
+                                                norm=agg_norm, ref_logprobs=ref_lp, kl_coef=g.kl_coef,
+                                                clip_ratio_c=g.clip_ratio_c)
+                ent = algos.entropy(logits if g.entropy_coef else logits.detach(), keep, t - 1)
+                sums["entropy"] += (ent.detach() * mask).sum().item()
+                if g.entropy_coef:   # an entropy bonus, aggregated like the loss (per sequence in seq_mean_*)
+                    loss = loss - g.entropy_coef * algos.aggregate(ent, mask, agg, agg_norm)
+                if agg_norm is None:   # per-sequence means: weight this micro-batch by its share of the
+                    loss = loss * algos.trained_sequences(mask) / norm   # trained sequences (norm)
                 # mismatch between what vLLM computed and what the trainer computes, same weights
                 # (exact when old == current policy, i.e. the first mini-batch of a step)
                 diff = (old_lp - rollout_lp).abs()[mask.bool()]
-                if diff.numel():
+                if diff.numel():   # no trained token (a filler): no per-token metrics to dilute the means
                     extra.setdefault("logprob_mismatch_mean", []).append(diff.mean().item())
                     extra.setdefault("logprob_mismatch_max", []).append(diff.max().item())
-                for k, v in m.items():
-                    extra.setdefault(k, []).append(v)
-            if kind == "grpo":
-                ent = algos.entropy(logits if g.entropy_coef else logits.detach(), keep, t - 1)
-                sums["entropy"] += (ent.detach() * mask).sum().item()
-                if g.entropy_coef:   # an entropy bonus, normalised like the loss
-                    loss = loss - g.entropy_coef * (ent * mask).sum() / norm
+                    for k, v in m.items():
+                        extra.setdefault(k, []).append(v)
             (loss * self.world_size).backward()
             sums["loss"] += loss.item() * self.world_size
             sums["tokens"] += mask.sum().item()
@@ -197,15 +221,42 @@ class TrainerWorker:
             out[k] = max(v) if k.endswith("_max") else sum(v) / len(v)
         return out
 
+    def skip_steps(self, n: int) -> None:
+        """Move the LR schedule on by `n` optimizer steps that had nothing to train (a GRPO step whose
+        groups all had zero variance), so the LR stays a function of the GRPO step like the run's
+        length (the schedule spans grpo.steps * mini_batches) and a resume finds the same position."""
+        import warnings
+        with warnings.catch_warnings():   # stepping the schedule without an optimizer step is the point
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+            for _ in range(n):
+                self.sched.step()
+
+    def reset_optimizer(self) -> None:
+        """Forget the optimizer's state (AdamW's moments and step counts): GRPO starts with a fresh
+        optimizer (trainer.grpo.fresh_optimizer), not SFT's moments of another loss. The last step's
+        gradients go too: with them left, get_state_dict would save no optimizer state at all."""
+        self.optim.state.clear()
+        self.optim.zero_grad(set_to_none=True)
+
+    def optimizer_steps(self) -> int:
+        """The optimizer's step count (0 when it has no state): what tests read."""
+        return max((int(st["step"]) for st in self.optim.state.values() if "step" in st), default=0)
+
     # -- checkpoints and export ---------------------------------------------------------------------------
     def save(self, path: str) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
+        # An optimizer without state (fresh, no step yet) is given one by get_state_dict, by a
+        # zero-LR step that counts in Adam's bias correction: undo it here and after a resume.
+        fresh = not self.optim.state
         model_sd, optim_sd = get_state_dict(self.model, self.optim)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+        if fresh:
+            self.reset_optimizer()
         if self.rank == 0:
-            torch.save({"scheduler": self.sched.state_dict(), "step": self.step}, Path(path) / "scheduler.pt")
+            torch.save({"scheduler": self.sched.state_dict(), "step": self.step, "fresh_optimizer": fresh},
+                       Path(path) / "scheduler.pt")
 
     def load(self, path: str) -> None:
         import torch.distributed.checkpoint as dcp
@@ -218,6 +269,8 @@ class TrainerWorker:
         extra = torch.load(Path(path) / "scheduler.pt", weights_only=False)
         self.sched.load_state_dict(extra["scheduler"])
         self.step = extra["step"]
+        if extra.get("fresh_optimizer"):
+            self.reset_optimizer()
 
     def export_hf(self, path: str) -> str:
         """Gather the full weights (every rank takes part) and, on rank 0, write an HF directory

@@ -36,7 +36,7 @@ def load_task_list(spec: str, cfg) -> list:
             raise FileNotFoundError(f"--tasks {spec}: no such file")
         return [Task.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
     from tasks import load_tasks
-    return list(load_tasks(cfg.tasks.corpus, spec))
+    return list(load_tasks(cfg.tasks, spec))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,6 +1,12 @@
 """One episode: a task's request, up to max_turns of (generate -> parse -> run in the sandbox ->
 observe), a token-exact Trajectory out. Failures (sandbox, engine, timeout) come back as a
 Trajectory with `error` and `finish_reason` set; nothing raises past `run_episode`.
+
+An episode that runs out of its wall-clock budget is the policy's failure when its own commands
+took the time (slow or hanging commands): it comes back with finish_reason "timeout" and no
+`error`, so it is judged (no report: a low reward) and trained on. When the time went elsewhere
+(generation: a slow or stuck engine) it is an infrastructure failure: `error` is set and training
+masks it, like a sandbox or engine error.
 """
 from __future__ import annotations
 
@@ -30,6 +36,18 @@ class _State:
     versions: list[int] = field(default_factory=list)
     token_exact: bool = True
     setup_s: float = 0.0
+    command_s: float = 0.0                 # time in the policy's commands, finished ones
+    command_started: float | None = None   # monotonic start of the command running now, if any
+
+    def command_time(self, now: float) -> float:
+        """Time spent in the policy's commands so far, the one running now included."""
+        return self.command_s + (now - self.command_started if self.command_started is not None else 0.0)
+
+
+def policy_timeout(command_s: float, budget_s: float) -> bool:
+    """Whether an episode that ran out of its budget did so because of the policy: its commands
+    took at least half of the budget (else generation, i.e. the engine, took most of it)."""
+    return command_s >= budget_s / 2
 
 
 def default_sandbox_factory(sandbox_cfg) -> SandboxFactory:
@@ -68,7 +86,13 @@ async def run_episode(task, engine: Engine, tokenizer: Any, cfg, *, fmt: ChatFor
             await _loop(task, engine, tokenizer, fmt, cfg, sandbox, state, seed, max_model_len)
     except TimeoutError:
         state.finish_reason = "timeout"
-        error = f"timeout: episode exceeded {cfg.episode.episode_timeout_s}s"
+        budget_s = cfg.episode.episode_timeout_s
+        command_s = state.command_time(time.monotonic())
+        if state.command_started is not None and state.turns:   # the command the budget cut short
+            state.turns[-1].timed_out = True
+            state.turns[-1].exec_time_s = time.monotonic() - state.command_started
+        if not policy_timeout(command_s, budget_s):   # the engine's slowness, not the policy's commands
+            error = f"timeout: episode exceeded {budget_s}s, {command_s:.1f}s of it in commands"
     except _Failed as e:
         error = str(e)
     except Exception as e:  # anything unexpected: mark the episode, keep it
@@ -141,7 +165,8 @@ async def _loop(task, engine: Engine, tokenizer, fmt: ChatFormat, cfg, sandbox: 
         text = seq.add_generation(gen.token_ids, gen.logprobs)
         parsed = protocol.parse_turn(text)
         turn = Turn(text=text, action=parsed.action, command=parsed.command, format_error=parsed.error,
-                    gen_time_s=gen_s, num_generated_tokens=len(gen.token_ids))
+                    gen_time_s=gen_s, num_generated_tokens=len(gen.token_ids),
+                    cut_off=gen.finish_reason == "length")
         state.turns.append(turn)
         if parsed.action == "report":
             state.report = parsed.report
@@ -155,12 +180,14 @@ async def _loop(task, engine: Engine, tokenizer, fmt: ChatFormat, cfg, sandbox: 
                 raise
             except Exception as e:
                 raise _Failed(f"sandbox: {type(e).__name__}: {e}") from None
-            t1 = time.monotonic()
+            t1 = state.command_started = time.monotonic()
             try:
                 r = await sb.run(parsed.command, timeout_s=cfg.sandbox.command_timeout_s)
             except Exception as e:
                 raise _Failed(f"sandbox: {type(e).__name__}: {e}") from None
             turn.exec_time_s = time.monotonic() - t1
+            state.command_s += turn.exec_time_s
+            state.command_started = None
             turn.exit_code, turn.timed_out, turn.truncated = r.exit_code, r.timed_out, r.truncated
             message = protocol.format_observation(
                 protocol.Observation(r.exit_code, r.output, r.timed_out, r.truncated), turns_left)

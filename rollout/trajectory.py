@@ -15,7 +15,8 @@ class Turn:
     observation: str | None = None     # the observation message sent back (None after a report)
     exit_code: int | None = None
     timed_out: bool = False
-    truncated: bool = False
+    truncated: bool = False            # the command's output was cut (the observation, not the turn)
+    cut_off: bool = False              # the generation hit its token budget (engine finish reason "length")
     format_error: str | None = None    # why the turn was malformed
     gen_time_s: float = 0.0
     exec_time_s: float = 0.0

@@ -61,6 +61,7 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
     failures = Counter(t.error.split(":", 1)[0] for t in trajectories if t.error)
     reasons = Counter(t.finish_reason for t in trajectories)
     turns = sum(len(t.turns) for t in trajectories)
+    cut = sum(x.cut_off for t in trajectories for x in t.turns)   # turns that hit max_tokens_per_turn
     gen_tokens = sum(sum(t.response_mask) for t in trajectories)
     fmt_err = sum(t.metadata.get("format_errors", 0) for t in trajectories)
     gen_s = sum(x.gen_time_s for t in trajectories for x in t.turns)
@@ -69,6 +70,10 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
         "episodes": n,
         "failed": sum(failures.values()),
         "failures": dict(failures),
+        # out of time in the policy's own commands: judged as failures and trained on (rollout/episode.py)
+        "episodes_timed_out": sum(t.finish_reason == "timeout" and t.error is None for t in trajectories),
+        # sandbox, engine (an engine-bound timeout included), setup: masked out of training
+        "episodes_infra_error": sum(t.error is not None for t in trajectories),
         "finish_reasons": dict(reasons),
         "reports": reasons.get("report", 0),
         "turns": turns,
@@ -77,6 +82,9 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
         "total_tokens": sum(len(t.token_ids) for t in trajectories),
         "format_errors": fmt_err,
         "format_error_rate": fmt_err / turns if turns else 0.0,
+        "turns_cut_off": cut,
+        "turns_cut_off_frac": cut / turns if turns else 0.0,
+        "episodes_cut_off": sum(bool(t.turns) and t.turns[-1].cut_off for t in trajectories),
         "gen_time_s": gen_s,
         "exec_time_s": exec_s,
         "episode_wall_s_mean": (sum(t.metadata.get("wall_s", 0.0) for t in trajectories) / n) if n else 0.0,

@@ -8,8 +8,8 @@ Layout of a corpus directory:
       corpus.json                                 counts per split/language/category, provenance
       COMPLETE                                    written last: a corpus without it is partial
 
-`load_tasks("builtin", split)` builds the built-in corpus into the cache on first use (keyed by a
-hash of its templates, so an edited template rebuilds it) and reuses it afterwards.
+`load_tasks(cfg.tasks, split)` builds the built-in or the generated corpus into the cache on first use
+(keyed by a hash of its sources and settings, so an edit rebuilds it) and reuses it afterwards.
 """
 from __future__ import annotations
 
@@ -79,28 +79,35 @@ def read_split(corpus_dir: Path, split: str) -> list[Task]:
     return tasks
 
 
+def _cache(cache_dir: str) -> Path:
+    from terminus.model import cache_root
+
+    return Path(cache_dir) if cache_dir else cache_root() / "tasks"
+
+
 def builtin_dir(cache_dir: str = "") -> Path:
     """Where the built-in corpus lives (built on demand by `load_tasks`)."""
     from tasks.builtin import templates_hash
-    from terminus.model import cache_root
 
-    root = Path(cache_dir) if cache_dir else cache_root() / "tasks"
-    return root / f"builtin-{templates_hash()}"
+    return _cache(cache_dir) / f"builtin-{templates_hash()}"
 
 
-def ensure_builtin(cache_dir: str = "", sandbox_cfg=None) -> Path:
-    """Build the built-in corpus unless a complete copy is cached. Safe when several processes race:
-    each builds in a private temporary directory and the first rename wins."""
-    from rollout.config import SandboxConfig
-    from tasks.builtin import build_builtin
+def generated_dir(cfg, cache_dir: str = "") -> Path:
+    """Where the generated corpus of a `tasks.generated` config lives (built on demand)."""
+    from tasks.generated import corpus_key
 
-    target = builtin_dir(cache_dir)
+    return _cache(cache_dir) / f"generated-{corpus_key(cfg)}"
+
+
+def _build_once(target: Path, build) -> Path:
+    """Build a corpus into `target` unless a complete copy is there. Safe when several processes race:
+    each builds in a private temporary directory (`build(tmp)`, a coroutine) and the first rename wins."""
     if (target / "COMPLETE").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        _run_sync(build_builtin(tmp, sandbox_cfg or SandboxConfig()))
+        _run_sync(build(tmp))
         os.rename(tmp, target)
     except OSError:
         if not (target / "COMPLETE").exists():   # not a lost race: a real failure
@@ -108,6 +115,32 @@ def ensure_builtin(cache_dir: str = "", sandbox_cfg=None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def ensure_builtin(cache_dir: str = "", sandbox_cfg=None) -> Path:
+    """Build the built-in corpus unless a complete copy is cached."""
+    from rollout.config import SandboxConfig
+    from tasks.builtin import build_builtin
+
+    return _build_once(builtin_dir(cache_dir), lambda tmp: build_builtin(tmp, sandbox_cfg or SandboxConfig()))
+
+
+def ensure_generated(cfg, cache_dir: str = "", sandbox_cfg=None) -> Path:
+    """Build the generated corpus of `cfg` (tasks.generated) unless a complete copy is cached; prints
+    progress, since a few hundred projects take a minute or two."""
+    from rollout.config import SandboxConfig
+    from tasks.generated import build_generated, specs
+
+    target = generated_dir(cfg, cache_dir)
+    if not (target / "COMPLETE").exists():
+        n = len(specs(cfg))
+        print(f"[tasks] building the generated corpus ({n} projects) into {target}", flush=True)
+
+        def progress(done: int, total: int) -> None:
+            if done % 50 == 0 or done == total:
+                print(f"[tasks] {done}/{total} projects run for their ground truth", flush=True)
+        _build_once(target, lambda tmp: build_generated(tmp, cfg, sandbox_cfg or SandboxConfig(), progress=progress))
     return target
 
 
@@ -122,8 +155,19 @@ def _run_sync(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
-def load_tasks(corpus: str, split: str, cache_dir: str = "") -> list[Task]:
-    """The tasks of one split: corpus is "builtin" or a corpus directory."""
-    if corpus == "builtin":
+def load_tasks(corpus, split: str, cache_dir: str = "") -> list[Task]:
+    """The tasks of one split. `corpus` is the `tasks` config section (TasksConfig: its `corpus` is
+    "builtin", "generated" or a corpus directory), or that name alone ("generated" then uses the
+    default `tasks.generated` settings)."""
+    from tasks.config import GeneratedConfig
+
+    name = corpus if isinstance(corpus, str) else corpus.corpus
+    cache_dir = cache_dir or ("" if isinstance(corpus, str) else corpus.cache_dir)
+    if name == "builtin":
         return read_split(ensure_builtin(cache_dir), split)
-    return read_split(Path(corpus).expanduser().resolve(), split)
+    if name == "generated":
+        gen = GeneratedConfig() if isinstance(corpus, str) else corpus.generated
+        if not isinstance(gen, GeneratedConfig):   # an OmegaConf section: the plain dataclass keys the cache
+            gen = GeneratedConfig(**{k: (list(v) if k == "families" else v) for k, v in gen.items()})
+        return read_split(ensure_generated(gen, cache_dir), split)
+    return read_split(Path(name).expanduser().resolve(), split)

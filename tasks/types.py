@@ -15,10 +15,13 @@ class Fact:
     kind: e.g. "exit_status", "failing_test", "passing_count", "error_location", "error_message", "cause".
     value: the fact in words ("test_parse fails with AssertionError").
     patterns: regexes that a report mentioning the fact matches (all must match, case-insensitive).
+    evidence: exact strings of what the agent sees (the reference commands' observations) that back the
+        fact; a corpus that records them can check that the fact is observable (tasks/generated.py).
     """
     kind: str
     value: str
     patterns: list[str] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cluster.config import ClusterConfig
 from judge.config import JudgeConfig
-from rl.config import TrainerConfig
+from rl.config import TrainerConfig, check_trainer
 from rollout.config import RolloutConfig
 from tasks.config import TasksConfig
 from terminus.fields import at_least, one_of
@@ -101,6 +101,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot resolve interpolation: {e}") from None
     validate(cfg, schema, sources)
+    if schema is RunConfig:
+        check_trainer(cfg)
     return cfg
 
 

@@ -25,6 +25,11 @@ def at_least(lo: float, *, default: Any = MISSING, help: str = "") -> Any:
     return in_range(lo, None, default=default, help=help)
 
 
+def greater_than(lo: float, *, default: Any = MISSING, help: str = "") -> Any:
+    """A number > lo."""
+    return field(default=default, metadata={"min": lo, "exclusive_min": True, "max": None, "help": help})
+
+
 def positive(*, default: Any = MISSING, help: str = "", hi: float | None = None) -> Any:
     """A number > 0 (and <= hi when given)."""
     return field(default=default, metadata={"min": 0, "exclusive_min": True, "max": hi, "help": help})

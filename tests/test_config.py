@@ -30,6 +30,7 @@ def test_overrides_apply_and_interpolate():
     ("trainer.optim.lr=fast", "bad value for 'trainer.optim.lr'"),
     ("rollout.episode.max_turns=0", "'rollout.episode.max_turns' = 0 is out of range; it must be >= 1"),
     ("trainer.sft.demo_fraction=0", "'trainer.sft.demo_fraction' = 0.0 is out of range; it must be in (0, 1.0]"),
+    ("trainer.grpo.clip_ratio_c=1", "'trainer.grpo.clip_ratio_c' = 1.0 is out of range; it must be > 1.0"),
 ])
 def test_bad_overrides_name_key_source_and_allowed(override, message):
     with pytest.raises(ConfigError) as e:
@@ -61,6 +62,33 @@ def test_grpo_refuses_sampling_it_cannot_train():
                                                  "rollout.sampling.temperature=1.0"]))
     check_grpo_sampling(load_config("tiny_cpu"))
     load_config("tiny_cpu", ["rollout.sampling.temperature=0"])   # greedy evaluation: a valid config
+
+
+def test_grpo_refuses_truncated_or_constrained_sampling():
+    """The trainer trains softmax(logits / T) over the whole vocabulary: sampling it cannot reproduce
+    (a grammar, a nucleus, a top-k) is refused for GRPO, naming the key and its neutral value."""
+    from rl.config import check_grpo_sampling
+    for override, fix in [("rollout.sampling.constrain=protocol", "set rollout.sampling.constrain=none"),
+                          ("rollout.sampling.top_p=0.9", "set rollout.sampling.top_p=1.0"),
+                          ("rollout.sampling.top_k=20", "set rollout.sampling.top_k=-1")]:
+        with pytest.raises(ConfigError) as e:
+            check_grpo_sampling(load_config("tiny_cpu", [override]))
+        assert str(e.value).startswith(f"{override} with a GRPO stage") and fix in str(e.value)
+        load_config("tiny_cpu", [override])   # evaluating or serving with it: a valid config
+    check_grpo_sampling(load_config("tiny_cpu", ["rollout.sampling.top_k=0", "rollout.sampling.top_p=1.0"]))
+
+
+def test_kl_coef_without_a_reference_model_is_an_error():
+    with pytest.raises(ConfigError, match="trainer.grpo.kl_coef=0.1 with trainer.use_reference_model=false.*"
+                                          "set trainer.use_reference_model=true, or trainer.grpo.kl_coef=0"):
+        load_config("tiny_cpu", ["trainer.grpo.kl_coef=0.1"])
+    cfg = load_config("tiny_cpu", ["trainer.grpo.kl_coef=0.1", "trainer.use_reference_model=true"])
+    assert cfg.trainer.grpo.kl_coef == 0.1
+
+
+def test_grpo_starts_with_a_fresh_optimizer_by_default():
+    assert load_config("tiny_cpu").trainer.grpo.fresh_optimizer is True
+    assert load_config("tiny_cpu", ["trainer.grpo.fresh_optimizer=false"]).trainer.grpo.fresh_optimizer is False
 
 
 def test_missing_config_and_malformed_override():

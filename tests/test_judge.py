@@ -42,7 +42,7 @@ GOOD = {"status": "failure", "summary": "1 test fails: test_parse (AssertionErro
 
 
 def ladder() -> list[Trajectory]:
-    """Best first; each is strictly worse than the one before."""
+    """Best first; each is strictly worse than the one before (but see the ladder test: the dump)."""
     run = [("python -m pytest -q", 1, OUT)]
     missing = dict(GOOD, summary="1 test fails: test_parse; 3 pass.", details="test_parse fails.")
     halluc = dict(GOOD, details=GOOD["details"] + " test_serialize also fails.")
@@ -79,6 +79,9 @@ def test_reward_formula_hand_computed():
 
 def test_rules_judge_ranks_a_ladder_strictly():
     rewards = [rules_reward(t) for t in ladder()]
+    # best first, except that the raw dump of three runs, which states every fact, ranks above the short
+    # report that misses two of the three: the rules judge weighs substance before form
+    rewards = [rewards[i] for i in (0, 2, 1, 3, 4, 5)]
     assert rewards == sorted(rewards, reverse=True) and len(set(rewards)) == len(rewards), rewards
     assert rewards[0] == pytest.approx(1.0)
 
@@ -177,3 +180,31 @@ def test_openai_backend_retry_and_mark(tmp_path):
     t = ladder()[0]
     JudgePool(cfg).score({"t1": task}, [t])
     assert t.reward is None and t.verdict["reason"].startswith("endpoint_error")
+
+
+def test_rules_judge_flags_an_invented_quoted_test_name():
+    """Node's runner names tests in words ('sum values'): a quoted name no output showed is made up."""
+    out = "not ok 1 - sum values\n  name: 'AssertionError'\n# tests 2\n# fail 1\n"
+    task = Task(id="t1", language="javascript", category="run_tests", project="p", repo_dir="/x",
+                request="Run the node tests.", ground_truth=GroundTruth(exit_status=1, facts=[
+                    Fact("failing_test", "'sum values' fails with AssertionError", [r"sum values"])]))
+    seen = {"status": "failure", "summary": "'sum values' fails with AssertionError.", "details": "1 of 2 tests fail."}
+    made_up = dict(seen, summary="'sum totals' fails with AssertionError.")
+    ok, bad = (judge_rules(task, traj([("node --test", 1, out)], r)) for r in (seen, made_up))
+    assert not ok.failures["hallucination"].flag
+    assert bad.failures["hallucination"].flag and "sum totals" in bad.failures["hallucination"].evidence
+    assert bad.dimensions["faithfulness"].score < ok.dimensions["faithfulness"].score
+
+
+def test_rules_judge_rewards_substance_over_form():
+    """A short, well-formed report with the right status that states no fact earns little (GRPO on the
+    generated corpus learned exactly that when form paid: docs/experiments.md), and an exit status no
+    command returned is an unsupported claim."""
+    task = make_task()
+    run = [("python -m pytest -q", 1, OUT)]
+    empty = {"status": "failure", "summary": "The tests fail.", "details": "Exit status 1."}
+    wrong_exit = dict(empty, details="Exit status 0.")
+    good, hollow, wrong = (judge_rules(task, traj(run, r)) for r in (GOOD, empty, wrong_exit))
+    assert rules_reward(traj(run, empty)) < 0.5 * rules_reward(traj(run, GOOD))
+    assert hollow.dimensions["concision"].score < good.dimensions["concision"].score   # short, but says nothing
+    assert wrong.dimensions["faithfulness"].score < hollow.dimensions["faithfulness"].score == 4.0

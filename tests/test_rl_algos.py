@@ -6,6 +6,8 @@ import torch
 
 from rl.algos import (aggregate, entropy, group_advantages, k3_kl, lr_multiplier, mask_turns, pack_by_tokens,
                       policy_loss, positions_to_keep, shifted, token_logprobs)
+from rl.algos import effective_loss_agg, gspo_loss, informative
+from rl.algos import LOG_RATIO_MAX, tempered, trained_sequences
 
 
 def test_grpo_advantages_by_hand():
@@ -129,3 +131,227 @@ def test_packing_and_shift():
     assert pack_by_tokens([5, 3, 4, 1], max_tokens=10) == [[0, 2], [1, 3]]
     assert pack_by_tokens([12, 2], max_tokens=10) == [[0], [1]]
     assert shifted([[9, 1, 2], [9, 3]], 3).tolist() == [[1, 2], [3, 0]]
+
+
+# ---- GSPO ------------------------------------------------------------------------------------------------
+
+def _gspo_case():
+    # seq 0: trained tokens 0, 1 (log ratios 0.2, -0.1; the masked 5.0 must not count): s0 = e^0.05 = 1.0513
+    # seq 1: tokens 0-2 (log ratios -0.3, 0, 0): s1 = e^-0.1 = 0.9048; pi_old/pi_rollout = e^0.5 per token
+    old = torch.tensor([[0.1, -0.4, -1.0], [-0.2, -0.7, -0.3]])
+    new = old + torch.tensor([[0.2, -0.1, 5.0], [-0.3, 0.0, 0.0]])
+    rollout = old - torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    return new, old, rollout, mask
+
+
+def test_gspo_clips_whole_sequences_by_hand():
+    new, old, rollout, mask = _gspo_case()
+    lp = new.clone().requires_grad_(True)
+    loss, m = gspo_loss(lp, old, rollout, torch.tensor([1.0, 1.0]), mask, clip_low=0.05, clip_high=0.04,
+                        tis_cap=1.5)
+    s0, s1 = math.exp(0.05), math.exp(-0.1)
+    # seq 0, A=+1: max(-1.0513, -1.04) = -1.04 at each token (clipped high: no gradient)
+    # seq 1, A=+1: max(-0.9048, -0.95) = -0.9048 (below 1 - 0.05, but A > 0: the pessimistic bound keeps
+    # the unclipped one), times its sequence TIS weight min(e^0.5, 1.5) = 1.5
+    # seq_mean_token_mean: (-1.04 + -0.9048 * 1.5) / 2
+    assert loss.item() == pytest.approx((-1.04 - 1.5 * s1) / 2, abs=1e-6)
+    assert m["clip_frac"] == pytest.approx(0.5)                  # one sequence of two
+    assert m["ratio_mean"] == pytest.approx((s0 + s1) / 2, abs=1e-6)
+    assert m["tis_weight_mean"] == pytest.approx((1.0 + 1.5) / 2)
+    assert m["tis_capped_frac"] == pytest.approx(0.5)
+    loss.backward()
+    # clipped sequence: no gradient; unclipped: every token gets -(1/2)(1/3) * 1.5 * s1, the gradient of
+    # s1 = exp(mean log ratio) itself (d s1 / d lp_t = s1 / 3)
+    assert lp.grad[0].tolist() == pytest.approx([0.0, 0.0, 0.0])
+    assert lp.grad[1].tolist() == pytest.approx([-0.25 * s1] * 3, abs=1e-6)
+    # A=-1 flips it: seq 0 (ratio above 1 + 0.04) keeps the unclipped 1.0513, seq 1 (below 1 - 0.05) is
+    # clipped to 0.95 * 1.5
+    loss, m = gspo_loss(new, old, rollout, torch.tensor([-1.0, -1.0]), mask, clip_low=0.05, clip_high=0.04,
+                        tis_cap=1.5)
+    assert loss.item() == pytest.approx((s0 + 0.95 * 1.5) / 2, abs=1e-6)
+    assert m["clip_frac"] == pytest.approx(0.5)
+
+
+def test_gspo_token_form_has_the_sequence_level_gradient():
+    """GSPO-token with one advantage per sequence = GSPO: the gradient of the stop-gradient token form
+    equals that of mean_i max(-A_i s_i, -A_i clip(s_i)) * w_i with s_i computed directly."""
+    torch.manual_seed(0)
+    old = -torch.rand(4, 6)
+    new = old + 0.05 * torch.randn(4, 6)
+    rollout = old + 0.01 * torch.randn(4, 6)
+    mask = (torch.rand(4, 6) > 0.3).long()
+    mask[:, 0] = 1
+    adv = torch.tensor([1.0, -0.5, 2.0, -1.5])
+    kw = dict(clip_low=0.02, clip_high=0.03, tis_cap=2.0)
+    a = new.clone().requires_grad_(True)
+    loss, _ = gspo_loss(a, old, rollout, adv, mask, **kw)
+    loss.backward()
+    b = new.clone().requires_grad_(True)
+    mf = mask.float()
+    s = torch.exp(((b - old) * mf).sum(-1) / mf.sum(-1))
+    w = torch.exp(((old - rollout) * mf).sum(-1) / mf.sum(-1)).clamp(max=2.0)
+    ref = (torch.maximum(-adv * s, -adv * s.clamp(1 - 0.02, 1 + 0.03)) * w).mean()
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-6)
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)
+    assert (a.grad[mask == 0] == 0).all()
+
+
+def test_gspo_at_the_old_policy_is_ratio_one_and_unclipped():
+    new, _, _, mask = _gspo_case()
+    loss, m = gspo_loss(new, new, new, torch.tensor([1.0, -1.0]), mask, clip_low=3e-4, clip_high=4e-4,
+                        tis_cap=2.0)
+    assert m["ratio_mean"] == pytest.approx(1.0) and m["clip_frac"] == 0.0
+    assert loss.item() == pytest.approx(0.0, abs=1e-7)   # (-1 + 1) / 2
+    assert effective_loss_agg("gspo", "token_mean") == "seq_mean_token_mean"
+    assert effective_loss_agg("token", "constant") == "constant"
+
+
+# ---- dynamic sampling and the overlong filter -------------------------------------------------------------
+
+def test_informative_groups_are_the_ones_group_advantages_keeps():
+    cases = [[1.0, 0.0], [0.5, 0.5, 0.5], [1.0, None, None], [None, None], [0.2, None, 0.3], [0.0]]
+    assert [informative(c) for c in cases] == [True, False, False, False, True, False]
+    rewards = [r for c in cases for r in c]
+    gids = [str(k) for k, c in enumerate(cases) for _ in c]
+    adv, stats = group_advantages(rewards, gids)
+    kept = {g for g, a in zip(gids, adv) if a is not None}
+    assert kept == {str(k) for k, c in enumerate(cases) if informative(c)}
+    assert stats["zero_variance_groups"] == sum(not informative(c) for c in cases if any(r is not None for r in c))
+
+
+def test_dynamic_sampling_keeps_draw_order_and_draws_by_the_observed_rate():
+    from rl.dynamic_sampling import extra_draws, keep_groups, replacement_order
+    assert keep_groups([False, True, True, False, True], 2) == [1, 2]
+    assert keep_groups([False, True], 3) == [1]                     # the budget ran out: what there is
+    # share informative so far (k + 1) / (n + 2): 4 of 8 -> 0.5, so 4 more needed -> 8 draws
+    assert extra_draws(4, 4, 8, 100) == 8
+    assert extra_draws(1, 7, 8, 100) == 2                           # 0.8 -> ceil(1.25)
+    assert extra_draws(8, 0, 8, 5) == 5                             # within the budget left
+    assert extra_draws(0, 8, 8, 5) == 0 and extra_draws(3, 1, 8, 0) == 0
+    ids = [f"t{i}" for i in range(6)]
+    order = replacement_order(ids, ["t1", "t4"], seed=7, count=4)
+    assert sorted(order) == ["t0", "t2", "t3", "t5"]                 # the tasks not in the step first
+    assert order == replacement_order(ids, ["t1", "t4"], seed=7, count=4)   # a pure function of the seed
+    longer = replacement_order(ids, ["t1", "t4"], seed=7, count=9)
+    assert longer[:4] == order and set(longer[4:]) <= set(ids)      # then every task again
+    assert replacement_order(ids, ids, seed=7, count=0) == []
+
+
+def _group(task, rewards):
+    from rollout.trajectory import Trajectory
+    return [Trajectory(task_id=task, messages=[], token_ids=[], response_mask=[], logprobs=[], reward=r,
+                       group_id=task) for r in rewards]
+
+
+def test_sample_groups_replaces_groups_that_teach_nothing():
+    import asyncio
+
+    from cluster.driver import sample_groups
+    rewards = {"a": [1, 1], "b": [0, 1], "c": [0, 0], "d": [1, 0], "e": [0.5, 0.5], "f": [0, 1], "g": [1, 0]}
+    rounds = []
+
+    async def run_round(tasks, rnd):
+        rounds.append((rnd, list(tasks)))
+        return [_group(t, rewards[t]) for t in tasks]
+
+    groups, stats = asyncio.run(sample_groups(["a", "b", "c"], ["d", "e", "f", "g"], run_round, 3, dynamic=True))
+    # round 0: 1 of 3 informative -> need 2, share (1+1)/(3+2) = 0.4 -> draw 5, the 4 there are
+    assert rounds == [(0, ["a", "b", "c"]), (1, ["d", "e", "f", "g"])]
+    assert [g[0].task_id for g in groups] == ["b", "d", "f"]         # draw order: the step's own first
+    assert stats == {"groups_drawn": 7, "groups_dropped_zero_variance": 3, "groups_dropped_surplus": 1,
+                     "extra_tasks_drawn": 4, "sampling_rounds": 2}
+    rounds.clear()
+    groups, stats = asyncio.run(sample_groups(["a", "b", "c"], [], run_round, 3, dynamic=False))
+    assert rounds == [(0, ["a", "b", "c"])] and len(groups) == 3     # off: every group, as before
+    assert stats["groups_dropped_zero_variance"] == 2 and stats["extra_tasks_drawn"] == 0
+
+
+def test_overlong_filter_masks_trajectories_ending_on_a_cut_turn():
+    from rl.group import filter_overlong, overlong
+    from rollout.trajectory import Turn
+    a, b, c, d = _group("x", [1.0, 0.0, 1.0, 0.0])
+    a.turns = [Turn(text="", action="format_error", cut_off=True), Turn(text="", action="report")]
+    b.turns = [Turn(text="", action="command"), Turn(text="", action="format_error", cut_off=True)]
+    d.turns = [Turn(text="", action="format_error", cut_off=True)]
+    assert [overlong(t) for t in (a, b, c, d)] == [False, True, False, True]
+    adv, n = filter_overlong([a, b, c, d], [1.0, -1.0, 1.0, None])
+    assert adv == [1.0, None, 1.0, None] and n == 1   # d had no advantage to take out
+
+
+def test_dual_clip_caps_the_loss_of_a_negative_advantage_by_hand():
+    # ratios 5, 2, 0.5; A = -1, clip 0.2/0.28, clip_ratio_c = 3
+    old = torch.zeros(1, 3)
+    new = torch.log(torch.tensor([[5.0, 2.0, 0.5]])).requires_grad_()
+    loss, m = policy_loss(new, old, old, torch.tensor([-1.0]), torch.ones(1, 3), clip_low=0.2, clip_high=0.28,
+                          tis_cap=2.0, clip_ratio_c=3.0)
+    # token 1: max(5, 1.28) = 5 > 3 -> 3 (dual clip); token 2: max(2, 1.28) = 2; token 3: max(0.5, 0.8) = 0.8
+    assert loss.item() == pytest.approx((3.0 + 2.0 + 0.8) / 3, abs=1e-5)
+    assert m["dual_clip_frac"] == pytest.approx(1 / 3)
+    loss.backward()
+    # capped (token 1) and clipped (token 3) tokens get no gradient; token 2: d(ratio)/d(logp) / 3 = 2 / 3
+    assert new.grad[0].tolist() == pytest.approx([0.0, 2 / 3, 0.0], abs=1e-6)
+    # a positive advantage is never dual-clipped: max(-5, -1.28) = -1.28
+    loss, m = policy_loss(new.detach()[:, :1], old[:, :1], old[:, :1], torch.tensor([1.0]), torch.ones(1, 1),
+                          clip_low=0.2, clip_high=0.28, tis_cap=2.0, clip_ratio_c=3.0)
+    assert loss.item() == pytest.approx(-1.28) and m["dual_clip_frac"] == 0.0
+
+
+def test_log_ratio_is_clamped_so_far_off_tokens_stay_finite():
+    # token 1 is 100 nats off (e^100 overflows float32); token 2 is untrained and 200 nats off
+    lp = torch.tensor([[100.0, 200.0, 0.0]], requires_grad=True)
+    old, mask = torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 1.0]])
+    for adv in (1.0, -1.0):
+        lp.grad = None
+        loss, m = policy_loss(lp, old, old, torch.tensor([adv]), mask, clip_low=0.2, clip_high=0.28, tis_cap=2.0)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(lp.grad).all(), (adv, loss, lp.grad)
+        # A=+1: (-1.28 + -1) / 2; A=-1: (min(e^20, 3) + 1) / 2 = 2 (dual clip)
+        assert loss.item() == pytest.approx((-1.28 - 1.0) / 2 if adv > 0 else 2.0, abs=1e-5)
+        assert m["ratio_mean"] == pytest.approx((math.exp(LOG_RATIO_MAX) + 1) / 2, rel=1e-5)
+
+
+def test_sequences_without_a_trained_token_do_not_count_in_seq_means():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0], [5.0, 6.0, 0.0]])
+    m = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])   # the third: every turn masked
+    assert trained_sequences(m).item() == 2
+    assert aggregate(x, m, "seq_mean_token_mean").item() == pytest.approx((2 + 4) / 2)   # not / 3
+    assert aggregate(x, m, "seq_mean_token_sum").item() == pytest.approx((6 + 4) / 2)
+    assert aggregate(x, m, "seq_mean_token_mean", norm=4).item() == pytest.approx((2 + 4) / 4)   # a global count
+    assert aggregate(x, torch.zeros(3, 3), "seq_mean_token_mean").item() == 0.0   # nothing trained: 0, not nan
+
+
+def test_a_micro_batch_without_trained_tokens_merges_cleanly():
+    from rl.group import merge_metrics
+    loss, m = policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([1.0]),
+                          torch.zeros(1, 2), clip_low=0.2, clip_high=0.28, tis_cap=2.0, agg="seq_mean_token_mean")
+    assert loss.item() == 0.0
+    # a piece (rank, mini-batch) with no trained token reports no per-token metric: the others' stand,
+    # whichever piece comes first
+    pieces = [{"loss": 3.0}, {"loss": 1.0, "clip_frac": 0.5, "logprob_mismatch_max": 0.1},
+              {"loss": 2.0, "clip_frac": 0.1, "logprob_mismatch_max": 0.3}]
+    assert merge_metrics(pieces) == pytest.approx({"loss": 2.0, "clip_frac": 0.3, "logprob_mismatch_max": 0.3})
+
+
+def test_temperature_divides_fp32_logits_as_vllm_does():
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 6, 64, generator=g) * 8).to(torch.bfloat16)   # a bf16 forward's logits
+    ids = torch.randint(0, 64, (2, 6), generator=g)
+    reference = token_logprobs(logits.float() / 0.7, ids)                   # vLLM: fp32 logits / T
+    assert tempered(logits, 0.7).dtype == torch.float32
+    assert torch.equal(token_logprobs(tempered(logits, 0.7), ids), reference)
+    assert (token_logprobs(logits / 0.7, ids) - reference).abs().max() > 1e-3   # dividing in bf16 rounds
+    assert torch.equal(tempered(logits, 1.0), logits.float())
+
+
+
+def test_sft_targets_the_assistant_or_everything_after_the_prompt():
+    from rl.group import sft_samples
+    from rollout.trajectory import Trajectory
+    # prompt (3 tokens) | command (2, generated) | observation (3) | report (2, generated)
+    t = Trajectory(task_id="t", messages=[], token_ids=list(range(10)), response_mask=[0, 0, 0, 1, 1, 0, 0, 0, 1, 1],
+                   logprobs=[0.0] * 10, prompt_len=3)
+    assert sft_samples([t])[0]["mask"] == [0, 0, 0, 1, 1, 0, 0, 0, 1, 1]
+    assert sft_samples([t], train_on_observations=True)[0]["mask"] == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+    assert t.response_mask == [0, 0, 0, 1, 1, 0, 0, 0, 1, 1]          # the trajectory itself is not changed

@@ -1,6 +1,7 @@
 """The FSDP2 trainer on 2 gloo ranks in Ray actors: SFT learns, checkpoints resume exactly,
 partial checkpoints are ignored, and exported weights reach a real vLLM engine intact."""
 import asyncio
+import dataclasses
 
 import pytest
 import torch
@@ -147,6 +148,159 @@ def test_grpo_mini_batches_are_clipped_against_the_policy_that_sampled(cluster, 
     assert two["logprob_mismatch_max"] <= 1e-4, two
     assert one["clip_frac"] == 0.0 and one["ratio_mean"] == pytest.approx(1.0, abs=1e-5), one
     assert two["clip_frac"] > 0.0 and abs(two["ratio_mean"] - 1.0) > 1e-3, two
+
+
+def test_gspo_step_trains_with_sequence_ratios(cluster, tok, tmp_path):
+    """trainer.grpo.policy_loss=gspo: a GRPO step with two mini-batches runs on the ranks with a finite
+    loss; the second mini-batch's sequence ratios moved off 1 and, with GSPO's ranges (3e-4/4e-4),
+    whole sequences are clipped."""
+    import math
+
+    from rl import TrainerGroup
+    data = demos(tok)
+    g = TrainerGroup(config(tmp_path, "trainer.grpo.policy_loss=gspo", "trainer.grpo.lr=0.05",
+                            "trainer.grpo.steps=1", "trainer.grpo.mini_batches=2", "trainer.optim.warmup_steps=0",
+                            "trainer.optim.schedule=constant"))
+    try:
+        m = g.grpo_step(sampled_by(g, data, 0), 0)
+    finally:
+        g.shutdown()
+    assert math.isfinite(m["loss"]) and m["grad_norm"] > 0, m
+    assert abs(m["ratio_mean"] - 1.0) > 1e-4 and 0.0 < m["clip_frac"] <= 0.5, m   # only the second is off-policy
+
+
+def off_policy(g, data, version, zero_mask: int | None = None):
+    """Like `sampled_by`, but with rollout logprobs away from the trainer's (another engine, older
+    weights), by more on the rewarded trajectories, so the importance weights min(pi_old/pi_rollout,
+    tis_cap) are not 1 and differ with the advantage's sign: rewarded ones e^1 (capped at 2) and e^0.3
+    on alternate tokens, the others e^-0.5 and e^-0.2. Each trajectory trains only its last 8 tokens
+    (`zero_mask`: that one none). Returns them and the trainer's logprobs."""
+    sampled = sampled_by(g, data, version)
+    out = []
+    for i, t in enumerate(sampled):
+        n = len(t.token_ids)
+        assert sum(t.response_mask) >= 8
+        mask = [0] * (n - 8) + [1] * 8 if i != zero_mask else [0] * n
+        offsets = (-1.0, -0.3) if t.reward else (0.5, 0.2)
+        lp = [x + offsets[k % 2] * m for k, (x, m) in enumerate(zip(t.logprobs, mask))]
+        out.append(dataclasses.replace(t, response_mask=mask, logprobs=lp))
+    return out, [t.logprobs for t in sampled]
+
+
+def expected_policy_loss(trajs, trainer_lp, agg, ignore_rollout=False):
+    """The GRPO loss of one update computed here (ratio 1: one mini-batch), from the trainer's logprobs,
+    the rollout's and the advantages; `ignore_rollout`: what a worker that dropped the rollout
+    logprobs (importance weights 1) would compute."""
+    from rl.algos import group_advantages, policy_loss, shifted
+    adv, _ = group_advantages([t.reward for t in trajs], [t.group_id for t in trajs])
+    t = max(len(x.token_ids) for x in trajs)
+    lp = shifted(trainer_lp, t)
+    rollout = lp if ignore_rollout else shifted([x.logprobs for x in trajs], t)
+    loss, m = policy_loss(lp, lp, rollout, torch.tensor(adv), shifted([x.response_mask for x in trajs], t),
+                          clip_low=0.2, clip_high=0.28, tis_cap=2.0, agg=agg)
+    return loss.item(), m
+
+
+def test_grpo_loss_uses_the_rollout_logprobs_and_aggregates_the_entropy_like_the_loss(cluster, tok, tmp_path):
+    """Rollout logprobs away from the trainer's: the reported loss is the one computed here from the
+    trainer's logprobs, the rollout's and the advantages (importance weights not 1; one that ignored the
+    rollout logprobs is far off), aggregated seq_mean_token_mean over the sequences that train a token
+    (one trains none), minus entropy_coef times the entropy aggregated the same way: with 8 trained
+    tokens in every sequence, the token-mean entropy (before: 8x it, a sum over tokens / sequences)."""
+    from rl import TrainerGroup
+    data = demos(tok)
+    g = TrainerGroup(config(tmp_path, "trainer.grpo.loss_agg=seq_mean_token_mean", "trainer.grpo.entropy_coef=0.01"))
+    try:
+        trajs, trainer_lp = off_policy(g, data, 0, zero_mask=3)
+        m = g.grpo_step(trajs, 0)
+    finally:
+        g.shutdown()
+    expected, em = expected_policy_loss(trajs, trainer_lp, "seq_mean_token_mean")
+    ignored, _ = expected_policy_loss(trajs, trainer_lp, "seq_mean_token_mean", ignore_rollout=True)
+    assert m["entropy"] > 1.0, m
+    assert m["loss"] == pytest.approx(expected - 0.01 * m["entropy"], abs=1e-4), (m, expected)
+    assert abs(expected - ignored) > 0.1, (expected, ignored)
+    assert em["tis_capped_frac"] == pytest.approx(24 / 88)   # 4 of the 8 tokens of the 6 rewarded, of 11
+    assert 0.0 < m["tis_capped_frac"] < 1.0 and m["logprob_mismatch_max"] == pytest.approx(1.0, abs=1e-4), m
+
+
+def test_grpo_step_is_the_same_over_ranks_micro_batches_and_pad_free(cluster, tok, tmp_path):
+    """The GRPO mirror of the SFT invariance test: one step of two mini-batches (the second's ratios
+    move and clip), off-policy rollout logprobs (importance weights at work), seq_mean_token_mean with
+    an entropy bonus, and a sequence that trains no token. 2 ranks x padded micro-batches of 3, and
+    1 rank x one unpadded sequence per forward, give the same loss and the same weights. The old-policy
+    logprobs (micro-batch by micro-batch, logits only at trained positions) equal the whole-sequence
+    forward's at the trained positions."""
+    from rl import TrainerGroup
+    data = demos(tok)
+    runs = {"2 ranks, padded": ("trainer.num_workers=2", "trainer.pad_free=false", "trainer.grpo.micro_batch_size=3"),
+            "1 rank, pad_free": ("trainer.num_workers=1", "trainer.pad_free=true", "trainer.grpo.micro_batch_size=8")}
+    metrics = {}
+    for name, over in runs.items():
+        out = tmp_path / name.replace(" ", "").replace(",", "_")
+        g = TrainerGroup(config(out, *over, "trainer.grpo.loss_agg=seq_mean_token_mean",
+                                "trainer.grpo.entropy_coef=0.01", "trainer.grpo.mini_batches=2", "trainer.grpo.lr=0.005",
+                                "trainer.optim.warmup_steps=0", "trainer.optim.schedule=constant"))
+        try:
+            trajs, trainer_lp = off_policy(g, data, 0, zero_mask=3)
+            old = g.old_logprobs([{"token_ids": t.token_ids, "mask": t.response_mask} for t in trajs])
+            for t, o, full in zip(trajs, old, trainer_lp):
+                at = [k for k, m in enumerate(t.response_mask) if m and k > 0]
+                assert max((abs(o[k] - full[k]) for k in at), default=0.0) <= 1e-5, name
+            metrics[name] = g.grpo_step(trajs, 0)
+            g.export_hf(out / "hf")
+        finally:
+            g.shutdown()
+    a, b = metrics.values()
+    assert a["clip_frac"] > 0 and b["clip_frac"] > 0, (a, b)
+    assert b["loss"] == pytest.approx(a["loss"], abs=1e-5) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+    wa, wb = (weights(tmp_path / n.replace(" ", "").replace(",", "_") / "hf") for n in runs)
+    # other kernels round differently and Adam scales a near-zero gradient's rounding up to the LR:
+    # a tenth of it, as in the SFT test
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 5e-4
+
+
+def test_grpo_starts_with_a_fresh_optimizer_and_a_skipped_step_still_counts(cluster, tok, tmp_path):
+    """GRPO starts with a fresh optimizer (trainer.grpo.fresh_optimizer): SFT's two steps are not in
+    Adam's state at GRPO's first update; false keeps them. A step with nothing to train (every group
+    zero-variance) still advances the step, the policy version and the LR schedule, so its checkpoint
+    resumes at the next step (before: at the skipped one again), with the optimizer still fresh."""
+    from rl import TrainerGroup
+    data = demos(tok)
+    over = ("trainer.sft.max_steps=2", "trainer.grpo.lr=0.01", "trainer.grpo.steps=4", "trainer.optim.warmup_steps=4")
+    g = TrainerGroup(config(tmp_path / "fresh", *over))
+    try:
+        g.sft(data)
+        assert g._all("optimizer_steps") == [2, 2]
+        nothing = [dataclasses.replace(t, reward=1.0) for t in sampled_by(g, data, 0)]
+        skipped = g.grpo_step(nothing, 0)
+        assert skipped["skipped_update"] == 1 and (g.step, g.version) == (1, 1), skipped
+        assert g._all("optimizer_steps") == [0, 0]
+        g.save_checkpoint(1)
+        batch = sampled_by(g, data, 1)
+        first = g.grpo_step(batch, 1)
+        assert g._all("optimizer_steps") == [1, 1]   # saving the fresh optimizer took no step
+        # warmup over 4 steps: the update ran at position 1 (after the skipped one), and the LR
+        # reported (the next one's) is 3/4 of grpo.lr, not 2/4
+        assert first["lr"] == pytest.approx(0.0075), first
+    finally:
+        g.shutdown()
+    g = TrainerGroup(config(tmp_path / "fresh", *over))
+    try:
+        assert g.resume_point() == (1, 1) and g.stage == "grpo"
+        resumed = g.grpo_step(batch, 1)
+        assert g._all("optimizer_steps") == [1, 1]
+    finally:
+        g.shutdown()
+    assert [resumed[k] for k in ("loss", "grad_norm", "lr")] == pytest.approx([first[k] for k in ("loss", "grad_norm", "lr")],
+                                                                             rel=1e-5)
+    g = TrainerGroup(config(tmp_path / "kept", *over, "trainer.grpo.fresh_optimizer=false"))
+    try:
+        g.sft(data)
+        g.grpo_step(sampled_by(g, data, 0), 0)
+        assert g._all("optimizer_steps") == [3, 3]   # SFT's two steps, then GRPO's
+    finally:
+        g.shutdown()
 
 
 def test_kl_reference_is_the_policy_grpo_starts_from(cluster, tok, tmp_path):

@@ -86,10 +86,42 @@ def test_engine_error_is_marked_not_dropped(tok, task):
 
 
 def test_episode_timeout(tok, task):
+    """Out of time while the engine generates (a slow engine, not the policy's commands): an
+    infrastructure failure, marked with an error so training masks it."""
     with ScriptedOpenAIServer([Reply("<command>ls</command>"), Reply(REPORT, delay_s=3)]) as srv:
         tr = _run(srv, tok, task, _cfg(episode_timeout_s=1.5))
     assert tr.finish_reason == "timeout" and tr.error.startswith("timeout")
     assert len(tr.turns) == 1 and tr.turns[0].exit_code == 0  # the partial episode is kept
+    m = summarize([tr])
+    assert m["episodes_infra_error"] == 1 and m["episodes_timed_out"] == 0
+
+
+def test_a_timeout_in_the_policys_own_command_is_a_judged_failure(tok, task):
+    """Out of time in a command the policy ran (it hangs): the policy's failure, not the
+    infrastructure's. No error (so not masked out of training), finish_reason timeout, the cut command
+    flagged; the judges score it as an episode without a report (the failure reward), and the rollout
+    metrics count it apart from infrastructure errors."""
+    from judge.llm import render_prompt
+    from judge.pool import JudgePool
+    from rollout.engine.base import Generation
+    from terminus.config import load_config
+
+    class Hangs:
+        async def generate(self, prompt_ids, sampling):
+            ids = tok.encode("<command>sleep 8</command>", add_special_tokens=False)
+            return Generation(token_ids=ids, logprobs=[-0.5] * len(ids), finish_reason="stop")
+
+    tr = asyncio.run(run_episode(task, Hangs(), tok, _cfg(episode_timeout_s=1.5)))
+    assert tr.error is None and tr.finish_reason == "timeout" and tr.report is None
+    assert len(tr.turns) == 1 and tr.turns[0].timed_out and tr.turns[0].exec_time_s >= 1.0
+    assert sum(tr.response_mask) == tr.turns[0].num_generated_tokens > 0   # its tokens are there to train on
+    m = summarize([tr])
+    assert m["episodes_timed_out"] == 1 and m["episodes_infra_error"] == 0 and m["failed"] == 0
+    judged = JudgePool(load_config("tiny_cpu").judge).score({task.id: task}, [tr])[0]
+    assert judged.reward is not None and judged.reward <= 0.0, judged.verdict   # judged: a failure, not masked
+    assert "no report (finish_reason=timeout)" in judged.verdict["failures"]["premature_stop"]["evidence"]
+    prompt = render_prompt(task, tr)[1]["content"]   # what an LLM judge is shown
+    assert "finish: timeout" in prompt and "$ sleep 8\n(exit None, timed out)" in prompt and "(no report)" in prompt
 
 
 def test_setup_failure_and_worker_groups(tok, task, tmp_path):
@@ -142,3 +174,26 @@ def test_setup_overlaps_first_turn_and_is_outside_the_budget(tok, task):
     assert tr.error is None and tr.finish_reason == "report"
     assert "done" in tr.turns[0].observation            # the first command ran after setup finished
     assert tr.metadata["setup_s"] >= 2.0 and tr.turns[0].exec_time_s < 1.5
+
+
+def test_a_turn_cut_at_its_token_budget_is_flagged(tok, task):
+    """The engine's finish reason "length" (max_tokens reached) marks the turn `cut_off`; the rollout
+    metrics count such turns (turns_cut_off_frac) and episodes that ended on one."""
+    from rollout.engine.base import Generation
+
+    class CutFirst:   # the first turn runs out of tokens mid-command, the second reports
+        def __init__(self):
+            self.budgets = []
+
+        async def generate(self, prompt_ids, sampling):
+            self.budgets.append(sampling.max_tokens)
+            cut = len(self.budgets) == 1
+            ids = tok.encode("<command>ls -la and then" if cut else REPORT, add_special_tokens=False)
+            return Generation(token_ids=ids, logprobs=[-0.5] * len(ids), finish_reason="length" if cut else "stop")
+
+    engine = CutFirst()
+    tr = asyncio.run(run_episode(task, engine, tok, _cfg(max_turns=3)))
+    assert tr.error is None and tr.finish_reason == "report"
+    assert [(u.action, u.cut_off) for u in tr.turns] == [("format_error", True), ("report", False)]
+    m = summarize([tr])
+    assert m["turns_cut_off"] == 1 and m["turns_cut_off_frac"] == 0.5 and m["episodes_cut_off"] == 0

@@ -1,4 +1,4 @@
-"""`terminus train` end to end on the embedded default, CI-sized: built-in tasks, scripted teacher,
+"""`terminus train` end to end on the embedded default, CI-sized: generated tasks, scripted teacher,
 SFT, GRPO (rules judge, async), held-out evaluation, W&B offline, plot, checkpoints; then the job is
 killed mid-GRPO and resubmitted with resume=auto, and continues in the same W&B run."""
 import json
@@ -15,7 +15,9 @@ pytestmark = pytest.mark.timeout(900)
 
 SMALL = ["trainer.sft.epochs=2", "trainer.grpo.tasks_per_step=2", "trainer.grpo.rollouts_per_task=2",
          "trainer.eval.samples_per_task=1", "trainer.eval.repeats=1", "trainer.eval.max_tasks=3",
-         "trainer.checkpoint.every=1", "rollout.sampling.max_tokens_per_turn=48", "rollout.episode.max_turns=3"]
+         "trainer.checkpoint.every=1", "rollout.sampling.max_tokens_per_turn=48", "rollout.episode.max_turns=3",
+         # the generated corpus, CI-sized: 8 train projects (2 per family: 1 demonstrated, 1 for GRPO)
+         "tasks.generated.train_variants=8", "tasks.generated.eval_variants=3", "trainer.sft.demo_fraction=0.5"]
 
 
 def terminus(out: Path, *over: str, wait: bool = True):
@@ -56,6 +58,10 @@ def test_train_end_to_end_then_kill_and_resume(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert [m["step"] for m in summary["grpo"]] == list(range(killed_at["grpo_step"], 3))
     assert "grpo" in summary["evals"] and summary["peak_memory_gib"] < 12
+    # the held-out family (tasks.corpus=generated, trainer.eval.transfer_split=test), reported apart
+    assert set(summary["transfer"]) == {"grpo"} and summary["transfer"]["grpo"]["episodes"] == 3
+    assert 0.0 <= summary["evals"]["grpo"]["exact_fact_rate"] <= 1.0
+    assert "held-out family" in text and summary["wall_s"]["grpo"] > 0
     # the held-out noise: the standard error over the judged episodes of the (single) pass kept on disk
     import statistics
     from rollout.io import read_trajectories

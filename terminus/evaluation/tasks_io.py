@@ -28,7 +28,7 @@ def load_task_list(cfg: Any, split: str, tasks_file: str = "", limit: int = 0) -
     else:
         from tasks import CorpusError, load_tasks
         try:
-            tasks = list(load_tasks(cfg.tasks.corpus, split))
+            tasks = list(load_tasks(cfg.tasks, split))
         except CorpusError as e:
             raise TaskListError(str(e)) from None
         where = f"corpus {cfg.tasks.corpus!r}, split {split!r}"

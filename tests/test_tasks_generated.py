@@ -1,0 +1,153 @@
+"""The generated task family: deterministic projects, names disjoint between train and held-out,
+ground truth from real sandbox runs, every fact observable, and the reference solutions replayed
+through the same episode path training uses score as exact reports."""
+import asyncio
+import copy
+import re
+
+import pytest
+
+from cluster.teacher import ScriptedTeacher
+from judge.rules import exact_facts, judge_rules
+from rollout.config import RolloutConfig, SandboxConfig
+from rollout.protocol import Observation, format_observation
+from rollout.worker import run_requests
+from tasks import load_tasks
+from tasks.config import GeneratedConfig, TasksConfig
+from tasks.generated import (FAMILIES, GeneratedTaskError, Spec, build_generated, check_observable, draft,
+                             facts_from_output, held_out_name, specs)
+from tasks.types import Fact
+
+pytestmark = pytest.mark.timeout(300)
+SMALL = GeneratedConfig(train_variants=16, eval_variants=5)
+_IDENT = re.compile(r"\b[a-z]+(?:_[a-z]+)?\b")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("generated")
+    tasks = asyncio.run(build_generated(out, SMALL, SandboxConfig()))
+    for t in tasks:   # as read_split resolves them
+        t.repo_dir = str(out / t.repo_dir)
+    return out, tasks
+
+
+def test_the_same_seed_gives_byte_identical_projects_and_another_seed_another():
+    for family in FAMILIES:
+        a, b = draft(family, "7:train:3", False), draft(family, "7:train:3", False)
+        assert a.files == b.files and a.request == b.request
+        assert draft(family, "8:train:3", False).files != a.files
+
+
+def test_held_out_projects_use_names_training_never_uses():
+    train_words = {w for i in range(40) for f in FAMILIES
+                   for w in _words(draft(f, f"0:train:{i}", False))}
+    held_words = {w for i in range(40) for f in FAMILIES
+                  for w in _words(draft(f, f"0:validation:{i}", True))}
+    assert train_words and held_words and not train_words & held_words
+    assert all(held_out_name(w) for w in held_words) and not any(held_out_name(w) for w in train_words)
+
+
+def _words(d):
+    """The generated words of a project (its files' names and identifiers made of syllables)."""
+    names = set()
+    for name, text in d.files.items():
+        for w in (w.lower() for w in re.findall(r"[A-Z]?[a-z]+", name + "\n" + text)):   # camelCase split
+            if len(w) >= 4 and re.fullmatch(r"(?:ka|lo|mi|ra|ven|tor|sel|dun|pri|mo|ba|zel|fin|gor|lu|pa|ne|sor|"
+                                            r"tem|vi|qua|rix|bo|nal|ter|dra|ko|sim){2,3}", w):
+                names.add(w)
+    return names
+
+
+def test_splits_families_and_kinds(corpus):
+    _, tasks = corpus
+    by_split = {s: [t for t in tasks if t.split == s] for s in ("train", "validation", "test")}
+    assert [len(by_split[s]) for s in ("train", "validation", "test")] == [16, 5, 5]
+    assert {t.ground_truth.observed["family"] for t in by_split["train"]} == set(SMALL.families)
+    assert {t.ground_truth.observed["family"] for t in by_split["test"]} == {SMALL.held_out_family}
+    assert SMALL.held_out_family not in {t.ground_truth.observed["family"] for t in by_split["train"] + by_split["validation"]}
+    # ground truth by execution: outcomes vary (passing, failing tests, build errors) with real exit codes
+    assert {t.ground_truth.exit_status for t in tasks} >= {0, 1, 2}
+    assert any(f.kind == "failing_test" for t in tasks for f in t.ground_truth.facts)
+    assert {t.category for t in tasks} >= {"run_tests", "build", "run_script"}
+
+
+def test_every_fact_is_visible_in_what_the_reference_command_printed(corpus):
+    _, tasks = corpus
+    for t in tasks:
+        out, code = t.ground_truth.observed["outputs"][0], t.ground_truth.observed["exit_codes"][0]
+        seen = format_observation(Observation(code, out), turns_left=1)
+        assert len(out.encode()) <= SMALL.observation_cap
+        for f in t.ground_truth.facts:
+            assert f.evidence and all(e in seen for e in f.evidence), (t.id, f)
+            if f.kind == "failing_test":    # the failing test's name itself is printed
+                assert f.value.split(" fails")[0].strip("'") in out
+
+
+def test_a_fact_the_agent_cannot_see_is_refused(corpus):
+    _, tasks = corpus
+    t = copy.deepcopy(next(t for t in tasks if t.ground_truth.exit_status != 0))
+    seen = format_observation(Observation(t.ground_truth.exit_status, t.ground_truth.observed["outputs"][0]), 1)
+    check_observable(t, seen)
+    t.ground_truth.facts.append(Fact("cause", "mutated line 3", [r"line 3"], ["mutation: flipped"]))
+    with pytest.raises(GeneratedTaskError, match="not observable"):
+        check_observable(t, seen)
+
+
+def test_facts_come_from_the_output_not_the_generator():
+    d = draft("pyunit", "0:train:0", False)
+    out = ("F.\n======\nFAIL: test_made_up (m.T.test_made_up)\n------\nAssertionError: 1 != 2\n\n------\n"
+           "Ran 2 tests in 0.001s\n\nFAILED (failures=1)\n")
+    facts = facts_from_output(d, out, 1)
+    assert [f.value for f in facts] == ["test_made_up fails with AssertionError", "1 of 2 tests fail", "exit status 1"]
+
+
+def test_reference_solutions_replayed_through_episodes_are_exact_reports(corpus, tok):
+    """The validation the issue asks for: each task's reference, played by the scripted teacher through
+    the real episode loop and sandbox, is judged an exact report (every fact, no invented one)."""
+    _, tasks = corpus
+    cfg = RolloutConfig()
+    cfg.episode.max_turns = 4
+    cfg.sandbox.output_limit_bytes = SMALL.observation_cap
+    groups = asyncio.run(run_requests([(t, 1) for t in tasks], ScriptedTeacher(tasks, tok, 4), tok, cfg))
+    by_id = {t.id: t for t in tasks}
+    for [traj] in groups:
+        task = by_id[traj.task_id]
+        assert traj.error is None and traj.finish_reason == "report", traj.error
+        verdict = judge_rules(task, traj)
+        assert exact_facts(task, traj), (task.id, traj.report, [i for i in verdict.items if not i.code])
+        assert not verdict.failures["hallucination"].flag
+
+
+def test_exact_facts_rejects_a_missing_fact_and_an_invented_test(corpus, tok):
+    _, tasks = corpus
+    task = next(t for t in tasks if any(f.kind == "failing_test" for f in t.ground_truth.facts))
+    cfg = RolloutConfig()
+    [[traj]] = asyncio.run(run_requests([(task, 1)], ScriptedTeacher([task], tok, 4), tok, cfg))
+    assert exact_facts(task, traj)
+    traj.report = dict(traj.report, details=traj.report["details"] + "; test_never_ran fails too")
+    assert not exact_facts(task, traj)
+    traj.report = dict(traj.report, summary="it fails", details="")
+    assert not exact_facts(task, traj)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(GeneratedTaskError, match="held_out_family"):
+        specs(GeneratedConfig(families=["pyunit", "pyscript"]))
+    with pytest.raises(GeneratedTaskError, match="unknown or no families"):
+        specs(GeneratedConfig(families=["cobol"]))
+    assert [s.id for s in specs(GeneratedConfig(train_variants=2, eval_variants=1))] == [
+        "pyunit-train-0000", "cmake-train-0001", "pyunit-validation-0000", "pyscript-test-0000"]
+    assert Spec("pyunit", 0, "train", 0).draft().files == Spec("pyunit", 0, "train", 0).draft().files
+
+
+def test_load_tasks_builds_the_generated_corpus_once_and_reuses_it(tmp_path, capsys):
+    cfg = TasksConfig(corpus="generated", cache_dir=str(tmp_path),
+                      generated=GeneratedConfig(train_variants=4, eval_variants=1))
+    train = load_tasks(cfg, "train")
+    assert len(train) == 4 and "building the generated corpus" in capsys.readouterr().out
+    assert [t.id for t in load_tasks(cfg, "train")] == [t.id for t in train]
+    assert "building" not in capsys.readouterr().out            # cached by its settings
+    cfg.generated.seed = 1
+    assert load_tasks(cfg, "train")[0].request != train[0].request or \
+        load_tasks(cfg, "train")[0].ground_truth.observed != train[0].ground_truth.observed
