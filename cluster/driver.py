@@ -212,9 +212,9 @@ def plot_rewards(run_dir: Path, grpo_steps: list[dict], evals: dict[str, dict]) 
     a.set(title="GRPO: mean reward of the step's rollouts", xlabel="step", ylabel="reward")
     names = list(evals)
     b.errorbar(range(len(names)), [evals[n]["reward_mean"] for n in names],
-               yerr=[evals[n]["reward_std_between_passes"] for n in names], marker="o", capsize=4)
+               yerr=[evals[n]["reward_sem"] for n in names], marker="o", capsize=4)
     b.set_xticks(range(len(names)), names)
-    b.set(title="held-out tasks: mean reward (± spread of passes)", ylabel="reward")
+    b.set(title="held-out tasks: mean reward (± standard error)", ylabel="reward")
     fig.tight_layout()
     out = run_dir / "rewards.png"
     fig.savefig(out, dpi=100)

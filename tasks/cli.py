@@ -8,7 +8,7 @@ def register(sub) -> None:
     p = sub.add_parser("tasks", help="list, show or build task corpora")
     tsub = p.add_subparsers(dest="tasks_cmd", required=True)
     ls = tsub.add_parser("list", help="one line per task of a split")
-    ls.add_argument("--corpus", default="builtin", help="'builtin' or a corpus directory")
+    ls.add_argument("--corpus", default="builtin", help="'builtin', 'generated' (default settings) or a corpus directory")
     ls.add_argument("--split", default="train", choices=("train", "validation", "test"))
     ls.set_defaults(func=_list)
     show = tsub.add_parser("show", help="a task in full (request, ground truth, reference)")

@@ -14,8 +14,8 @@ HELD_OUT_FAMILY = "pyscript"
 class GeneratedConfig:
     """`tasks.generated` (with `tasks.corpus: generated`): how many projects, which families, which seed.
     See tasks/generated.py for the families and the splits."""
-    train_variants: int = at_least(1, default=240, help="projects in the train split (unlimited: any number)")
-    eval_variants: int = at_least(1, default=24, help="projects in each held-out split (validation: the "
+    train_variants: int = at_least(1, default=800, help="projects in the train split (unlimited: any number)")
+    eval_variants: int = at_least(1, default=48, help="projects in each held-out split (validation: the "
                                                       "training families; test: the held-out family)")
     families: List[str] = items(lambda: list(TRAIN_FAMILIES), help="training families")
     held_out_family: str = field(default=HELD_OUT_FAMILY, metadata={
