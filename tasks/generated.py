@@ -33,7 +33,6 @@ import hashlib
 import json
 import random
 import re
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
