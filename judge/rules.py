@@ -69,8 +69,11 @@ def expected_statuses(task: Task) -> tuple[str, ...] | None:
 def invented_names(text: str, observed: str) -> list[str]:
     """Test names (test_x, or any name in quotes, as node's runner prints them) that the report gives but no
     output ever showed: made up."""
-    names = set(_TEST_NAME.findall(text)) | set(_QUOTED_NAME.findall(text))
-    return sorted(n for n in names if n not in observed)
+    return sorted(n for n in _named_tests(text) if n not in observed)
+
+
+def _named_tests(text: str) -> set[str]:
+    return set(_TEST_NAME.findall(text)) | set(_QUOTED_NAME.findall(text))
 
 
 def exact_facts(task: Task, traj: Trajectory) -> bool:
@@ -182,7 +185,7 @@ def judge_rules(task: Task, traj: Trajectory) -> Verdict:
                                     f"{fact_frac:.0%} of the facts stated")
     dims["task_completion"] = completion
 
-    claims = set(_TEST_NAME.findall(text)) | set(_QUOTED_NAME.findall(text)) | set(_LOCATION.findall(text))
+    claims = _named_tests(text) | set(_LOCATION.findall(text))
     unsupported = [c for c in claims if c not in observed]
     seen_codes = {str(code) for _, code in cmds if code is not None}
     exits = {f"exit {n}" for n in _EXIT_CLAIM.findall(text)}   # an exit status no command returned is made up

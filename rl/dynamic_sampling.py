@@ -48,6 +48,8 @@ def replacement_order(ids: Sequence[K], taken: Sequence[K], seed: int, count: in
     """The first `count` replacement tasks of a step, a pure function of the seed (so a resumed run
     draws the same): the tasks not in the step yet in a seeded random order, then, if those run out,
     every task again in fresh seeded orders (a repeat gets other sampling seeds, see the driver)."""
+    if count <= 0:   # dynamic sampling off: no order to draw
+        return []
     rng = random.Random(seed)
     seen = set(taken)
     order = [k for k in ids if k not in seen]

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from tasks.config import GeneratedConfig
-from tasks.groundtruth import _GCC_ERROR, _LINK_UNDEFINED, _MAKE_NO_RULE, _TAP_COUNT, _TAP_ERROR_NAME, _word, location_fact
+from tasks.groundtruth import _TAP_COUNT, _TAP_ERROR_NAME, _word, build_facts, location_fact
 from tasks.types import Fact, GroundTruth, ReferenceSolution, Task
 
 
@@ -252,20 +252,27 @@ _PY_FRAME = re.compile(r'File "(?:/work/repo/)?([^"/]+)", line (\d+)')
 _TAP_FAIL = re.compile(r"^not ok \d+ - (.+)$", re.MULTILINE)
 
 
-def _fact(kind: str, value: str, patterns: list[str], evidence: list[str]) -> Fact:
-    return Fact(kind, value, patterns, evidence)
-
-
 def _count_fact(failed: int, total: int, noun: str = "tests") -> Fact:
     if failed:   # both numbers in one clause ("2 of 5 tests fail"), in either order
-        return _fact("counts", f"{failed} of {total} {noun} fail",
+        return Fact("counts", f"{failed} of {total} {noun} fail",
                      [rf"\b{failed}\b[^.;\n]{{0,30}}\b{total}\b|\b{total}\b[^.;\n]{{0,30}}\b{failed}\b"], [])
-    return _fact("counts", f"all {total} {noun} pass", [rf"\b{total}\b", r"pass|ok\b|succe"], [])
+    return Fact("counts", f"all {total} {noun} pass", [rf"\b{total}\b", r"pass|ok\b|succe"], [])
 
 
 def _exception(block: str) -> tuple[str, str]:
     found = _EXC_LINE.findall(block)
     return (found[-1][0], found[-1][1].strip(": ").strip()) if found else ("error", "")
+
+
+def traceback_facts(output: str) -> list[Fact]:
+    """A Python traceback's last exception and its innermost frame in the repository."""
+    etype, msg = _exception(output)
+    facts = [Fact("error_message", f"{etype}: {msg}".strip(": "), [_word(etype)], [etype])]
+    if frames := _PY_FRAME.findall(output):
+        loc = location_fact(*frames[-1], style="line")
+        loc.evidence = [f'File "/work/repo/{frames[-1][0]}", line {frames[-1][1]}']
+        facts.append(loc)
+    return facts
 
 
 def pyunit_facts(output: str) -> list[Fact]:
@@ -275,18 +282,11 @@ def pyunit_facts(output: str) -> list[Fact]:
     facts = []
     load_error = [name for kind, name in failures if not name.startswith("test_")]   # _FailedTest: the module
     if load_error:
-        etype, msg = _exception(output)
-        facts.append(_fact("error_message", f"{etype}: {msg}", [_word(etype)], [etype]))
-        frames = [f for f in _PY_FRAME.findall(output)]
-        if frames:
-            loc = location_fact(*frames[-1], style="line")
-            facts.append(_fact(loc.kind, loc.value, loc.patterns, [f'File "/work/repo/{frames[-1][0]}", '
-                                                                  f'line {frames[-1][1]}']))
-        return facts
+        return traceback_facts(output)
     for kind, name in failures:
         block = output.split(f"{kind}: {name} (", 1)[1].split("\n======", 1)[0]
         etype, _ = _exception(block)
-        facts.append(_fact("failing_test", f"{name} fails with {etype}", [_word(name), _word(etype)],
+        facts.append(Fact("failing_test", f"{name} fails with {etype}", [_word(name), _word(etype)],
                            [f"{kind}: {name}", etype]))
     c = _count_fact(len(failures), total)
     c.evidence = [f"Ran {total} test"] + ([f"FAILED ("] if failures else ["OK"])
@@ -300,7 +300,7 @@ def jsnode_facts(output: str) -> list[Fact]:
     facts = []
     for i, (line, name) in enumerate(failing):
         etype = errors[i] if i < len(errors) else "error"
-        facts.append(_fact("failing_test", f"'{name}' fails with {etype}", [re.escape(name), _word(etype)],
+        facts.append(Fact("failing_test", f"'{name}' fails with {etype}", [re.escape(name), _word(etype)],
                            [line, f"name: '{etype}'"]))
     c = _count_fact(counts.get("fail", 0), counts.get("tests", 0))
     c.evidence = [f"# tests {counts.get('tests', 0)}", f"# fail {counts.get('fail', 0)}"]
@@ -308,38 +308,22 @@ def jsnode_facts(output: str) -> list[Fact]:
 
 
 def cmake_facts(output: str) -> list[Fact]:
-    if m := _GCC_ERROR.search(output):
-        path, line, msg = m.groups()
-        quoted = re.findall(r"[‘'](\w+)[’']", msg)
-        loc = location_fact(path, line)
-        return [_fact("error_message", msg.strip(), [_word(quoted[0])] if quoted else [r"error"],
-                      [msg.strip()]),
-                _fact(loc.kind, loc.value, loc.patterns, [f"{path}:{line}:"])]
-    if m := _MAKE_NO_RULE.search(output):
-        return [_fact("error_message", f"no rule to make target '{m.group(1)}' (the file is missing)",
-                      [_word(m.group(1))], [m.group(0)])]
-    if m := _LINK_UNDEFINED.search(output):
-        return [_fact("error_message", f"undefined reference to {m.group(1)}", [_word(m.group(1))], [m.group(0)])]
     # no error parsed: a success, which only the exit code can back (an unparsed failure fails the check)
-    return [_fact("outcome", "the build succeeds", [r"succe|without errors?|no errors?|builds? (fine|cleanly)"],
-                  ["<exit_code>0</exit_code>"])]
+    return build_facts(output) or [Fact("outcome", "the build succeeds",
+                                        [r"succe|without errors?|no errors?|builds? (fine|cleanly)"],
+                                        ["<exit_code>0</exit_code>"])]
 
 
 def script_facts(output: str, keys: tuple[str, ...]) -> list[Fact]:
     facts = []
     for key in keys:
         if m := re.search(rf"^{key}: (\S+)$", output, re.MULTILINE):
-            facts.append(_fact("output", m.group(0), [rf"\b{key}\W{{1,3}}{re.escape(m.group(1))}(?!\w|\.\d)"],
+            facts.append(Fact("output", m.group(0), [rf"\b{key}\W{{1,3}}{re.escape(m.group(1))}(?!\w|\.\d)"],
                                [m.group(0)]))
     if m := re.search(r"^error: (.+)$", output, re.MULTILINE):
-        facts.append(_fact("error_message", m.group(0), [re.escape(m.group(1)[:40])], [m.group(0)]))
+        facts.append(Fact("error_message", m.group(0), [re.escape(m.group(1)[:40])], [m.group(0)]))
     if "Traceback" in output:
-        etype, msg = _exception(output)
-        facts.append(_fact("error_message", f"{etype}: {msg}".strip(": "), [_word(etype)], [etype]))
-        frames = _PY_FRAME.findall(output)
-        if frames:
-            loc = location_fact(*frames[-1], style="line")
-            facts.append(_fact(loc.kind, loc.value, loc.patterns, [f'line {frames[-1][1]}']))
+        facts += traceback_facts(output)
     return facts
 
 
@@ -353,7 +337,7 @@ def facts_from_output(d: Draft, output: str, exit_code: int) -> list[Fact]:
         facts = cmake_facts(output)
     else:
         facts = script_facts(output, d.output_keys)
-    return facts + [_fact("exit_status", f"exit status {exit_code}", [rf"\bexit\b\D{{0,20}}\b{exit_code}\b"],
+    return facts + [Fact("exit_status", f"exit status {exit_code}", [rf"\bexit\b\D{{0,20}}\b{exit_code}\b"],
                           [f"<exit_code>{exit_code}</exit_code>"])]
 
 

@@ -96,17 +96,20 @@ def tap_facts(output: str) -> tuple[list[Fact], dict]:
 
 def build_facts(output: str) -> list[Fact]:
     """Facts from make/gcc: the first compiler error with file:line, a missing file, a link error,
-    or a failed C assertion."""
+    or a failed C assertion; the compiler and linker facts carry their evidence (the lines they
+    come from)."""
     if m := _GCC_ERROR.search(output):
         path, line, msg = m.groups()
         key = re.findall(r"[‘'](\w+)[’']", msg)
         pats = [_word(key[0])] if key else [r"error"]
-        return [Fact("error_message", msg.strip(), pats), location_fact(path, line)]
+        loc = location_fact(path, line)
+        loc.evidence = [f"{path}:{line}:"]
+        return [Fact("error_message", msg.strip(), pats, [msg.strip()]), loc]
     if m := _MAKE_NO_RULE.search(output):
         return [Fact("error_message", f"no rule to make target '{m.group(1)}' (the file is missing)",
-                     [_word(m.group(1))])]
+                     [_word(m.group(1))], [m.group(0)])]
     if m := _LINK_UNDEFINED.search(output):
-        return [Fact("error_message", f"undefined reference to {m.group(1)}", [_word(m.group(1))])]
+        return [Fact("error_message", f"undefined reference to {m.group(1)}", [_word(m.group(1))], [m.group(0)])]
     if m := _C_ASSERT.search(output):
         path, line, expr = m.groups()
         return [Fact("error_message", f"assertion failed: {expr}", [r"assert"]), location_fact(path, line)]
