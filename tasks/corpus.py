@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -128,18 +129,18 @@ def ensure_builtin(cache_dir: str = "", sandbox_cfg=None) -> Path:
 
 def ensure_generated(cfg, cache_dir: str = "", sandbox_cfg=None) -> Path:
     """Build the generated corpus of `cfg` (tasks.generated) unless a complete copy is cached; prints
-    progress, since a few hundred projects take a minute or two."""
+    progress to stderr (a few hundred projects take a minute; stdout is the commands' results)."""
     from rollout.config import SandboxConfig
     from tasks.generated import build_generated, specs
 
     target = generated_dir(cfg, cache_dir)
     if not (target / "COMPLETE").exists():
         n = len(specs(cfg))
-        print(f"[tasks] building the generated corpus ({n} projects) into {target}", flush=True)
+        print(f"[tasks] building the generated corpus ({n} projects) into {target}", file=sys.stderr, flush=True)
 
         def progress(done: int, total: int) -> None:
             if done % 50 == 0 or done == total:
-                print(f"[tasks] {done}/{total} projects run for their ground truth", flush=True)
+                print(f"[tasks] {done}/{total} projects run for their ground truth", file=sys.stderr, flush=True)
         _build_once(target, lambda tmp: build_generated(tmp, cfg, sandbox_cfg or SandboxConfig(), progress=progress))
     return target
 

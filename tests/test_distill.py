@@ -144,10 +144,12 @@ def test_distill_with_scripted_teacher_default(setup):
     assert len(loaded) == 3 and all(t.report and t.metadata["provenance"]["verdict"]["score"] >= 0.7 for t in loaded)
 
 
-def test_distill_embedded_default_on_builtin_corpus(tmp_path):
-    """The embedded default end to end: built-in train split, scripted teacher, rules judge."""
+def test_distill_embedded_default_on_generated_corpus(tmp_path):
+    """The embedded default end to end: the generated corpus's train split (CI-sized, built into a
+    fresh cache: its progress must not reach stdout), scripted teacher, rules judge."""
     out = tmp_path / "sft.jsonl"
-    r = run_cli("--split", "train", "--limit", "2", "--out", str(out), timeout=600)
+    r = run_cli("--split", "train", "--limit", "2", "--out", str(out), "tasks.generated.train_variants=4",
+                "tasks.generated.eval_variants=1", f"tasks.cache_dir={tmp_path / 'cache'}", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     stats = json.loads(r.stdout[:r.stdout.rindex("}") + 1])
     assert stats["tasks"] == 2 and stats["episodes"] == 2 and stats["episode_errors"] == 0

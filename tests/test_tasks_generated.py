@@ -145,9 +145,9 @@ def test_load_tasks_builds_the_generated_corpus_once_and_reuses_it(tmp_path, cap
     cfg = TasksConfig(corpus="generated", cache_dir=str(tmp_path),
                       generated=GeneratedConfig(train_variants=4, eval_variants=1))
     train = load_tasks(cfg, "train")
-    assert len(train) == 4 and "building the generated corpus" in capsys.readouterr().out
+    assert len(train) == 4 and "building the generated corpus" in capsys.readouterr().err   # stdout stays clean
     assert [t.id for t in load_tasks(cfg, "train")] == [t.id for t in train]
-    assert "building" not in capsys.readouterr().out            # cached by its settings
+    assert "building" not in capsys.readouterr().err            # cached by its settings
     cfg.generated.seed = 1
     assert load_tasks(cfg, "train")[0].request != train[0].request or \
         load_tasks(cfg, "train")[0].ground_truth.observed != train[0].ground_truth.observed
