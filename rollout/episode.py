@@ -22,8 +22,9 @@ from rollout.sandbox.base import Sandbox
 from rollout.tokens import ChatFormat, TokenSequence
 from rollout.trajectory import Trajectory, Turn
 
-# (repo_dir, image) -> an opened, not yet entered, sandbox. Default: rollout.sandbox.open_sandbox.
-SandboxFactory = Callable[[str | None, str], Awaitable[Sandbox]]
+# task -> an opened, not yet entered, sandbox for it (its repo_dir, image and environment).
+# Default: rollout.sandbox.open_sandbox.
+SandboxFactory = Callable[[Any], Awaitable[Sandbox]]
 
 
 @dataclass
@@ -51,9 +52,11 @@ def policy_timeout(command_s: float, budget_s: float) -> bool:
 
 
 def default_sandbox_factory(sandbox_cfg) -> SandboxFactory:
-    async def open_one(repo_dir: str | None, image: str) -> Sandbox:
+    async def open_one(task) -> Sandbox:
         from rollout.sandbox import open_sandbox
-        return await open_sandbox(sandbox_cfg, repo_dir, image=image)
+        env = getattr(task, "environment", None)   # tasks.types.TaskEnvironment: what the build ran it with
+        return await open_sandbox(sandbox_cfg, task.repo_dir or None, image=task.image,
+                                  env=env.env if env else None, ro_binds=env.ro_binds if env else ())
     return open_one
 
 
@@ -119,7 +122,7 @@ async def _open_and_setup(task, factory: SandboxFactory, cfg, state: _State) -> 
     """Start the episode's sandbox and run task.setup in it; raises _Failed("sandbox: ..."/"setup: ...")."""
     t0 = time.monotonic()
     try:
-        sb = await factory(task.repo_dir or None, task.image)
+        sb = await factory(task)
         await sb.__aenter__()
     except Exception as e:
         raise _Failed(f"sandbox: {type(e).__name__}: {e}") from None

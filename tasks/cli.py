@@ -1,4 +1,4 @@
-"""`terminus tasks list|show|build`: look at a corpus, or (re)build the built-in one."""
+"""`terminus tasks list|show|build|validate`: look at a corpus, build one, or check it through episodes."""
 from __future__ import annotations
 
 import json
@@ -19,8 +19,26 @@ def register(sub) -> None:
                             "projects) and summarize it")
     build.add_argument("--out", default="", help="output directory (built-in default: ~/.cache/terminus/tasks)")
     build.add_argument("--manifest", default="", help="JSONL manifest of real projects (tasks/manifests/default.jsonl)")
-    build.add_argument("--jobs", type=int, default=2, help="projects built concurrently")
+    build.add_argument("--jobs", type=int, default=2, help="projects built at once by a local build (its Ray's CPUs)")
+    build.add_argument("--address", default="", help="Ray cluster to build on (e.g. 10.0.0.1:6379); every node "
+                       "must see --out at the same path. Default: a private local Ray")
+    build.add_argument("--cpus-per-project", type=float, default=1.0, help="Ray CPUs each project's build reserves")
+    build.add_argument("--observation-cap", type=int, default=0,
+                       help="bytes of output an episode shows per command (rollout.sandbox.output_limit_bytes "
+                            "of the runs that will train on the corpus); facts must be visible within it "
+                            "(default 16384)")
     build.set_defaults(func=_build)
+    val = tsub.add_parser("validate", help="replay reference solutions through the episode path and check that "
+                          "every recorded fact is reproduced")
+    val.add_argument("corpus", help="a corpus directory, 'generated' or 'builtin'")
+    val.add_argument("--sample", type=int, default=0, help="validate N tasks drawn at random (default: all)")
+    val.add_argument("--seed", type=int, default=0)
+    val.add_argument("--split", default="", choices=("", "train", "validation", "test"), help="default: every split")
+    val.add_argument("--jobs", type=int, default=2, help="episodes run at once")
+    val.add_argument("--observation-cap", type=int, default=0,
+                     help="episode output cap (default: the corpus's, from corpus.json, else 16384)")
+    val.add_argument("--command-timeout", type=float, default=300.0, help="seconds per command")
+    val.set_defaults(func=_validate)
 
 
 def _list(args) -> int:
@@ -54,25 +72,24 @@ def _build(args) -> int:
 
 
 def _build_manifest(args) -> int:
-    import asyncio
     from pathlib import Path
 
+    from tasks.build import build_corpus, summary_table
     from tasks.manifest import load_manifest
-    from tasks.real import build_corpus
     if not args.out:
-        print("--out DIR is required with --manifest (a new directory for the corpus)")
+        print("--out DIR is required with --manifest (a new directory, or an earlier build's to resume or update it)")
         return 2
     entries, problems = load_manifest(args.manifest)
     for p in problems:
         print(f"manifest line {p.line}: EXCLUDED ({p.reason}): {p.entry}")
     out = Path(args.out).expanduser().resolve()
-    if (out / "COMPLETE").exists():
-        print(f"{out} already holds a complete corpus; pick a new --out or delete it")
-        return 2
-    outcomes = asyncio.run(build_corpus(entries, out, jobs=args.jobs, progress=lambda s: print(s, flush=True)))
+    if (out / ".projects").is_dir():
+        print(f"{out}: reusing the projects an earlier build finished (unchanged manifest line and builder)")
+    cap = {"observation_cap": args.observation_cap} if args.observation_cap else {}
+    outcomes = build_corpus(entries, out, address=args.address, jobs=args.jobs, cpus_per_project=args.cpus_per_project,
+                            progress=lambda s: print(s, flush=True), **cap)
     summary = json.loads((out / "corpus.json").read_text())
-    print(json.dumps({k: summary[k] for k in ("tasks", "projects", "by_split", "by_language", "by_category")},
-                     indent=2))
+    print(summary_table(summary))
     print(summary_line(summary))
     print(f"excluded: {len(problems)} bad manifest lines, "
           f"{sum(1 for o in outcomes if o.excluded)} projects (reasons above and in corpus.json)")
@@ -90,3 +107,45 @@ def summary_line(summary: dict) -> str:
     return (f"corpus: {summary['tasks']} tasks, {summary['projects']} projects, "
             f"{len(summary['by_language'])} languages ({', '.join(sorted(summary['by_language']))}); {splits}; "
             + (f"projects in two splits: {', '.join(shared)}" if shared else "no project in two splits"))
+
+
+def _validate(args) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from rollout.config import SandboxConfig
+    from rollout.worker import load_tokenizer
+    from tasks import load_tasks
+    from tasks.corpus import CorpusError
+    from terminus.evaluation.validate import sample_tasks, validate_tasks
+    from terminus.model import resolve_model_path
+
+    splits = [args.split] if args.split else ["train", "validation", "test"]
+    tasks = []
+    try:
+        for split in splits:
+            try:
+                tasks += load_tasks(args.corpus, split)
+            except CorpusError as e:
+                if "is empty" not in str(e) or args.split:
+                    raise
+    except CorpusError as e:
+        print(f"error: {e}")
+        return 2
+    summary = Path(args.corpus) / "corpus.json"
+    recorded = json.loads(summary.read_text()).get("observation_cap", 0) if summary.is_file() else 0
+    cfg = SandboxConfig(output_limit_bytes=args.observation_cap or recorded or SandboxConfig().output_limit_bytes,
+                        command_timeout_s=args.command_timeout)
+    chosen = sample_tasks(tasks, args.sample, args.seed)
+    print(f"validating {len(chosen)} of {len(tasks)} tasks (observation cap {cfg.output_limit_bytes} bytes)", flush=True)
+
+    def progress(check, done: int, total: int) -> None:
+        print(f"[{done}/{total}] {check.task_id}: " + ("ok" if check.ok else "FAILED: " + " | ".join(check.problems)),
+              flush=True)
+    checks = asyncio.run(validate_tasks(chosen, cfg, load_tokenizer(str(resolve_model_path("tiny"))),
+                                        teacher_tasks=tasks, concurrency=args.jobs, progress=progress))
+    failed = [c for c in checks if not c.ok]
+    unverified = sum(c.unverified for c in checks)
+    print(f"validated {len(checks)} tasks: {len(checks) - len(failed)} reproduce their ground truth, {len(failed)} do not"
+          + (f"; {unverified} facts have no recorded evidence (checked in the report only)" if unverified else ""))
+    return 1 if failed else 0

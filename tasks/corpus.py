@@ -5,6 +5,8 @@ Layout of a corpus directory:
     CORPUS/
       train.jsonl  validation.jsonl  test.jsonl   one Task per line; repo_dir relative to CORPUS
       repos/<task id>/                            the repository snapshots (read-only templates)
+      shared/<project>/                           trees a project's tasks share (node_modules), bound
+                                                  read-only into their sandboxes (Task.environment)
       corpus.json                                 counts per split/language/category, provenance
       COMPLETE                                    written last: a corpus without it is partial
 
@@ -14,6 +16,7 @@ Layout of a corpus directory:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -31,15 +34,16 @@ class CorpusError(ValueError):
     """A missing, partial or empty corpus or split; the message says what and how to fix it."""
 
 
-def write_corpus(out: Path, tasks: list[Task], source: str) -> None:
-    """Write the split files, the summary and, last, the COMPLETE marker."""
+def write_corpus(out: Path, tasks: list[Task], source: str, extra: dict | None = None) -> None:
+    """Write the split files, the summary (plus `extra` keys) and, last, the COMPLETE marker."""
     by_split: dict[str, list[Task]] = {s: [] for s in SPLITS}
     for t in tasks:
         by_split.setdefault(t.split, []).append(t)
     for split, items in by_split.items():
         lines = [t.to_json() for t in sorted(items, key=lambda t: t.id)]
         (out / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
-    (out / "corpus.json").write_text(json.dumps(summarize(tasks) | {"source": source}, indent=2, sort_keys=True))
+    summary = summarize(tasks) | {"source": source} | (extra or {})
+    (out / "corpus.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     (out / "COMPLETE").write_text("")
 
 
@@ -73,6 +77,7 @@ def read_split(corpus_dir: Path, split: str) -> list[Task]:
             raise CorpusError(f"{path}:{n}: not a valid task record ({e})") from None
         if not os.path.isabs(t.repo_dir):
             t.repo_dir = str(corpus_dir / t.repo_dir)
+        t.environment = t.environment.resolved(str(corpus_dir))
         tasks.append(t)
     if not tasks:
         raise CorpusError(f"split {split!r} of task corpus {corpus_dir} is empty; pick another split "
@@ -141,8 +146,31 @@ def ensure_generated(cfg, cache_dir: str = "", sandbox_cfg=None) -> Path:
         def progress(done: int, total: int) -> None:
             if done % 50 == 0 or done == total:
                 print(f"[tasks] {done}/{total} projects run for their ground truth", file=sys.stderr, flush=True)
-        _build_once(target, lambda tmp: build_generated(tmp, cfg, sandbox_cfg or SandboxConfig(), progress=progress))
+        async def build_and_validate(tmp: Path) -> None:
+            sandbox = sandbox_cfg or SandboxConfig()
+            await build_generated(tmp, cfg, sandbox, progress=progress)
+            await validate_sample(tmp, dataclasses.replace(sandbox, output_limit_bytes=cfg.observation_cap))
+        _build_once(target, build_and_validate)
     return target
+
+
+VALIDATE_SAMPLE = 16   # tasks of a freshly built corpus replayed through episodes before it is used
+
+
+async def validate_sample(corpus_dir: Path, sandbox_cfg, n: int = VALIDATE_SAMPLE) -> None:
+    """Replay n tasks' reference solutions through the episode path (terminus.evaluation.validate);
+    a corpus whose ground truth an episode does not reproduce is refused, never cached."""
+    from rollout.worker import load_tokenizer
+    from terminus.evaluation.validate import sample_tasks, validate_tasks
+    from terminus.model import resolve_model_path
+
+    tasks = [t for s in SPLITS for t in read_split(corpus_dir, s)]
+    checks = await validate_tasks(sample_tasks(tasks, n), sandbox_cfg,
+                                  load_tokenizer(str(resolve_model_path("tiny"))), teacher_tasks=tasks)
+    if bad := [c for c in checks if not c.ok]:
+        raise CorpusError(f"{len(bad)} of {len(checks)} tasks of the corpus built in {corpus_dir} do not reproduce "
+                          f"their ground truth through an episode (first: {bad[0].task_id}: {bad[0].problems}); "
+                          "this is a bug of the corpus builder, please report it")
 
 
 def _run_sync(coro):

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Callable
 
 from tasks.config import GeneratedConfig
-from tasks.groundtruth import _TAP_COUNT, _TAP_ERROR_NAME, _word, build_facts, location_fact
+from tasks.groundtruth import (_TAP_COUNT, _TAP_ERROR_NAME, _word, build_facts, count_fact, location_fact,
+                              missing_evidence)
 from tasks.types import Fact, GroundTruth, ReferenceSolution, Task
 
 
@@ -252,13 +253,6 @@ _PY_FRAME = re.compile(r'File "(?:/work/repo/)?([^"/]+)", line (\d+)')
 _TAP_FAIL = re.compile(r"^not ok \d+ - (.+)$", re.MULTILINE)
 
 
-def _count_fact(failed: int, total: int, noun: str = "tests") -> Fact:
-    if failed:   # both numbers in one clause ("2 of 5 tests fail"), in either order
-        return Fact("counts", f"{failed} of {total} {noun} fail",
-                     [rf"\b{failed}\b[^.;\n]{{0,30}}\b{total}\b|\b{total}\b[^.;\n]{{0,30}}\b{failed}\b"], [])
-    return Fact("counts", f"all {total} {noun} pass", [rf"\b{total}\b", r"pass|ok\b|succe"], [])
-
-
 def _exception(block: str) -> tuple[str, str]:
     found = _EXC_LINE.findall(block)
     return (found[-1][0], found[-1][1].strip(": ").strip()) if found else ("error", "")
@@ -288,8 +282,8 @@ def pyunit_facts(output: str) -> list[Fact]:
         etype, _ = _exception(block)
         facts.append(Fact("failing_test", f"{name} fails with {etype}", [_word(name), _word(etype)],
                            [f"{kind}: {name}", etype]))
-    c = _count_fact(len(failures), total)
-    c.evidence = [f"Ran {total} test"] + ([f"FAILED ("] if failures else ["OK"])
+    c = count_fact(len(failures), total)
+    c.evidence = [f"Ran {total} test"] + (["FAILED ("] if failures else ["OK"])
     return facts + [c]
 
 
@@ -302,7 +296,7 @@ def jsnode_facts(output: str) -> list[Fact]:
         etype = errors[i] if i < len(errors) else "error"
         facts.append(Fact("failing_test", f"'{name}' fails with {etype}", [re.escape(name), _word(etype)],
                            [line, f"name: '{etype}'"]))
-    c = _count_fact(counts.get("fail", 0), counts.get("tests", 0))
+    c = count_fact(counts.get("fail", 0), counts.get("tests", 0))
     c.evidence = [f"# tests {counts.get('tests', 0)}", f"# fail {counts.get('fail', 0)}"]
     return facts + [c]
 
@@ -345,9 +339,8 @@ def check_observable(task: Task, visible: str) -> None:
     """Every fact's evidence must be in what the agent sees (the reference commands' observations),
     and every fact must be stated by the reference report: otherwise the task is inconsistent."""
     for f in task.ground_truth.facts:
-        missing = [e for e in f.evidence if e not in visible]
-        if missing or not f.evidence:
-            raise GeneratedTaskError(f"task {task.id}: fact {f.value!r} is not observable: evidence {missing or 'none'} "
+        if missing := missing_evidence(f, visible):
+            raise GeneratedTaskError(f"task {task.id}: fact {f.value!r} is not observable: evidence {missing} "
                                      f"is not in the output of {task.reference.commands}")
         for p in f.patterns:
             if not re.search(p, task.reference.report, re.IGNORECASE | re.MULTILINE):

@@ -29,6 +29,25 @@ def _word(s: str) -> str:
     return rf"(?<![\w.]){re.escape(s)}(?![\w])"
 
 
+def count_fact(failed: int, total: int, noun: str = "tests") -> Fact:
+    """'2 of 5 tests fail' / 'all 5 tests pass', matched as numbers in context: both numbers in one
+    clause (either order) for a failure, the total next to a word of passing for a success; a digit
+    elsewhere in a report (a line number, a version) does not count."""
+    if failed:
+        return Fact("counts", f"{failed} of {total} {noun} fail",
+                    [rf"\b{failed}\b[^.;\n]{{0,30}}\b{total}\b|\b{total}\b[^.;\n]{{0,30}}\b{failed}\b"])
+    return Fact("counts", f"all {total} {noun} pass",
+                [rf"\b{total}\b[^.;\n]{{0,40}}(pass|\bok\b|succe)|(pass|succe)[^.;\n]{{0,40}}\b{total}\b"])
+
+
+def missing_evidence(fact: Fact, visible: str) -> list[str]:
+    """The evidence strings of a fact that are not in `visible` (what the agent saw); a fact without
+    evidence is unobservable as a whole (['(no evidence recorded)'])."""
+    if not fact.evidence:
+        return ["(no evidence recorded)"]
+    return [e for e in fact.evidence if e not in visible]
+
+
 def location_fact(path: str, line: int | str, style: str = "colon") -> Fact:
     """A file and line, stated as 'file:line' (style colon, as compilers print it) or 'file line N'
     (style line, as Python tracebacks print it); a report may use either form."""
@@ -68,11 +87,7 @@ def unittest_facts(output: str) -> tuple[list[Fact], dict]:
         facts.append(Fact("failing_test", f"{name} fails with {etype}", [_word(name), _word(etype)]))
     if "_FailedTest" in output:   # a test module failed to import: where and why
         facts += [f for f in python_traceback_facts(output) if f.kind == "error_location"]
-    n = observed["ran"]
-    if failing:
-        facts.append(Fact("counts", f"{len(failing)} of {n} tests fail", [rf"\b{len(failing)}\b", rf"\b{n}\b"]))
-    else:
-        facts.append(Fact("counts", f"all {n} tests pass", [rf"\b{n}\b", r"pass|ok|succe"]))
+    facts.append(count_fact(len(failing), observed["ran"]))
     return facts, observed
 
 
@@ -86,11 +101,7 @@ def tap_facts(output: str) -> tuple[list[Fact], dict]:
     for i, name in enumerate(failing):
         etype = errors[i] if i < len(errors) else "error"
         facts.append(Fact("failing_test", f"'{name}' fails with {etype}", [re.escape(name), _word(etype)]))
-    n = counts.get("tests", len(results))
-    if failing:
-        facts.append(Fact("counts", f"{len(failing)} of {n} tests fail", [rf"\b{len(failing)}\b", rf"\b{n}\b"]))
-    else:
-        facts.append(Fact("counts", f"all {n} tests pass", [rf"\b{n}\b", r"pass|ok|succe"]))
+    facts.append(count_fact(len(failing), counts.get("tests", len(results))))
     return facts, {"tests": results, "counts": counts}
 
 

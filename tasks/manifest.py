@@ -121,11 +121,32 @@ def load_manifest(path: str | Path) -> tuple[list[Entry], list[ManifestProblem]]
     return entries, problems
 
 
+def _rank(project: str) -> str:
+    return hashlib.sha256(project.encode()).hexdigest()
+
+
 def split_of(project: str, fractions: tuple[float, float] = (0.8, 0.1)) -> str:
     """A stable split by project name (a hash), so a project never straddles splits and adding
     projects to the manifest does not move existing ones."""
-    x = int(hashlib.sha256(project.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    x = int(_rank(project)[:8], 16) / 0xFFFFFFFF
     return "train" if x < fractions[0] else "validation" if x < fractions[0] + fractions[1] else "test"
+
+
+def stratified_splits(entries: list[Entry], held_out: float = 0.1) -> dict[str, str]:
+    """Splits by repository, stratified by language: within each language the projects, ranked by a
+    hash of their name, give round(held_out * n) to validation and as many to test (at least one
+    each from three projects up), the rest to train. A project never straddles splits; the split of
+    a project depends only on the manifest's projects of its language."""
+    by_language: dict[str, list[str]] = {}
+    for e in entries:
+        by_language.setdefault(e.language, []).append(e.name)
+    splits = {}
+    for names in by_language.values():
+        ranked = sorted(set(names), key=_rank)
+        k = max(1, round(held_out * len(ranked))) if len(ranked) >= 3 else 0
+        for i, name in enumerate(ranked):
+            splits[name] = "validation" if i < k else "test" if i < 2 * k else "train"
+    return splits
 
 
 @dataclass
@@ -180,20 +201,23 @@ def junit_tree_results(output: str) -> dict[str, str]:
 
 
 async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: float = 300,
-                        env: dict | None = None, snapshot: str = "") -> ProjectCheck:
+                        environment=None, snapshot: str = "", setup_timeout_s: float | None = None) -> ProjectCheck:
     """Run the test command twice (hash seeds 1 and 2) in fresh sandboxes and compare.
 
+    `environment`: the tasks.types.TaskEnvironment the commands run with (its paths absolute).
     `snapshot`: a host directory that receives a copy of the first sandbox's repository right after
     the setup (the built tree), so fault runs rebuild incrementally instead of from scratch."""
     from rollout.sandbox import open_sandbox
 
     check = ProjectCheck("runs")
+    env, binds = (environment.env, environment.ro_binds) if environment else ({}, [])
     for seed in ("1", "2"):
-        async with await open_sandbox(sandbox_cfg, repo_dir, env={**(env or {}), "PYTHONHASHSEED": seed}) as sb:
+        async with await open_sandbox(sandbox_cfg, repo_dir, env={**env, "PYTHONHASHSEED": seed},
+                                      ro_binds=binds) as sb:
             for cmd in entry.setup:
-                r = await sb.run(cmd, timeout_s=timeout_s)
+                r = await sb.run(cmd, timeout_s=setup_timeout_s or timeout_s)
                 if r.exit_code != 0 or r.timed_out:
-                    return ProjectCheck("cannot_run", f"setup `{cmd}` exited {r.exit_code}: {r.output[-300:]}")
+                    return ProjectCheck("cannot_run", f"setup `{cmd}` exited {r.exit_code}: {why_failed(r.output)}")
             if snapshot and seed == "1" and entry.setup:
                 await asyncio.to_thread(_snapshot, sb, snapshot)
             r = await sb.run(entry.test_command, timeout_s=timeout_s)
@@ -201,7 +225,7 @@ async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: flo
             return ProjectCheck("cannot_run", f"tests timed out after {timeout_s:.0f} s")
         results = _parse(entry.runner, r.output)
         if not results:
-            return ProjectCheck("cannot_run", f"no test results (exit {r.exit_code}): {r.output[-300:].strip()}")
+            return ProjectCheck("cannot_run", f"no test results (exit {r.exit_code}): {why_failed(r.output)}")
         check.results.append(results)
         check.outputs.append(r.output)
         check.exit_codes.append(r.exit_code)
@@ -212,6 +236,18 @@ async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: flo
         check.verdict = "flaky"
         check.reason = f"results differ between two runs: {', '.join(differ) or 'exit status'}"
     return check
+
+
+_MISSING = re.compile(r"No module named '?([\w.]+)|Cannot find module '([^']+)'|cannot find -l(\S+)|"
+                      r"fatal error: ([\w./-]+): No such file|command not found: (\S+)|(\S+): command not found")
+
+
+def why_failed(output: str, tail: int = 300) -> str:
+    """An exclusion reason from a failed run's output: the missing modules, libraries or commands it
+    names first (they are often far above the tail), then the output's tail."""
+    missing = list(dict.fromkeys(next(g for g in m.groups() if g) for m in _MISSING.finditer(output)))
+    head = f"missing: {', '.join(missing[:5])}; " if missing else ""
+    return head + output[-tail:].strip()
 
 
 def _snapshot(sb, dest: str) -> None:

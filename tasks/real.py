@@ -6,13 +6,21 @@ For each entry: fetch the source through its package registry (PyPI sdist with `
 flaky (tasks.manifest.check_project), then make tasks:
   - run_tests on the project as released (ground truth: the per-test results of the real run);
   - one run_tests task per injected fault (flipped comparison, off-by-one, flipped boolean) that makes
-    tests fail, applied to a real source file at a recorded line, so the ground truth names the cause.
+    tests fail in two runs alike, applied to a real source file at a recorded line.
+Every command runs in a sandbox with the project's environment (`environment`: the venv a Python
+project's tests import, the node_modules an npm project's tests require, shared by its tasks), and
+each task records it, so its episodes run exactly where its ground truth was made.
+Ground truth an agent can earn: a fact enters a task only when its evidence is in what the reference
+command printed, as the agent sees it (capped at `observation_cap` bytes, head and tail). Where the
+fault was injected stays in `observed["mutation"]` for analysis; it is a fact (the cause) only when
+the output shows the mutated file and line. Dropped facts are counted in corpus.json.
 Projects that cannot be fetched, whose tests cannot run, or that are flaky are excluded and the
 reason is recorded in the corpus summary.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import re
 import shutil
@@ -24,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.builtin import Mutation, apply_mutation, check_reference, reference_report
-from tasks.manifest import Entry, _parse, check_project, split_of
-from tasks.types import Fact, GroundTruth, ReferenceSolution, Task
+from tasks.groundtruth import count_fact, missing_evidence
+from tasks.manifest import Entry, check_project, split_of
+from tasks.types import Fact, GroundTruth, ReferenceSolution, Task, TaskEnvironment
 
 # (operator name, old, new, cause): applied to the first matching source line of a file
 OPERATORS = (("flip_eq", " == ", " != ", "an equality test is negated"),
@@ -53,19 +62,38 @@ REQUESTS = ("Run the test suite of {name} (`{cmd}`) and tell me what fails, if a
             "Please run `{cmd}` and give me the pass/fail counts and any failing test names.")
 
 
-def sandbox_env() -> dict:
-    """Python projects run with this venv's interpreter and pytest (bound read-only)."""
-    return {"PATH": f"{sys.prefix}/bin:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
+OBSERVATION_CAP = 16384   # bytes of a command's output an episode shows (rollout.sandbox.output_limit_bytes)
+
+
+def environment(entry: Entry, shared_node_modules: str = "") -> TaskEnvironment:
+    """What the project's commands run with, in the build and in every episode of its tasks: Python
+    projects this venv's interpreter and pytest (bound read-only, first on PATH); npm projects their
+    node_modules, shared by the project's tasks (a path relative to the corpus, bound read-only)."""
+    binds: list[str] = []
+    env = {"HOME": "/tmp"}
+    if entry.language == "python":
+        binds += list(dict.fromkeys([sys.prefix, sys.base_prefix]))
+        env["PATH"] = f"{sys.prefix}/bin:/usr/local/bin:/usr/bin:/bin"
+    if shared_node_modules:
+        binds.append(f"{shared_node_modules}:node_modules")
+    return TaskEnvironment(binds, env)
 
 
 def sandbox_config(base=None):
-    """The builder's sandboxes: this venv visible, and the whole test output kept (the episode's
-    observation cap would drop the middle of a long run, and with it per-test results)."""
+    """The builder's sandboxes keep the whole test output (the episode's observation cap would drop
+    the middle of a long run, and with it per-test results); what the agent sees is computed from it."""
     from rollout.config import SandboxConfig
-    cfg = base or SandboxConfig()
-    cfg.ro_binds = list(dict.fromkeys([*cfg.ro_binds, sys.prefix, sys.base_prefix]))
+    cfg = dataclasses.replace(base) if base else SandboxConfig()
     cfg.output_limit_bytes = max(cfg.output_limit_bytes, 16 << 20)
     return cfg
+
+
+def agent_view(output: str, exit_code: int, cap: int) -> str:
+    """A command's observation as an episode shows it: capped at `cap` bytes (head and tail)."""
+    from rollout.protocol import Observation, format_observation
+    from rollout.sandbox import format_output
+    text, truncated = format_output(output.encode(), limit=cap)
+    return format_observation(Observation(exit_code, text, truncated=truncated), turns_left=1)
 
 
 _DEBIAN_LOCK = threading.Lock()
@@ -134,13 +162,25 @@ def fetch(entry: Entry, dest: Path) -> Path:
             tf.extractall(dest / "src", filter="data")
     roots = list((dest / "src").iterdir())
     root = roots[0] if len(roots) == 1 and roots[0].is_dir() else dest / "src"
-    if entry.ecosystem == "npm":   # dev dependencies (the test runner) from the registry, no scripts run
-        r = subprocess.run(["npm", "install", "--ignore-scripts", "--no-audit", "--no-fund", "--silent"],
-                           cwd=root, capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            raise RuntimeError(f"npm install of dev dependencies failed: {r.stderr.strip()[-300:]}")
+    if entry.ecosystem == "npm":
+        npm_install(root)
     subprocess.run(["chown", "-R", "0:0", str(root)], check=False)   # bwrap drops caps: own the files
     return root
+
+
+def npm_install(root: Path) -> None:
+    """Dev dependencies (the test runner) from the registry, no scripts run. A failure is retried
+    without optional dependencies (a git-hosted optional package sinks projects whose tests need
+    only a few); the error names what npm said (its `npm ERR!` lines), not an empty tail."""
+    base = ["npm", "install", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]
+    for extra in ([], ["--omit=optional", "--legacy-peer-deps"]):
+        r = subprocess.run(base + extra, cwd=root, capture_output=True, text=True, timeout=600)
+        if r.returncode == 0:
+            return
+    said = r.stderr + r.stdout
+    errors = [ln for ln in said.splitlines() if ln.startswith(("npm ERR!", "npm error"))] or said.splitlines()
+    raise RuntimeError("npm install of dev dependencies failed (also without optional ones): "
+                       + " | ".join(ln.strip() for ln in errors[:6])[:400])
 
 
 def failed(status: str) -> bool:
@@ -148,17 +188,55 @@ def failed(status: str) -> bool:
     return status in ("FAILED", "ERROR", "FAIL", "not ok")
 
 
-def result_facts(results: dict[str, str]) -> list[Fact]:
+def short_name(test_id: str, runner: str) -> str:
+    """A test's name as its runner prints it on its own: pytest's `file.py::Class::test[param]` ->
+    `test[param]` (a `::` inside the brackets, e.g. an IPv6 parameter, is not a separator); TAP's
+    numbered `3 description` -> `description`; JUnit's `Class::method` -> `method`."""
+    if runner == "tap":
+        return test_id.split(" ", 1)[-1]
+    base, bracket, param = test_id.partition("[")
+    return base.rsplit("::", 1)[-1] + bracket + param
+
+
+# what a runner prints its totals in (no timings: evidence must read the same in every run)
+_SUMMARY_LINES = {
+    "pytest": re.compile(r"^[= ]*\d+ (?:passed|failed|errors?)\b.*? in [\d.]+s", re.MULTILINE),
+    "unittest": re.compile(r"^(?:Ran \d+ tests?|OK\b.*|FAILED \(.*\))$", re.MULTILINE),
+    "tap": re.compile(r"^# (?:tests|pass|fail) \d+$", re.MULTILINE),
+    "automake": re.compile(r"^# (?:TOTAL|PASS|FAIL|ERROR): +\d+$", re.MULTILINE),
+    "ctest": re.compile(r"^\d+% tests passed, \d+ tests? failed out of \d+$", re.MULTILINE),
+    "junit": re.compile(r"^\[ +\d+ tests (?:successful|failed|found) +\]$", re.MULTILINE),
+}
+_PYTEST_COUNT = re.compile(r"\b\d+ (?:passed|failed|errors?)\b")
+
+
+def summary_evidence(runner: str, output: str) -> list[str]:
+    """The runner's totals as printed (pytest's and unittest's without their timings)."""
+    if runner not in _SUMMARY_LINES:
+        return []
+    found = [m.group(0) for m in _SUMMARY_LINES[runner].finditer(output)]
+    if runner == "pytest":   # "=== 2 failed, 5 passed in 0.12s ===" -> "2 failed", "5 passed"
+        found = [c for line in found[-1:] for c in _PYTEST_COUNT.findall(line)]
+    return found
+
+
+def result_facts(results: dict[str, str], runner: str = "unittest", output: str = "") -> list[Fact]:
+    """Failing tests (up to 5) and the counts. A test's evidence is its name; the counts' evidence is
+    the runner's summary lines in `output` (none there: the counts are unobservable). TAP counts its
+    test points, which for tape are assertions, so its counts say so."""
     failing = sorted(t for t, s in results.items() if failed(s))
-    n = len(results)
     facts = []
-    for short in list(dict.fromkeys(t.rsplit("::", 1)[-1] for t in failing))[:5]:
-        facts.append(Fact("failing_test", f"{short} fails", [re.escape(short)]))
-    if failing:
-        facts.append(Fact("counts", f"{len(failing)} of {n} tests fail", [rf"\b{len(failing)}\b"]))
-    else:
-        facts.append(Fact("counts", f"all {n} tests pass" if n else "no tests", [r"pass|ok|succe"]))
-    return facts
+    for short in list(dict.fromkeys(short_name(t, runner) for t in failing))[:5]:
+        facts.append(Fact("failing_test", f"{short} fails", [re.escape(short)], [short]))
+    counts = count_fact(len(failing), len(results), "TAP assertions" if runner == "tap" else "tests")
+    counts.evidence = summary_evidence(runner, output)
+    return facts + [counts]
+
+
+def observable(facts: list[Fact], seen: str) -> tuple[list[Fact], list[Fact]]:
+    """(kept, dropped): a fact is kept when all its evidence is in `seen`, what the agent saw."""
+    kept = [f for f in facts if not missing_evidence(f, seen)]
+    return kept, [f for f in facts if f not in kept]
 
 
 def _compiled_stems(built: Path) -> set[str]:
@@ -212,51 +290,101 @@ class Outcome:
     entry: Entry
     tasks: list[Task]
     excluded: str = ""
+    dropped: dict[str, int] = dataclasses.field(default_factory=dict)   # unobservable facts, by kind
+    flaky_faults: int = 0
+    duration_s: float = 0.0
+    cached: bool = False     # reused from an earlier build (tasks.build), not built now
+
+    def to_dict(self) -> dict:
+        return {"entry": dataclasses.asdict(self.entry), "tasks": [dataclasses.asdict(t) for t in self.tasks],
+                "excluded": self.excluded, "dropped": self.dropped, "flaky_faults": self.flaky_faults,
+                "duration_s": self.duration_s}
+
+    @staticmethod
+    def from_dict(d: dict) -> "Outcome":
+        e = d["entry"]
+        return Outcome(Entry(**{**e, "setup": tuple(e["setup"])}), [Task.from_dict(t) for t in d["tasks"]],
+                       d["excluded"], d["dropped"], d["flaky_faults"], d["duration_s"])
 
 
-def _task(entry: Entry, tid: str, repo: str, results: dict, code: int, cause: Fact | None) -> Task:
-    facts = result_facts(results) + ([cause] if cause else [])
+def _task(entry: Entry, tid: str, repo: str, env: TaskEnvironment, chk, mutation: dict | None,
+          cap: int, dropped: dict[str, int]) -> Task:
+    """A run_tests task from a checked run (its first of two alike), with only the facts its
+    observation shows; the mutation, if any, is metadata unless the output shows where it is."""
+    results, code, output = chk.results[0], chk.exit_codes[0], chk.outputs[0]
+    seen = agent_view(output, code, cap)
+    facts = result_facts(results, entry.runner, output)
+    if mutation:
+        name, line = Path(mutation["file"]).name, mutation["line"]
+        shown = re.search(rf"{re.escape(name)}\W{{1,3}}(line\s+)?{line}\b", seen)
+        facts.append(Fact("cause", f"cause: {mutation['cause']} in {name}:{line}",
+                          [rf"{re.escape(name)}\W{{1,3}}(line\s+)?{line}\b"], [shown.group(0)] if shown else []))
+    facts, lost = observable(facts, seen)
+    for f in lost:
+        dropped[f.kind] = dropped.get(f.kind, 0) + 1
+    if code == 0 and not any(f.kind == "counts" for f in facts):   # the exit status still says they pass
+        facts.append(Fact("outcome", "the tests pass", [r"pass|succe|\bok\b"], ["<exit_code>0</exit_code>"]))
+    facts.append(Fact("exit_status", f"exit status {code}", [rf"\bexit\b\D{{0,20}}\b{code}\b"],
+                      [f"<exit_code>{code}</exit_code>"]))
     status = "success" if code == 0 else "failure"
     cmd = entry.test_command
     pick = int(hashlib.sha256(tid.encode()).hexdigest(), 16) % len(REQUESTS)
-    req = REQUESTS[pick].format(name=entry.name, cmd=cmd)
+    observed = {"tests": results, "outputs": [seen_output(output, cap)], "exit_codes": [code]}
+    if mutation:
+        observed["mutation"] = mutation
     t = Task(id=tid, language=entry.language, category="run_tests", project=entry.name, repo_dir=repo,
-             request=req, setup=list(entry.setup),
-             ground_truth=GroundTruth(exit_status=code, facts=facts, observed={"tests": results}),
+             request=REQUESTS[pick].format(name=entry.name, cmd=cmd), setup=list(entry.setup),
+             ground_truth=GroundTruth(exit_status=code, facts=facts, observed=observed),
              reference=ReferenceSolution([cmd], reference_report(cmd, code, status, facts)),
-             split=split_of(entry.name))
+             split=split_of(entry.name), environment=env)
     check_reference(t)
     return t
 
 
-async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg) -> Outcome:
+def seen_output(output: str, cap: int) -> str:
+    """The output as the agent sees it (capped): what the scripted teacher compares episodes with."""
+    from rollout.sandbox import format_output
+    return format_output(output.encode(), limit=cap)[0]
+
+
+def _copy_source(root: Path, dest: Path) -> None:
+    """A task's repository snapshot: the project without its node_modules (shared, bound read-only)."""
+    shutil.copytree(root, dest, symlinks=True, ignore=lambda d, names: ["node_modules"] if Path(d) == root else [])
+
+
+async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: int = OBSERVATION_CAP) -> Outcome:
     try:
         root = await asyncio.to_thread(fetch, entry, work / entry.name)
     except Exception as e:   # noqa: BLE001 - any fetch failure excludes the project, with its reason
         return Outcome(entry, [], f"fetch: {e}")
-    env = sandbox_env()
+    base = f"{entry.ecosystem}-{entry.name}".replace("/", "_").replace("@", "")
+    shared = ""
+    if (root / "node_modules").is_dir():   # once per project, bound read-only into each task's sandbox
+        shared = f"shared/{base}/node_modules"
+        (out / shared).parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out / shared, ignore_errors=True)
+        shutil.move(str(root / "node_modules"), str(out / shared))
+    env = environment(entry, shared)
+    build_env = env.resolved(str(out))   # during the build: absolute paths
     built = work / f"{entry.name}.built"   # the tree after the setup (a build): fault runs rebuild from it
     shutil.rmtree(built, ignore_errors=True)
-    chk = await check_project(str(root), entry, sandbox_cfg, env=env, snapshot=str(built))
+    chk = await check_project(str(root), entry, sandbox_cfg, environment=build_env, snapshot=str(built))
     if chk.verdict != "runs":
         return Outcome(entry, [], f"{chk.verdict}: {chk.reason}")
-    base = f"{entry.ecosystem}-{entry.name}".replace("/", "_").replace("@", "")
-    tasks: list[Task] = []
-    repo = out / "repos" / base
-    shutil.copytree(root, repo, symlinks=True)
-    tasks.append(_task(entry, base, f"repos/{base}", chk.results[0], chk.exit_codes[0], None))
+    outcome = Outcome(entry, [])
+    _copy_source(root, out / "repos" / base)
+    outcome.tasks.append(_task(entry, base, f"repos/{base}", env, chk, None, cap, outcome.dropped))
     baseline_fail = {t for t, s in chk.results[0].items() if failed(s)}
-    from rollout.sandbox import open_sandbox
     prebuilt = built if built.is_dir() else None
     # a fault that makes a test loop forever must not cost the full timeout: a few times the clean run
     fault_timeout = min(300.0, max(30.0, 4 * max(chk.durations)))
     tries = MAX_FAULT_TRIES_COMPILED if entry.language in COMPILED else MAX_FAULT_TRIES
     for m in fault_candidates(root, entry.language, prebuilt)[:tries]:
-        if len(tasks) > MAX_FAULTS:
+        if len(outcome.tasks) > MAX_FAULTS:
             break
-        tid = f"{base}-{m.name}-{len(tasks)}"
+        tid = f"{base}-{m.name}-{len(outcome.tasks)}"
         frepo = out / "repos" / tid      # the task's snapshot: the clean release with the fault
-        shutil.copytree(root, frepo, symlinks=True)
+        _copy_source(root, frepo)
         line = apply_mutation(frepo, m)
         run_dir = frepo
         if prebuilt:   # run on a copy of the built tree: the setup then rebuilds only what the fault touches
@@ -264,51 +392,16 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg) -> Out
             shutil.rmtree(run_dir, ignore_errors=True)
             shutil.copytree(prebuilt, run_dir, symlinks=True)
             apply_mutation(run_dir, m)
-        async with await open_sandbox(sandbox_cfg, str(run_dir), env=env) as sb:
-            for c in entry.setup:
-                await sb.run(c, timeout_s=300)
-            r = await sb.run(entry.test_command, timeout_s=fault_timeout)
+        # run twice, like the clean run: a fault whose results differ between runs is flaky
+        fchk = await check_project(str(run_dir), entry, sandbox_cfg, timeout_s=fault_timeout, setup_timeout_s=300,
+                                   environment=build_env)
         if prebuilt:
             shutil.rmtree(run_dir, ignore_errors=True)
-        results = _parse(entry.runner, r.output)
-        newly = {t for t, s in results.items() if failed(s)} - baseline_fail
-        if not results or not newly or r.timed_out:   # the fault is not caught by the tests: no task
+        newly = {t for t, s in (fchk.results[0] if fchk.results else {}).items() if failed(s)} - baseline_fail
+        if fchk.verdict != "runs" or not newly:   # not caught by the tests, or flaky: no task
+            outcome.flaky_faults += fchk.verdict == "flaky"
             shutil.rmtree(frepo)
             continue
-        name = Path(m.file).name
-        cause = Fact("cause", f"cause: {m.cause} in {name}:{line}", [rf"{re.escape(name)}\W{{1,3}}(line\s+)?{line}\b"])
-        tasks.append(_task(entry, tid, f"repos/{tid}", results, r.exit_code, cause))
-    return Outcome(entry, tasks)
-
-
-async def build_corpus(entries: list[Entry], out: Path, jobs: int = 2, sandbox_cfg=None,
-                       progress=print) -> list[Outcome]:
-    from tasks.corpus import write_corpus
-
-    cfg = sandbox_config(sandbox_cfg)
-    (out / "repos").mkdir(parents=True, exist_ok=True)
-    work = out / ".work"
-    limit = asyncio.Semaphore(jobs)
-    done = 0
-
-    async def one(e: Entry) -> Outcome:
-        nonlocal done
-        async with limit:
-            try:
-                o = await build_project(e, out, work, cfg)
-            except Exception as ex:   # noqa: BLE001 - a builder bug on one project must not lose the rest
-                o = Outcome(e, [], f"build error: {type(ex).__name__}: {ex}")
-        done += 1
-        progress(f"[{done}/{len(entries)}] {e.key}: " + (f"{len(o.tasks)} tasks" if not o.excluded
-                                                        else f"EXCLUDED ({o.excluded[:160]})"))
-        return o
-
-    outcomes = await asyncio.gather(*[one(e) for e in entries])
-    shutil.rmtree(work, ignore_errors=True)
-    tasks = [t for o in outcomes for t in o.tasks]
-    write_corpus(out, tasks, source="manifest")
-    import json
-    summary = json.loads((out / "corpus.json").read_text())
-    summary["excluded"] = {o.entry.key: o.excluded for o in outcomes if o.excluded}
-    (out / "corpus.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    return outcomes
+        mutation = {"operator": m.name, "file": m.file, "line": line, "cause": m.cause}
+        outcome.tasks.append(_task(entry, tid, f"repos/{tid}", env, fchk, mutation, cap, outcome.dropped))
+    return outcome

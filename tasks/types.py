@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,6 +39,27 @@ class ReferenceSolution:
 
 
 @dataclass
+class TaskEnvironment:
+    """What a task's commands need around the repository, recorded by the build that ran them and
+    given to every episode of the task, so an episode sees exactly what the ground truth was made in.
+
+    ro_binds: host paths made visible read-only: "HOST" (at the same path) or "HOST:DEST" (DEST
+        relative to the sandbox's workdir, or absolute). A relative HOST lives in the corpus
+        directory (e.g. a project's node_modules, shared by all its tasks) and is resolved on load.
+    env: environment variables (e.g. a PATH that puts the project's virtual environment first).
+    """
+    ro_binds: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def resolved(self, corpus_dir: str) -> "TaskEnvironment":
+        """This environment with relative host paths made absolute under corpus_dir."""
+        def one(bind: str) -> str:
+            host, sep, dest = bind.partition(":")
+            return os.path.join(corpus_dir, host) + sep + dest if not os.path.isabs(host) else bind
+        return TaskEnvironment([one(b) for b in self.ro_binds], dict(self.env))
+
+
+@dataclass
 class Task:
     id: str
     language: str
@@ -50,6 +72,7 @@ class Task:
     reference: ReferenceSolution | None = None
     split: str = "train"
     image: str = ""              # docker/podman image, when the task needs one
+    environment: TaskEnvironment = field(default_factory=TaskEnvironment)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -59,7 +82,8 @@ class Task:
         gt = d.get("ground_truth") or {}
         ref = d.get("reference")
         return Task(
-            **{k: v for k, v in d.items() if k not in ("ground_truth", "reference")},
+            **{k: v for k, v in d.items() if k not in ("ground_truth", "reference", "environment")},
+            environment=TaskEnvironment(**(d.get("environment") or {})),
             ground_truth=GroundTruth(exit_status=gt.get("exit_status"),
                                      facts=[Fact(**f) for f in gt.get("facts", [])],
                                      observed=gt.get("observed", {})),

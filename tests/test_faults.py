@@ -2,11 +2,9 @@
 actor, and the step still returns the right number of trajectories (real Ray actors, real bwrap
 sandboxes, the scripted teacher as engine)."""
 import asyncio
-import time
 
 import pytest
 import ray
-from omegaconf import OmegaConf
 
 from cluster.rollout_pool import RolloutPool, RolloutPoolError
 from cluster.teacher import ScriptedTeacher

@@ -70,33 +70,48 @@ def test_flaky_and_unrunnable_projects_are_detected(tmp_path):
     assert b.verdict == "cannot_run", b
 
 
-def test_real_builder_injects_faults_and_records_their_location(tmp_path):
+def test_real_builder_keeps_only_facts_the_output_shows(tmp_path):
     """The manifest builder end to end on a local project (no network): a clean run_tests task, and
-    fault tasks whose tests really fail in the sandbox and whose cause names file:line."""
+    fault tasks whose tests really fail in the sandbox (twice alike). Where a fault was injected is
+    recorded for analysis; it is a fact only when the test output shows that file and line (an
+    IndexError raised in the library: its traceback does), never when it does not (a flipped
+    comparison that only makes an assertion in the test file fail)."""
+    import json
+
     from tasks import load_tasks
-    from tasks.real import build_corpus
+    from tasks.build import build_corpus
 
     proj = tmp_path / "mini"
     proj.mkdir()
     (proj / "mini.py").write_text("def is_even(n):\n    return n % 2 == 0\n\n\ndef smaller(a, b):\n"
-                                  "    return a if a < b else b\n")
+                                  "    return a if a < b else b\n\n\ndef last(items):\n"
+                                  "    return items[len(items) - 2 + 1]\n")
     (proj / "test_mini.py").write_text(
-        "import unittest\nfrom mini import is_even, smaller\n\nclass T(unittest.TestCase):\n"
+        "import unittest\nfrom mini import is_even, last, smaller\n\nclass T(unittest.TestCase):\n"
         "    def test_even(self):\n        self.assertTrue(is_even(4))\n"
-        "    def test_smaller(self):\n        self.assertEqual(smaller(2, 3), 2)\n")
+        "    def test_smaller(self):\n        self.assertEqual(smaller(2, 3), 2)\n"
+        "    def test_last(self):\n        self.assertEqual(last([1, 2, 3]), 3)\n")
     entry = Entry("mini", "local", "0", "python", "python3 -m unittest -v", path=str(proj))
     out = tmp_path / "corpus"
-    outcomes = asyncio.run(build_corpus([entry], out, jobs=1, progress=lambda s: None))
+    outcomes = build_corpus([entry], out, jobs=1, progress=lambda s: None)
     assert not outcomes[0].excluded, outcomes[0].excluded
     tasks = {t.id: t for s in ("train", "validation", "test") for t in
              (load_tasks(str(out), s) if (out / f"{s}.jsonl").read_text() else [])}
     assert tasks["local-mini"].ground_truth.exit_status == 0
-    faults = {i: t for i, t in tasks.items() if i != "local-mini"}
-    assert {i.split("-")[2] for i in faults} == {"flip_eq", "flip_lt"}
-    for t in faults.values():
+    faults = {i.split("-")[2]: t for i, t in tasks.items() if i != "local-mini"}
+    assert set(faults) == {"flip_eq", "offbyone", "flip_lt"}
+    where = {"flip_eq": 2, "offbyone": 10, "flip_lt": 6}
+    for op, t in faults.items():
+        mutation = t.ground_truth.observed["mutation"]
+        assert (mutation["file"], mutation["line"], mutation["operator"]) == ("mini.py", where[op], op)
         causes = [f.value for f in t.ground_truth.facts if f.kind == "cause"]
-        assert t.ground_truth.exit_status == 1 and len(causes) == 1
-        assert ("mini.py:2" in causes[0]) == ("flip_eq" in t.id) and ("mini.py:6" in causes[0]) == ("flip_lt" in t.id)
+        assert causes == ([f"cause: {mutation['cause']} in mini.py:10"] if op == "offbyone" else []), (op, causes)
+        assert ("mini.py:" in t.reference.report) == (op == "offbyone")   # no unseen location in the report
+        assert t.ground_truth.exit_status == 1
         failing = [f.value for f in t.ground_truth.facts if f.kind == "failing_test"]
-        assert failing == (["test_even fails"] if "flip_eq" in t.id else ["test_smaller fails"])
+        assert failing == [{"flip_eq": "test_even", "offbyone": "test_last", "flip_lt": "test_smaller"}[op] + " fails"]
+        # the scripted teacher tells the three fault tasks (one request text each) apart by what was printed
+        assert t.ground_truth.observed["outputs"] and t.ground_truth.observed["exit_codes"] == [1]
+    summary = json.loads((out / "corpus.json").read_text())
+    assert summary["unobservable_facts_dropped"] == {"cause": 2}
     assert len({t.split for t in tasks.values()}) == 1   # one project, one split

@@ -138,10 +138,11 @@ def test_automake_parser_on_real_output():
 
 def test_failing_statuses_of_the_new_runners_count_as_failures():
     from tasks.real import failed, result_facts
-    facts = result_facts(_parse("ctest", CTEST_CJSON))
+    facts = result_facts(_parse("ctest", CTEST_CJSON), "ctest", CTEST_CJSON)
     assert [f.value for f in facts if f.kind == "failing_test"] == ["cJSON_test fails", "parse_examples fails",
                                                                      "print_number fails"]
-    assert [f.value for f in facts if f.kind == "counts"] == ["3 of 6 tests fail"]
+    [counts] = [f for f in facts if f.kind == "counts"]
+    assert counts.value == "3 of 6 tests fail" and counts.evidence == ["63% tests passed, 7 tests failed out of 19"]
     assert not failed("PASS") and not failed("SKIP") and failed("FAIL") and failed("ERROR")
 
 
@@ -213,22 +214,25 @@ MINI_C = {
 def _build_one(entry, out) -> dict:
     """Build a corpus of one project; its tasks by id, from every split."""
     from tasks import load_tasks
-    from tasks.real import build_corpus
+    from tasks.build import build_corpus
 
-    outcomes = asyncio.run(build_corpus([entry], out, jobs=1, progress=lambda s: None))
+    outcomes = build_corpus([entry], out, jobs=1, progress=lambda s: None)
     assert not outcomes[0].excluded, outcomes[0].excluded
     return {t.id: t for s in ("train", "validation", "test") for t in
             (load_tasks(str(out), s) if (out / f"{s}.jsonl").read_text() else [])}
 
 
 def _assert_fault_tasks(tasks: dict, want: dict[str, tuple[str, str]]) -> None:
-    """One fault task per operator in `want`, each failing with (test, file:line) in its ground truth."""
+    """One fault task per operator in `want`, each failing with its test in the ground truth and the
+    injected file:line recorded as metadata (the test output does not show it: no cause fact)."""
     assert {i.split("-")[2] for i in tasks} == set(want)
     for t in tasks.values():
         facts = {f.kind: f.value for f in t.ground_truth.facts}
         test, where = want[t.id.split("-")[2]]
+        mutation = t.ground_truth.observed["mutation"]
         assert t.ground_truth.exit_status != 0
-        assert facts["failing_test"] == f"{test} fails" and where in facts["cause"]
+        assert facts["failing_test"] == f"{test} fails" and f"{mutation['file'].rsplit('/', 1)[-1]}:{mutation['line']}" == where
+        assert "cause" not in facts and where not in t.reference.report
 
 
 def test_real_builder_builds_a_c_project_and_injects_faults(tmp_path):

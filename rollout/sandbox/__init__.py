@@ -24,23 +24,25 @@ __all__ = ["open_sandbox", "Sandbox", "CommandResult", "SandboxError", "format_o
 
 
 async def open_sandbox(cfg: SandboxConfig, repo_dir: str | None, *, image: str = "",
-                       env: dict | None = None) -> Sandbox:
+                       env: dict | None = None, ro_binds: list[str] = ()) -> Sandbox:
     """Create a sandbox for one episode; use it as `async with await open_sandbox(...) as sb:`.
 
-    `image` is only used by docker/podman (default cfg.image). `env` adds environment variables.
-    Raises SandboxError (with how to fix it) when the backend cannot start.
+    `image` is only used by docker/podman (default cfg.image). `env` adds environment variables,
+    `ro_binds` read-only binds ("HOST" or "HOST:DEST", DEST relative to cfg.workdir) to those of
+    cfg.ro_binds: a task's environment (tasks.types.TaskEnvironment). Raises SandboxError (with how
+    to fix it) when the backend cannot start.
     """
     if cfg.backend == "bwrap":
         import asyncio
 
         from rollout.sandbox.bwrap import BwrapSandbox
         # Mounting/copying the repository touches the disk: keep the event loop free meanwhile.
-        return await asyncio.to_thread(BwrapSandbox, cfg, repo_dir, env)
+        return await asyncio.to_thread(BwrapSandbox, cfg, repo_dir, env, list(ro_binds))
     if cfg.backend == "local":
         from rollout.sandbox.local import LocalSandbox
-        return LocalSandbox(cfg, repo_dir, env)
+        return LocalSandbox(cfg, repo_dir, env, list(ro_binds))
     if cfg.backend in ("docker", "podman"):
         from rollout.sandbox.container import ContainerSandbox
-        return await ContainerSandbox.create(cfg, repo_dir, image, env, engine=cfg.backend)
+        return await ContainerSandbox.create(cfg, repo_dir, image, env, engine=cfg.backend, ro_binds=list(ro_binds))
     raise SandboxError(f"unknown rollout.sandbox.backend {cfg.backend!r}; "
                        "use one of bwrap, docker, podman, local")

@@ -1,6 +1,7 @@
 """The sandbox seam: an async terminal in a disposable machine, one per episode."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -26,3 +27,11 @@ class Sandbox(Protocol):
     async def __aenter__(self) -> "Sandbox": ...
 
     async def __aexit__(self, *exc) -> None: ...
+
+
+def split_bind(bind: str, workdir: str) -> tuple[str, str]:
+    """A read-only bind "HOST" or "HOST:DEST" as (host, dest): DEST defaults to HOST, and a relative
+    DEST is under the sandbox's workdir (where the repository is)."""
+    host, _, dest = bind.partition(":")
+    dest = dest or host
+    return host, dest if os.path.isabs(dest) else os.path.join(workdir, dest)

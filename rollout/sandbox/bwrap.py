@@ -28,6 +28,7 @@ import os
 import shutil
 
 from rollout.config import SandboxConfig
+from rollout.sandbox.base import split_bind
 from rollout.sandbox.shell import SandboxError, ShellSandbox, wait_for_exit
 from rollout.sandbox.workspace import CGROUPS_FILE, Cgroups, Workspace, sigkill
 
@@ -80,23 +81,28 @@ def system_binds() -> list[str]:
     return args
 
 
-def extra_binds(extra_ro: list[str]) -> list[str]:
-    """`ro_binds`; they come after /tmp's bind, or a path under /tmp would be hidden by it."""
+def extra_binds(extra_ro: list[str], workdir: str) -> list[str]:
+    """Read-only binds ("HOST" or "HOST:DEST"); they come after /tmp's and the repository's binds,
+    or a path under /tmp (or a tree bound into the repository) would be hidden by them."""
     args = []
-    for path in extra_ro:
-        if not os.path.isabs(path) or not os.path.exists(path):
-            raise SandboxError(f"rollout.sandbox.ro_binds names {path!r}, which is not an existing "
-                               "absolute path on this host; fix or remove it")
-        args += ["--ro-bind", path, path]
+    for bind in extra_ro:
+        host, dest = split_bind(bind, workdir)
+        if not os.path.isabs(host) or not os.path.exists(host):
+            raise SandboxError(f"read-only bind {bind!r} (rollout.sandbox.ro_binds or the task's environment) names "
+                               f"{host!r}, which is not an existing absolute path on this host; fix or remove it, "
+                               "or rebuild the task corpus on this machine")
+        args += ["--ro-bind", host, dest]
     return args
 
 
 class BwrapSandbox(ShellSandbox):
     state_path = "/tmp/.terminus-shell-state"
 
-    def __init__(self, cfg: SandboxConfig, repo_dir: str | None, env: dict | None = None):
+    def __init__(self, cfg: SandboxConfig, repo_dir: str | None, env: dict | None = None,
+                 ro_binds: list[str] = ()):
         super().__init__(cfg.output_limit_bytes, cfg.command_timeout_s)
         self.cfg = cfg
+        self.ro_binds = [*cfg.ro_binds, *ro_binds]
         self._bwrap = bwrap_binary()
         self.workspace = Workspace(cfg.root_dir or None, repo_dir)
         self._refused_seen = 0
@@ -134,7 +140,7 @@ class BwrapSandbox(ShellSandbox):
         # the root tmpfs too (it holds the /lib64 -> usr/lib64 link every binary needs).
         args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--tmpfs", "/dev/shm",
                  "--bind", self.workspace.tmp, "/tmp", "--bind", self.workspace.repo, cfg.workdir,
-                 *extra_binds(list(cfg.ro_binds)), "--remount-ro", "/", "--chdir", cfg.workdir, "--clearenv"]
+                 *extra_binds(self.ro_binds, cfg.workdir), "--remount-ro", "/", "--chdir", cfg.workdir, "--clearenv"]
         for k, v in self._env.items():
             args += ["--setenv", k, v]
         return args

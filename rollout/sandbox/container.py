@@ -19,6 +19,7 @@ import os
 import shutil
 
 from rollout.config import SandboxConfig
+from rollout.sandbox.base import split_bind
 from rollout.sandbox.shell import SandboxError, ShellSandbox, wait_for_exit
 
 
@@ -66,7 +67,7 @@ class ContainerSandbox(ShellSandbox):
 
     @classmethod
     async def create(cls, cfg: SandboxConfig, repo_dir: str | None, image: str, env: dict | None,
-                     engine: str) -> "ContainerSandbox":
+                     engine: str, ro_binds: list[str] = ()) -> "ContainerSandbox":
         ok, why = await engine_available(engine)
         if not ok:
             raise SandboxError(f"backend {engine!r} unavailable ({why}); start the engine or set "
@@ -80,6 +81,9 @@ class ContainerSandbox(ShellSandbox):
                 "-e", "TERM=dumb", "-e", "PAGER=cat", "-e", "GIT_PAGER=cat"]
         for k, v in (env or {}).items():
             args += ["-e", f"{k}={v}"]
+        for bind in ro_binds:   # a task's environment; cfg.ro_binds are bwrap's (the image has its toolchain)
+            host, dest = split_bind(bind, cfg.workdir)
+            args += ["-v", f"{host}:{dest}:ro"]
         rc, out = await _engine(engine, *args, image or cfg.image, "sh", "-c", _KEEPALIVE)
         if rc != 0:
             raise SandboxError(f"{engine} run of image {image or cfg.image!r} failed: {out[-500:]}")

@@ -13,12 +13,14 @@ import resource
 import signal
 
 from rollout.config import SandboxConfig
+from rollout.sandbox.base import split_bind
 from rollout.sandbox.shell import SandboxError, ShellSandbox, wait_for_exit
 from rollout.sandbox.workspace import Workspace
 
 
 class LocalSandbox(ShellSandbox):
-    def __init__(self, cfg: SandboxConfig, repo_dir: str | None, env: dict | None = None):
+    def __init__(self, cfg: SandboxConfig, repo_dir: str | None, env: dict | None = None,
+                 ro_binds: list[str] = ()):
         if not cfg.allow_local:
             raise SandboxError("the 'local' sandbox backend runs model commands on the host without "
                                "isolation; to use it anyway set rollout.sandbox.allow_local=true")
@@ -29,6 +31,11 @@ class LocalSandbox(ShellSandbox):
         self._env = {**os.environ, "HOME": os.path.join(self.workspace.tmp, "home"),
                      "TMPDIR": self.workspace.tmp, "TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat",
                      **{str(k): str(v) for k, v in (env or {}).items()}}
+        # No mounts here: a bind into the repository becomes a symlink; other host paths are visible anyway.
+        for bind in ro_binds:
+            host, dest = split_bind(bind, self.workspace.repo)
+            if dest.startswith(self.workspace.repo) and not os.path.lexists(dest):
+                os.symlink(host, dest)
 
     async def _spawn(self, argv_tail: list[str]) -> asyncio.subprocess.Process:
         cpu = self.cfg.cpu_time_limit_s

@@ -1,0 +1,166 @@
+"""Real-project tasks run where the agent runs: the build records each task's environment (the venv a
+Python project's tests import, the node_modules an npm project's tests require, shared by its tasks),
+every episode gets it, and `terminus tasks validate` replays the reference solutions through the
+episode path and checks that the recorded ground truth is reproduced. Local fixture projects, no
+network."""
+import asyncio
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rollout.config import SandboxConfig
+from tasks import load_tasks
+from tasks.build import build_corpus
+from tasks.manifest import Entry, why_failed
+from tasks.real import short_name
+from terminus.evaluation.validate import validate_tasks
+
+pytestmark = pytest.mark.timeout(300)
+
+MINI_PY = {
+    "mini.py": "def is_even(n):\n    return n % 2 == 0\n\n\ndef smaller(a, b):\n    return a if a < b else b\n",
+    # pytest, not the standard library's unittest: only the build's venv has it
+    "test_mini.py": "import pytest\nfrom mini import is_even, smaller\n\n\ndef test_even():\n    assert is_even(4)\n\n\n"
+                    "def test_smaller():\n    assert smaller(2, 3) == 2\n\n\n"
+                    "@pytest.mark.parametrize('host', ['::1', '127.0.0.1'])\ndef test_host(host):\n"
+                    "    assert is_even(len(host) - len(host))\n",
+}
+MINI_JS = {
+    "index.js": "const pad = require('leftpad');\nexports.label = (n) => pad(String(n), 3);\n"
+                "exports.isSmall = (n) => n < 10;\n",
+    "test/label.test.js": "const test = require('node:test');\nconst assert = require('node:assert');\n"
+                          "const { label, isSmall } = require('..');\n"
+                          "test('label pads', () => assert.strictEqual(label(7), '  7'));\n"
+                          "test('small numbers', () => assert.ok(isSmall(3)));\n",
+    "package.json": '{"name": "minijs", "version": "0.0.0"}\n',
+    # a dependency installed into the project's own tree, as `npm install` leaves it
+    "node_modules/leftpad/index.js": "module.exports = (s, n) => ' '.repeat(Math.max(0, n - s.length)) + s;\n",
+    "node_modules/leftpad/package.json": '{"name": "leftpad", "version": "1.0.0", "main": "index.js"}\n',
+}
+
+
+def _project(root, files):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return str(root)
+
+
+def _all(out):
+    return [t for s in ("train", "validation", "test") if (out / f"{s}.jsonl").read_text()
+            for t in load_tasks(str(out), s)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("real")
+    entries = [Entry("minipy", "local", "0", "python", "python3 -m pytest -v -p no:cacheprovider", runner="pytest",
+                     path=_project(tmp / "minipy", MINI_PY)),
+               Entry("minijs", "local", "0", "javascript", "node --test", runner="tap",
+                     path=_project(tmp / "minijs", MINI_JS))]
+    out = tmp / "corpus"
+    outcomes = build_corpus(entries, out, jobs=2, progress=lambda s: None)
+    assert not [o.excluded for o in outcomes if o.excluded]
+    return out, _all(out)
+
+
+def test_tasks_record_the_environment_their_ground_truth_was_made_in(corpus):
+    out, tasks = corpus
+    py = [t for t in tasks if t.project == "minipy"]
+    js = [t for t in tasks if t.project == "minijs"]
+    assert len(py) >= 3 and len(js) >= 2   # a clean task and fault tasks each
+    for t in py:
+        assert sys.prefix in t.environment.ro_binds and t.environment.env["PATH"].startswith(f"{sys.prefix}/bin:")
+    shared = out / "shared" / "local-minijs" / "node_modules"
+    for t in js:   # one node_modules for all the project's tasks, bound read-only; no copy per task
+        assert t.environment.ro_binds == [f"{shared}:node_modules"]
+        assert not os.path.exists(os.path.join(t.repo_dir, "node_modules"))
+    assert (shared / "leftpad" / "index.js").is_file()
+    stored = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert all(not b.startswith("/") for d in stored if d["project"] == "minijs" for b in d["environment"]["ro_binds"])
+
+
+def test_a_parametrized_pytest_id_with_colons_keeps_its_name(corpus):
+    assert short_name("tests/test_net.py::TestHost::test_host[::1]", "pytest") == "test_host[::1]"
+    assert short_name("test_mini.py::test_even", "pytest") == "test_even"
+    assert short_name("3 small numbers", "tap") == "small numbers"
+    _, tasks = corpus
+    failing = {f.value for t in tasks if t.project == "minipy" for f in t.ground_truth.facts if f.kind == "failing_test"}
+    assert failing and all(":" not in v.split("[")[0] for v in failing)
+    counts = [f.value for t in tasks if t.project == "minijs" for f in t.ground_truth.facts if f.kind == "counts"]
+    assert counts and all("TAP assertions" in v for v in counts)   # TAP counts test points: it says so
+
+
+def test_reference_solutions_reproduce_their_ground_truth_through_episodes(corpus, tok):
+    """The check the trainer depends on: each reference, replayed through the episode path with the
+    task's environment, exits as recorded and shows every fact; the scripted teacher tells apart
+    tasks whose requests coincide (made identical here) by what their commands printed."""
+    _, tasks = corpus
+    same = copy.deepcopy(tasks)
+    for t in same:
+        t.request = f"Run the tests of {t.project} and tell me what fails."
+    checks = asyncio.run(validate_tasks(same, SandboxConfig(), tok))
+    assert [c.task_id for c in checks] == [t.id for t in same]
+    assert all(c.ok for c in checks), [(c.task_id, c.problems) for c in checks if not c.ok]
+
+
+def test_without_its_environment_a_task_fails_validation(corpus, tok):
+    """What episodes got before tasks carried their environment: no venv (`No module named pytest`)
+    and no node_modules (`Cannot find module 'leftpad'`). Validation says which facts are lost."""
+    from tasks.types import TaskEnvironment
+
+    _, tasks = corpus
+    bare = copy.deepcopy([t for t in tasks if t.id in ("local-minipy", "local-minijs")])
+    for t in bare:
+        t.environment = TaskEnvironment()
+    checks = asyncio.run(validate_tasks(bare, SandboxConfig(), tok))
+    assert not any(c.ok for c in checks)
+    assert all(any("exit codes" in p or "not reproduced" in p for p in c.problems) for c in checks), checks
+
+
+def test_validate_cli_passes_a_good_corpus_and_fails_a_tampered_one(corpus, tmp_path):
+    out, _ = corpus
+    cli = [sys.executable, "-m", "terminus.cli", "tasks", "validate"]
+    r = subprocess.run([*cli, str(out), "--sample", "2"], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "validating 2 of" in r.stdout and "2 reproduce their ground truth, 0 do not" in r.stdout
+    bad = tmp_path / "bad"
+    subprocess.run(["cp", "-a", str(out), str(bad)], check=True)
+    split = next(s for s in ("train", "validation", "test") if (bad / f"{s}.jsonl").read_text())
+    lines = (bad / f"{split}.jsonl").read_text().splitlines()
+    d = json.loads(lines[0])
+    d["ground_truth"]["facts"][0]["evidence"] = ["a line the tests never print"]
+    (bad / f"{split}.jsonl").write_text("\n".join([json.dumps(d), *lines[1:]]) + "\n")
+    # a copy elsewhere: the shared node_modules are found relative to the corpus, not where it was built
+    r = subprocess.run([*cli, str(bad), "--split", split], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 1 and f"{d['id']}: FAILED" in r.stdout and "a line the tests never print" in r.stdout
+    assert r.stdout.count(": ok") == len(lines) - 1, r.stdout
+
+
+def test_exclusion_reasons_name_what_is_missing():
+    out = ("Traceback (most recent call last):\n  File \"t.py\", line 1\nModuleNotFoundError: No module named 'yaml'\n"
+           + "noise\n" * 200)
+    assert why_failed(out).startswith("missing: yaml; ")
+    assert why_failed("Error: Cannot find module 'chai'\n").startswith("missing: chai; ")
+
+
+def test_an_npm_install_failure_says_what_npm_said(tmp_path, monkeypatch):
+    """A real process on PATH in npm's place: it fails like npm does for a git dependency that cannot be
+    fetched, both times (with and without optional dependencies)."""
+    from tasks.real import npm_install
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "npm").write_text("#!/bin/sh\necho \"$@\" >> \"$(dirname \"$0\")/calls\"\n"
+                                 "echo 'npm ERR! code 128' >&2\n"
+                                 "echo 'npm ERR! An unknown git error occurred' >&2\nexit 1\n")
+    (bin_dir / "npm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with pytest.raises(RuntimeError, match="npm ERR! An unknown git error occurred"):
+        npm_install(tmp_path)
+    calls = (bin_dir / "calls").read_text().splitlines()
+    assert len(calls) == 2 and "--omit=optional" in calls[1]
