@@ -137,6 +137,13 @@ class LocalCluster:
                 continue
             if self.temp_dir in cmd or f"127.0.0.1:{self.port}" in cmd:
                 mine.append(p)
+        # and their children: Ray's agents rename themselves (ray::DashboardAgent), so their command
+        # lines no longer name the cluster; killed with their parents they would outlive them
+        for p in list(mine):
+            try:
+                mine += [c for c in p.children(recursive=True) if c not in mine]
+            except psutil.NoSuchProcess:
+                pass
         for p in mine:
             try:
                 p.terminate()

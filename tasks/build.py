@@ -84,7 +84,13 @@ def build_project_cached(entry: Entry, out: str, observation_cap: int = OBSERVAT
         tmp = record.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(result))
         os.replace(tmp, record)
-    return result | {"cached": False}
+    return result | {"cached": False, "node": _node()}
+
+
+def _node() -> str:
+    """The Ray node this runs on ('' outside Ray): where each project was built, for the summary."""
+    import ray
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def _bar(done: int, total: int, started: float, width: int = 24) -> str:
@@ -124,7 +130,7 @@ def build_corpus(entries: list[Entry], out: Path, *, address: str = "", jobs: in
             try:
                 d = ray.get(ref)
                 o = Outcome.from_dict(d)
-                o.cached = d["cached"]
+                o.cached, o.node = d["cached"], d.get("node", "")
             except Exception as e:   # noqa: BLE001 - a worker that died: the project is excluded, retried next time
                 o = Outcome(entry, [], f"build error: the worker died ({type(e).__name__}: {str(e)[:200]})")
             outcomes.append(o)

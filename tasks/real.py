@@ -294,6 +294,7 @@ class Outcome:
     flaky_faults: int = 0
     duration_s: float = 0.0
     cached: bool = False     # reused from an earlier build (tasks.build), not built now
+    node: str = ""           # the Ray node that built it (tasks.build)
 
     def to_dict(self) -> dict:
         return {"entry": dataclasses.asdict(self.entry), "tasks": [dataclasses.asdict(t) for t in self.tasks],

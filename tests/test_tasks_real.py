@@ -1,7 +1,6 @@
 """The real-project builder's compiled paths (C/C++, Java): parsers on real test output, the Debian
 ecosystem's manifest checks, and local C and Java projects built and fault-injected end to end in a
 real sandbox (no network)."""
-import asyncio
 import dataclasses
 import json
 
