@@ -30,7 +30,7 @@ from tasks.real import (
     sandbox_config,
 )
 
-_BUILDER_SOURCES = ("real.py", "manifest.py", "groundtruth.py", "builtin.py", "types.py", "build.py")
+_BUILDER_SOURCES = ("real.py", "kinds.py", "manifest.py", "groundtruth.py", "builtin.py", "types.py", "build.py")
 
 
 def project_key(entry: Entry, observation_cap: int) -> str:
@@ -49,7 +49,7 @@ def base_name(entry: Entry) -> str:
 def _clear_partial(entry: Entry, out: Path) -> None:
     """What a killed build of this project left behind (its task snapshots, its shared trees)."""
     base = base_name(entry)
-    ours = re.compile(rf"^{re.escape(base)}(-({'|'.join(op for op, *_ in OPERATORS)})-\d+)?$")
+    ours = re.compile(rf"^{re.escape(base)}(-({'|'.join(op for op, *_ in OPERATORS)}|one)-\d+|-build|-lint)?$")
     if (out / "repos").is_dir():
         for p in (out / "repos").iterdir():
             if ours.match(p.name):

@@ -18,7 +18,10 @@ _PY_FRAME = re.compile(r'File "(?:/work/repo/)?([^"]+)", line (\d+)')
 _TAP_RESULT = re.compile(r"^(not ok|ok) \d+ - (.+)$", re.MULTILINE)
 _TAP_COUNT = re.compile(r"^# (tests|pass|fail) (\d+)$", re.MULTILINE)
 _TAP_ERROR_NAME = re.compile(r"^\s+name: '(\w+)'", re.MULTILINE)
-_GCC_ERROR = re.compile(r"^([\w./-]+\.[ch]):(\d+):\d+: error: (.+)$", re.MULTILINE)
+# gcc/g++ ("file.c:12:5: error: msg") and javac ("File.java:12: error: msg")
+_GCC_ERROR = re.compile(r"^([\w./-]+\.(?:c|h|cc|cpp|cxx|hh|hpp|java)):(\d+):(?:\d+:)? error: (.+)$", re.MULTILINE)
+# tsc --pretty false: "src/calc.ts(5,3): error TS2322: msg"
+_TSC_ERROR = re.compile(r"^([\w./-]+\.tsx?)\((\d+),\d+\): error (TS\d+): (.+)$", re.MULTILINE)
 _MAKE_NO_RULE = re.compile(r"No rule to make target '([^']+)'")
 _LINK_UNDEFINED = re.compile(r"undefined reference to `(\w+)'")
 _C_ASSERT = re.compile(r"([\w./-]+\.c):(\d+): \w+: Assertion `(.+)' failed")
@@ -106,16 +109,22 @@ def tap_facts(output: str) -> tuple[list[Fact], dict]:
 
 
 def build_facts(output: str) -> list[Fact]:
-    """Facts from make/gcc: the first compiler error with file:line, a missing file, a link error,
+    """Facts from make/gcc/javac/tsc: the first compiler error with file:line, a missing file, a link error,
     or a failed C assertion; the compiler and linker facts carry their evidence (the lines they
     come from)."""
     if m := _GCC_ERROR.search(output):
         path, line, msg = m.groups()
         key = re.findall(r"[‘'](\w+)[’']", msg)
-        pats = [_word(key[0])] if key else [r"error"]
+        words = re.findall(r"[A-Za-z_]\w+", msg)[:2]   # no name in quotes: the message's first words, any quotes
+        pats = [_word(key[0])] if key else [".{1,8}".join(map(re.escape, words))] if words else [r"error"]
         loc = location_fact(path, line)
         loc.evidence = [f"{path}:{line}:"]
         return [Fact("error_message", msg.strip(), pats, [msg.strip()]), loc]
+    if m := _TSC_ERROR.search(output):
+        path, line, code, msg = m.groups()
+        loc = location_fact(path, line)   # a report may say calc.ts:5 or calc.ts line 5
+        loc.evidence = [f"{path}({line},"]
+        return [Fact("error_message", f"{code}: {msg.strip()}", [_word(code)], [f"error {code}"]), loc]
     if m := _MAKE_NO_RULE.search(output):
         return [Fact("error_message", f"no rule to make target '{m.group(1)}' (the file is missing)",
                      [_word(m.group(1))], [m.group(0)])]

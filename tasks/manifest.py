@@ -157,6 +157,7 @@ class ProjectCheck:
     exit_codes: list[int] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     durations: list[float] = field(default_factory=list)   # seconds of each test run
+    probe: str = ""               # what the `probe` command printed (first run, after the setup)
 
 
 def _parse(runner: str, output: str) -> dict[str, str]:
@@ -201,12 +202,14 @@ def junit_tree_results(output: str) -> dict[str, str]:
 
 
 async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: float = 300,
-                        environment=None, snapshot: str = "", setup_timeout_s: float | None = None) -> ProjectCheck:
+                        environment=None, snapshot: str = "", setup_timeout_s: float | None = None,
+                        probe: str = "") -> ProjectCheck:
     """Run the test command twice (hash seeds 1 and 2) in fresh sandboxes and compare.
 
     `environment`: the tasks.types.TaskEnvironment the commands run with (its paths absolute).
     `snapshot`: a host directory that receives a copy of the first sandbox's repository right after
-    the setup (the built tree), so fault runs rebuild incrementally instead of from scratch."""
+    the setup (the built tree), so fault runs rebuild incrementally instead of from scratch.
+    `probe`: a command run once after the setup, before the tests (e.g. `ls`: what an agent sees first)."""
     from rollout.sandbox import open_sandbox
 
     check = ProjectCheck("runs")
@@ -220,6 +223,8 @@ async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: flo
                     return ProjectCheck("cannot_run", f"setup `{cmd}` exited {r.exit_code}: {why_failed(r.output)}")
             if snapshot and seed == "1" and entry.setup:
                 await asyncio.to_thread(_snapshot, sb, snapshot)
+            if probe and seed == "1":
+                check.probe = (await sb.run(probe, timeout_s=60)).output
             r = await sb.run(entry.test_command, timeout_s=timeout_s)
         if r.timed_out:
             return ProjectCheck("cannot_run", f"tests timed out after {timeout_s:.0f} s")

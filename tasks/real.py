@@ -31,6 +31,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks import kinds
 from tasks.builtin import Mutation, apply_mutation, check_reference, reference_report
 from tasks.groundtruth import count_fact, missing_evidence
 from tasks.manifest import Entry, check_project, split_of
@@ -55,6 +56,11 @@ MAX_FAULT_TRIES_COMPILED = 10  # ...and per C/C++ project, where each one is als
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+# a main agent's goals, naming no command: the agent finds out how the project is tested
+GOAL_REQUESTS = ("Run the test suite of {name} and tell me what fails, if anything.",
+                 "Find out how {name}'s tests are run, run them, and report which fail and why.",
+                 "I changed some code in {name}. Check whether its tests still pass and summarize the results.",
+                 "Do the {name} tests pass? If not, which ones fail?")
 REQUESTS = ("Run the test suite of {name} (`{cmd}`) and tell me what fails, if anything.",
             "Can you run `{cmd}` in this repo and report which tests fail and why?",
             "I changed some code in {name}. Run the tests (`{cmd}`) and summarize the results.",
@@ -140,8 +146,9 @@ def fetch(entry: Entry, dest: Path) -> Path:
     """Download and unpack the project's source; returns its root directory."""
     dest.mkdir(parents=True, exist_ok=True)
     if entry.ecosystem == "local":
-        shutil.copytree(entry.path, dest / "src" / entry.name, symlinks=True)
-        return dest / "src" / entry.name
+        root = dest / "src" / entry.name
+        shutil.copytree(entry.path, root, symlinks=True)
+        return _prepare(root)
     if entry.ecosystem == "debian":
         archives = [_fetch_debian(entry, dest)]
     elif entry.ecosystem == "pypi":
@@ -161,11 +168,25 @@ def fetch(entry: Entry, dest: Path) -> Path:
         with tarfile.open(archives[0]) as tf:
             tf.extractall(dest / "src", filter="data")
     roots = list((dest / "src").iterdir())
-    root = roots[0] if len(roots) == 1 and roots[0].is_dir() else dest / "src"
-    if entry.ecosystem == "npm":
+    return _prepare(roots[0] if len(roots) == 1 and roots[0].is_dir() else dest / "src")
+
+
+def _prepare(root: Path) -> Path:
+    """A fetched tree made ready to build: a JavaScript/TypeScript project's dependencies installed
+    into its own node_modules (from the registry, no scripts run), the files owned by root."""
+    if (root / "package.json").is_file() and not (root / "node_modules").exists() and _declares_dependencies(root):
         npm_install(root)
     subprocess.run(["chown", "-R", "0:0", str(root)], check=False)   # bwrap drops caps: own the files
     return root
+
+
+def _declares_dependencies(root: Path) -> bool:
+    import json
+    try:
+        package = json.loads((root / "package.json").read_text())
+    except ValueError:
+        return False
+    return bool(package.get("dependencies") or package.get("devDependencies"))
 
 
 def npm_install(root: Path) -> None:
@@ -308,38 +329,73 @@ class Outcome:
                        d["excluded"], d["dropped"], d["flaky_faults"], d["duration_s"])
 
 
-def _task(entry: Entry, tid: str, repo: str, env: TaskEnvironment, chk, mutation: dict | None,
-          cap: int, dropped: dict[str, int]) -> Task:
-    """A run_tests task from a checked run (its first of two alike), with only the facts its
-    observation shows; the mutation, if any, is metadata unless the output shows where it is."""
-    results, code, output = chk.results[0], chk.exit_codes[0], chk.outputs[0]
-    seen = agent_view(output, code, cap)
-    facts = result_facts(results, entry.runner, output)
-    if mutation:
-        name, line = Path(mutation["file"]).name, mutation["line"]
-        shown = re.search(rf"{re.escape(name)}\W{{1,3}}(line\s+)?{line}\b", seen)
-        facts.append(Fact("cause", f"cause: {mutation['cause']} in {name}:{line}",
-                          [rf"{re.escape(name)}\W{{1,3}}(line\s+)?{line}\b"], [shown.group(0)] if shown else []))
+@dataclass
+class Run:
+    """One reference command as the build ran it: the whole output and the exit code."""
+    command: str
+    output: str
+    exit_code: int
+
+
+def evidence_by_patterns(fact: Fact, seen: str) -> list[str]:
+    """Evidence for a fact recorded without any: what each of its report patterns matches in what the
+    agent saw ([] when one matches nothing: the fact is not observable)."""
+    found = [re.search(p, seen, re.IGNORECASE | re.MULTILINE) for p in fact.patterns]
+    return [m.group(0) for m in found] if found and all(found) else []
+
+
+def make_task(entry: Entry, tid: str, category: str, request: str, runs: list[Run], facts: list[Fact],
+              env: TaskEnvironment, repo: str, setup: list[str], cap: int, dropped: dict[str, int],
+              observed: dict | None = None) -> Task:
+    """A task whose reference solution is `runs`' commands and whose ground truth is `facts`, kept
+    only where what the agent sees of the runs (each output capped at `cap`) shows them; the last
+    run is the one the report is about."""
+    seen = "\n".join(agent_view(r.output, r.exit_code, cap) for r in runs)
+    for f in facts:
+        f.evidence = f.evidence or evidence_by_patterns(f, seen)
     facts, lost = observable(facts, seen)
     for f in lost:
         dropped[f.kind] = dropped.get(f.kind, 0) + 1
-    if code == 0 and not any(f.kind == "counts" for f in facts):   # the exit status still says they pass
-        facts.append(Fact("outcome", "the tests pass", [r"pass|succe|\bok\b"], ["<exit_code>0</exit_code>"]))
+    code = runs[-1].exit_code
     facts.append(Fact("exit_status", f"exit status {code}", [rf"\bexit\b\D{{0,20}}\b{code}\b"],
                       [f"<exit_code>{code}</exit_code>"]))
-    status = "success" if code == 0 else "failure"
-    cmd = entry.test_command
-    pick = int(hashlib.sha256(tid.encode()).hexdigest(), 16) % len(REQUESTS)
-    observed = {"tests": results, "outputs": [seen_output(output, cap)], "exit_codes": [code]}
-    if mutation:
-        observed["mutation"] = mutation
-    t = Task(id=tid, language=entry.language, category="run_tests", project=entry.name, repo_dir=repo,
-             request=REQUESTS[pick].format(name=entry.name, cmd=cmd), setup=list(entry.setup),
+    status = "success" if code == 0 else "failure" if any(f.kind in ("failing_test", "finding") for f in facts) else "error"
+    observed = {**(observed or {}), "outputs": [seen_output(r.output, cap) for r in runs],
+                "exit_codes": [r.exit_code for r in runs]}
+    commands = [r.command for r in runs]
+    t = Task(id=tid, language=entry.language, category=category, project=entry.name, repo_dir=repo,
+             request=request, setup=list(setup),
              ground_truth=GroundTruth(exit_status=code, facts=facts, observed=observed),
-             reference=ReferenceSolution([cmd], reference_report(cmd, code, status, facts)),
+             reference=ReferenceSolution(commands, reference_report(   # it states the exit status itself
+                 commands[-1], code, status, [f for f in facts if f.kind != "exit_status"])),
              split=split_of(entry.name), environment=env)
     check_reference(t)
     return t
+
+
+def suite_task(entry: Entry, tid: str, repo: str, env: TaskEnvironment, chk, mutation: dict | None, cap: int,
+                  dropped: dict[str, int], listing: str = "") -> Task:
+    """A task about a checked test run (its first of two alike): run_tests with the command in the
+    request, or (for half the tasks, by a hash of the id, and when `listing` is given: what `ls`
+    printed in the repository) discover_tests, a request that names no command, whose reference
+    first looks at the repository. The mutation, if any, is metadata unless the output shows where."""
+    results, code, output = chk.results[0], chk.exit_codes[0], chk.outputs[0]
+    facts = result_facts(results, entry.runner, output)
+    if mutation:
+        name, line = Path(mutation["file"]).name, mutation["line"]
+        facts.append(Fact("cause", f"cause: {mutation['cause']} in {name}:{line}",
+                          [rf"{re.escape(name)}\W{{1,3}}(line\s+)?{line}\b"]))
+    if code == 0 and not [f for f in facts if f.kind == "counts" and f.evidence]:   # the exit status says they pass
+        facts.append(Fact("outcome", "the tests pass", [r"pass|succe|\bok\b"], ["<exit_code>0</exit_code>"]))
+    runs = [Run(entry.test_command, output, code)]
+    pick = int(hashlib.sha256(tid.encode()).hexdigest(), 16)
+    if listing and pick % 2:
+        category, request = "discover_tests", GOAL_REQUESTS[pick // 2 % len(GOAL_REQUESTS)].format(name=entry.name)
+        runs.insert(0, Run("ls", listing, 0))
+    else:
+        category, request = "run_tests", REQUESTS[pick // 2 % len(REQUESTS)].format(name=entry.name, cmd=entry.test_command)
+    return make_task(entry, tid, category, request, runs, facts, env, repo, entry.setup, cap, dropped,
+                     {"tests": results} | ({"mutation": mutation} if mutation else {}))
 
 
 def seen_output(output: str, cap: int) -> str:
@@ -369,12 +425,12 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
     build_env = env.resolved(str(out))   # during the build: absolute paths
     built = work / f"{entry.name}.built"   # the tree after the setup (a build): fault runs rebuild from it
     shutil.rmtree(built, ignore_errors=True)
-    chk = await check_project(str(root), entry, sandbox_cfg, environment=build_env, snapshot=str(built))
+    chk = await check_project(str(root), entry, sandbox_cfg, environment=build_env, snapshot=str(built), probe="ls")
     if chk.verdict != "runs":
         return Outcome(entry, [], f"{chk.verdict}: {chk.reason}")
     outcome = Outcome(entry, [])
     _copy_source(root, out / "repos" / base)
-    outcome.tasks.append(_task(entry, base, f"repos/{base}", env, chk, None, cap, outcome.dropped))
+    outcome.tasks.append(suite_task(entry, base, f"repos/{base}", env, chk, None, cap, outcome.dropped, chk.probe))
     baseline_fail = {t for t, s in chk.results[0].items() if failed(s)}
     prebuilt = built if built.is_dir() else None
     # a fault that makes a test loop forever must not cost the full timeout: a few times the clean run
@@ -395,14 +451,26 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
             apply_mutation(run_dir, m)
         # run twice, like the clean run: a fault whose results differ between runs is flaky
         fchk = await check_project(str(run_dir), entry, sandbox_cfg, timeout_s=fault_timeout, setup_timeout_s=300,
-                                   environment=build_env)
-        if prebuilt:
-            shutil.rmtree(run_dir, ignore_errors=True)
+                                   environment=build_env, probe="ls")
         newly = {t for t, s in (fchk.results[0] if fchk.results else {}).items() if failed(s)} - baseline_fail
         if fchk.verdict != "runs" or not newly:   # not caught by the tests, or flaky: no task
             outcome.flaky_faults += fchk.verdict == "flaky"
             shutil.rmtree(frepo)
+            if prebuilt:
+                shutil.rmtree(run_dir, ignore_errors=True)
             continue
         mutation = {"operator": m.name, "file": m.file, "line": line, "cause": m.cause}
-        outcome.tasks.append(_task(entry, tid, f"repos/{tid}", env, fchk, mutation, cap, outcome.dropped))
+        outcome.tasks.append(suite_task(entry, tid, f"repos/{tid}", env, fchk, mutation, cap, outcome.dropped,
+                                        fchk.probe))
+        if not any(t.category == "run_one_test" for t in outcome.tasks):   # one per project, on this fault's tree
+            one = await kinds.one_test_task(entry, f"{base}-one-{len(outcome.tasks)}", str(run_dir), f"repos/{tid}",
+                                            fchk, env, build_env, sandbox_cfg, fault_timeout, cap, outcome.dropped,
+                                            mutation)
+            outcome.tasks += [one] if one else []
+        if prebuilt:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    built_task = await kinds.build_task(entry, root, out, base, env, build_env, sandbox_cfg,
+                                        source_files(root, entry.language, prebuilt), cap, outcome.dropped)
+    lint = await kinds.lint_task(entry, root, out, base, env, build_env, sandbox_cfg, cap, outcome.dropped)
+    outcome.tasks += [t for t in (built_task, lint) if t]
     return outcome

@@ -98,7 +98,8 @@ def test_real_builder_keeps_only_facts_the_output_shows(tmp_path):
     tasks = {t.id: t for s in ("train", "validation", "test") for t in
              (load_tasks(str(out), s) if (out / f"{s}.jsonl").read_text() else [])}
     assert tasks["local-mini"].ground_truth.exit_status == 0
-    faults = {i.split("-")[2]: t for i, t in tasks.items() if i != "local-mini"}
+    faults = {i.split("-")[2]: t for i, t in tasks.items() if i != "local-mini" and "mutation" in t.ground_truth.observed
+              and t.category in ("run_tests", "discover_tests")}
     assert set(faults) == {"flip_eq", "offbyone", "flip_lt"}
     where = {"flip_eq": 2, "offbyone": 10, "flip_lt": 6}
     for op, t in faults.items():
@@ -111,7 +112,9 @@ def test_real_builder_keeps_only_facts_the_output_shows(tmp_path):
         failing = [f.value for f in t.ground_truth.facts if f.kind == "failing_test"]
         assert failing == [{"flip_eq": "test_even", "offbyone": "test_last", "flip_lt": "test_smaller"}[op] + " fails"]
         # the scripted teacher tells the three fault tasks (one request text each) apart by what was printed
-        assert t.ground_truth.observed["outputs"] and t.ground_truth.observed["exit_codes"] == [1]
+        assert t.ground_truth.observed["outputs"] and t.ground_truth.observed["exit_codes"][-1] == 1
+        # a request that names no command (discover_tests) has a reference that looks around first
+        assert (t.category == "discover_tests") == (t.reference.commands[0] == "ls") == ("`" not in t.request)
     summary = json.loads((out / "corpus.json").read_text())
     assert summary["unobservable_facts_dropped"] == {"cause": 2}
     assert len({t.split for t in tasks.values()}) == 1   # one project, one split

@@ -22,7 +22,7 @@ from terminus.evaluation.validate import validate_tasks
 pytestmark = pytest.mark.timeout(300)
 
 MINI_PY = {
-    "mini.py": "def is_even(n):\n    return n % 2 == 0\n\n\ndef smaller(a, b):\n    return a if a < b else b\n",
+    "mini.py": "import os\n\n\ndef is_even(n):\n    return n % 2 == 0\n\n\ndef smaller(a, b):\n    return a if a < b else b\n",
     # pytest, not the standard library's unittest: only the build's venv has it
     "test_mini.py": "import pytest\nfrom mini import is_even, smaller\n\n\ndef test_even():\n    assert is_even(4)\n\n\n"
                     "def test_smaller():\n    assert smaller(2, 3) == 2\n\n\n"
@@ -84,6 +84,21 @@ def test_tasks_record_the_environment_their_ground_truth_was_made_in(corpus):
     assert all(not b.startswith("/") for d in stored if d["project"] == "minijs" for b in d["environment"]["ro_binds"])
 
 
+def test_a_python_project_gets_every_kind_of_task(corpus):
+    _, tasks = corpus
+    py = {t.category: t for t in tasks if t.project == "minipy"}
+    assert {"run_one_test", "build", "lint"} <= set(py) and {"run_tests", "discover_tests"} & set(py)
+    one = py["run_one_test"]
+    assert one.reference.commands[0].endswith("::test_smaller") or one.reference.commands[0].endswith("::test_even")
+    assert list(one.ground_truth.observed["tests"]) == [one.reference.commands[0].split()[-1]]   # that test alone
+    lint = {f.kind: f.value for f in py["lint"].ground_truth.facts}
+    assert lint["finding"] == "mini.py:1: 'os' imported but unused" and lint["counts"] == "1 findings"
+    build = py["build"]
+    loc = [f.value for f in build.ground_truth.facts if f.kind == "error_location"]
+    assert build.setup == [] and loc == [f"mini.py line {build.ground_truth.observed['mutation']['line']}"]
+    assert any("SyntaxError" in f.value for f in build.ground_truth.facts)
+
+
 def test_a_parametrized_pytest_id_with_colons_keeps_its_name(corpus):
     assert short_name("tests/test_net.py::TestHost::test_host[::1]", "pytest") == "test_host[::1]"
     assert short_name("test_mini.py::test_even", "pytest") == "test_even"
@@ -98,11 +113,13 @@ def test_a_parametrized_pytest_id_with_colons_keeps_its_name(corpus):
 def test_reference_solutions_reproduce_their_ground_truth_through_episodes(corpus, tok):
     """The check the trainer depends on: each reference, replayed through the episode path with the
     task's environment, exits as recorded and shows every fact; the scripted teacher tells apart
-    tasks whose requests coincide (made identical here) by what their commands printed."""
+    tasks whose requests coincide (made identical here for the tasks of a project and kind) by what
+    their commands printed."""
     _, tasks = corpus
     same = copy.deepcopy(tasks)
     for t in same:
-        t.request = f"Run the tests of {t.project} and tell me what fails."
+        t.request = f"Please look at {t.project}: {t.category}."
+    assert len({t.request for t in same}) < len(same)
     checks = asyncio.run(validate_tasks(same, SandboxConfig(), tok))
     assert [c.task_id for c in checks] == [t.id for t in same]
     assert all(c.ok for c in checks), [(c.task_id, c.problems) for c in checks if not c.ok]
