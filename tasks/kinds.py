@@ -199,11 +199,9 @@ def lint_facts(output: str) -> list[Fact]:
 async def lint_task(entry: Entry, root: Path, out: Path, base: str, env: TaskEnvironment, build_env: TaskEnvironment,
                     sandbox_cfg, cap: int, dropped: dict) -> Task | None:
     """A lint task (Python projects, when the build's venv has pyflakes), run twice alike."""
-    import importlib.util
-
     from tasks.real import _copy_source, make_task
 
-    if entry.language != "python" or importlib.util.find_spec("pyflakes") is None:
+    if entry.language != "python":   # its venv has pyflakes (tasks.real.VENV_TOOLS)
         return None
     runs = [await run_commands(sandbox_cfg, str(root), build_env, [LINT_COMMAND], 300) for _ in range(2)]
     if runs[0][0].output != runs[1][0].output or runs[0][0].exit_code not in (0, 1):

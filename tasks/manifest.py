@@ -40,7 +40,7 @@ _CTEST_STATUS = {"Passed": "PASS", "Failed": "FAIL", "Skipped": "SKIP"}   # anyt
 # the JUnit Platform console launcher's tree: "│  ├─ testName ✔" / "└─ testName ✘ message" / "↷" skipped
 _JUNIT_LINE = re.compile(r"^((?:[│ ]  )*)[├└]─ (.*?) ([✔✘↷■])(?: .*)?$")
 _JUNIT_STATUS = {"✔": "PASS", "✘": "FAIL", "↷": "SKIP", "■": "SKIP"}   # aborted: an assumption not met
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@/-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@/+-]*$")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class Entry:
     setup: tuple[str, ...] = ()
     runner: str = "unittest"     # which parser reads the test output (RUNNERS)
     path: str = ""               # ecosystem "local": the project's directory (tests, local mirrors)
+    test_deps: tuple[str, ...] = ()   # Python: what its tests import, from PyPI (pinned, e.g. "pyyaml==6.0.1")
 
     @property
     def key(self) -> str:
@@ -79,7 +80,7 @@ def _problem(d: dict) -> str:
         return f"bad project name {d['name']!r}"
     version = str(d["version"])
     if d["ecosystem"] == "debian":   # Debian's own version: [epoch:]upstream[-revision]
-        if not re.match(r"^(\d+:)?[0-9][0-9A-Za-z.+~]*(-[0-9A-Za-z.+~]+)?$", version):
+        if not re.match(r"^(\d+:)?[0-9][0-9A-Za-z.+~]*(-[0-9A-Za-z.+~]+)*$", version):   # upstream may hold '-'
             return (f"version {version!r} is not an exact Debian source version (pin one as `apt-cache showsrc` "
                     "prints it, e.g. 1.7.15-1+deb12u4 or 1:1.2.13.dfsg-1)")
     elif not re.match(r"^[0-9A-Za-z][0-9A-Za-z.+-]*$", version) or version in ("latest", "*"):
@@ -88,7 +89,10 @@ def _problem(d: dict) -> str:
         return f"local project path {d.get('path', '')!r} is not a directory"
     if d.get("runner", "unittest") not in RUNNERS:
         return f"unknown runner {d['runner']!r}; use one of {', '.join(RUNNERS)}"
-    unknown = set(d) - {"name", "ecosystem", "version", "language", "test_command", "setup", "runner", "path"}
+    if not isinstance(d.get("test_deps", []), list) or not all(isinstance(x, str) for x in d.get("test_deps", [])):
+        return "test_deps must be a list of requirement strings (e.g. [\"pyyaml==6.0.1\"])"
+    unknown = set(d) - {"name", "ecosystem", "version", "language", "test_command", "setup", "runner", "path",
+                        "test_deps"}
     if unknown:
         return f"unknown field(s) {', '.join(sorted(unknown))}"
     return ""
@@ -117,7 +121,8 @@ def load_manifest(path: str | Path) -> tuple[list[Entry], list[ManifestProblem]]
             continue
         seen.add((d["ecosystem"], d["name"]))
         entries.append(Entry(d["name"], d["ecosystem"], str(d["version"]), d["language"], d["test_command"],
-                             tuple(d.get("setup", ())), d.get("runner", "unittest"), d.get("path", "")))
+                             tuple(d.get("setup", ())), d.get("runner", "unittest"), d.get("path", ""),
+                             tuple(d.get("test_deps", ()))))
     return entries, problems
 
 

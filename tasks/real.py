@@ -21,20 +21,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import hashlib
+import json
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tasks import kinds
 from tasks.builtin import Mutation, apply_mutation, check_reference, reference_report
 from tasks.groundtruth import count_fact, missing_evidence
-from tasks.manifest import Entry, check_project, split_of
+from tasks.manifest import Entry, check_project, split_of, why_failed
 from tasks.types import Fact, GroundTruth, ReferenceSolution, Task, TaskEnvironment
 
 # (operator name, old, new, cause): applied to the first matching source line of a file
@@ -71,18 +74,57 @@ REQUESTS = ("Run the test suite of {name} (`{cmd}`) and tell me what fails, if a
 OBSERVATION_CAP = 16384   # bytes of a command's output an episode shows (rollout.sandbox.output_limit_bytes)
 
 
-def environment(entry: Entry, shared_node_modules: str = "") -> TaskEnvironment:
-    """What the project's commands run with, in the build and in every episode of its tasks: Python
-    projects this venv's interpreter and pytest (bound read-only, first on PATH); npm projects their
-    node_modules, shared by the project's tasks (a path relative to the corpus, bound read-only)."""
+VENV_MOUNT = "/opt/venv"   # where a Python project's virtual environment appears in its sandboxes
+VENV_TOOLS = ("pytest", "pyflakes")   # in every project's venv: the test runner and the linter of lint tasks
+
+
+def environment(entry: Entry, shared_node_modules: str = "", venv: str = "") -> TaskEnvironment:
+    """What the project's commands run with, in the build and in every episode of its tasks: a Python
+    project its own virtual environment (`venv`, relative to the corpus: bound read-only at
+    /opt/venv, first on PATH, with the interpreter it was made from); an npm project its
+    node_modules, shared by the project's tasks (bound read-only into the repository)."""
     binds: list[str] = []
     env = {"HOME": "/tmp"}
-    if entry.language == "python":
-        binds += list(dict.fromkeys([sys.prefix, sys.base_prefix]))
-        env["PATH"] = f"{sys.prefix}/bin:/usr/local/bin:/usr/bin:/bin"
+    if venv:
+        binds += [f"{venv}:{VENV_MOUNT}", sys.base_prefix]
+        env["PATH"] = f"{VENV_MOUNT}/bin:/usr/local/bin:/usr/bin:/bin"
     if shared_node_modules:
         binds.append(f"{shared_node_modules}:node_modules")
     return TaskEnvironment(binds, env)
+
+
+def project_venv(entry: Entry, out: Path) -> str:
+    """The virtual environment of a Python project: VENV_TOOLS and the manifest's `test_deps`, from
+    PyPI at build time. Built once per set of packages (a content hash) into ~/.cache/terminus/venvs,
+    copied into the corpus (shared/venvs/<hash>, shared by every project with that set); returns its
+    path relative to the corpus. Its scripts name the cache path, so tasks run `python3 -m ...`."""
+    from terminus.model import cache_root
+    deps = sorted({*VENV_TOOLS, *entry.test_deps})
+    key = hashlib.sha256("\n".join([sys.version, *deps]).encode()).hexdigest()[:12]
+    cached = cache_root() / "venvs" / key
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with open(cached.parent / f"{key}.lock", "w") as lock:   # Ray tasks of one machine may race for it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (cached / "COMPLETE").exists():
+            shutil.rmtree(cached, ignore_errors=True)
+            base = getattr(sys, "_base_executable", sys.executable)
+            pip = [str(cached / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+
+            def run(cmd: list[str]) -> subprocess.CompletedProcess:
+                return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            for cmd in ([base, "-m", "venv", str(cached)], [*pip, *VENV_TOOLS]):
+                if (r := run(cmd)).returncode != 0:
+                    raise RuntimeError(f"creating the test environment failed: {why_failed(r.stderr + r.stdout)}")
+            missing = []
+            if run([*pip, *deps]).returncode != 0:   # one unknown package must not sink the others
+                missing = [d for d in deps if run([*pip, d]).returncode != 0]
+            (cached / "COMPLETE").write_text(json.dumps({"installed": [d for d in deps if d not in missing],
+                                                         "not_on_pypi": missing}))
+        rel = f"shared/venvs/{key}"
+        if not (out / rel / "COMPLETE").exists():
+            shutil.rmtree(out / rel, ignore_errors=True)
+            shutil.copytree(cached, out / rel, symlinks=True)
+    return rel
 
 
 def sandbox_config(base=None):
@@ -108,7 +150,8 @@ _debian_ready: set[str] = set()
 
 def debian_state(root: Path | None = None) -> list[str]:
     """apt-get options that use private Debian source lists (never the system's apt configuration),
-    under ~/.cache/terminus/debian-apt; the lists are downloaded once per process."""
+    under ~/.cache/terminus/debian-apt; the lists are refreshed at most every 6 hours, by one process
+    at a time (the file lock), and `apt-get source` of many processes reads them concurrently."""
     if root is None:
         from terminus.model import cache_root
         root = cache_root() / "debian-apt"
@@ -119,27 +162,43 @@ def debian_state(root: Path | None = None) -> list[str]:
             return opts
         for d in ("sources", "lists/partial", "cache/archives/partial"):
             (root / d).mkdir(parents=True, exist_ok=True)
-        (root / "sources" / "debian-src.sources").write_text(
-            f"Types: deb-src\nURIs: {DEBIAN_MIRROR}\nSuites: {DEBIAN_SUITE}\nComponents: main\n"
-            f"Signed-By: {DEBIAN_KEYRING}\n")
-        r = subprocess.run(["apt-get", *opts, "update"], capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            raise RuntimeError(f"apt-get update of the Debian source lists failed: {(r.stderr or r.stdout)[-300:]}")
+        # one update at a time across the build's processes (Ray workers), and at most one per 6 hours
+        with open(root / "update.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stamp = root / "updated"
+            if not stamp.exists() or time.time() - stamp.stat().st_mtime > 6 * 3600:
+                (root / "sources" / "debian-src.sources").write_text(
+                    f"Types: deb-src\nURIs: {DEBIAN_MIRROR}\nSuites: {DEBIAN_SUITE}\nComponents: main\n"
+                    f"Signed-By: {DEBIAN_KEYRING}\n")
+                r = subprocess.run(["apt-get", *opts, "update"], capture_output=True, text=True, timeout=600)
+                if r.returncode != 0:
+                    raise RuntimeError(f"apt-get update of the Debian source lists failed: {(r.stderr or r.stdout)[-300:]}")
+                stamp.touch()
         _debian_ready.add(str(root))
     return opts
 
 
 def _fetch_debian(entry: Entry, dest: Path) -> Path:
     """The upstream tarball of a Debian source package (NAME_UPSTREAM.orig.tar.*, or the one tarball of
-    a native package); the Debian packaging itself is not needed."""
-    r = subprocess.run(["apt-get", *debian_state(), "source", "--download-only", f"{entry.name}={entry.version}"],
+    a native package), downloaded alone: the Debian packaging and the extra component tarballs
+    (orig-NAME: bundled dependencies, which the npm registry provides) are not needed, and a
+    mirror that lacks one of them must not sink the project."""
+    r = subprocess.run(["apt-get", *debian_state(), "source", "--print-uris", f"{entry.name}={entry.version}"],
                        cwd=dest, capture_output=True, text=True, timeout=600)
-    tars = sorted(p for p in dest.iterdir() if ".tar." in p.name and not p.name.endswith(".asc")
-                  and ".debian.tar." not in p.name and ".orig-" not in p.name)
-    if not tars:
+    uris = re.findall(r"^'(\S+)' (\S+) \d+", r.stdout, re.MULTILINE)
+    main = [(u, f) for u, f in uris if ".tar." in f and not f.endswith(".asc") and ".debian.tar." not in f
+            and ".orig-" not in f]
+    if r.returncode != 0 or not main:
         errors = [line for line in (r.stderr or r.stdout).splitlines() if line.startswith("E:")]
-        raise RuntimeError(f"apt-get source {entry.name}={entry.version} failed: {' '.join(errors)[-300:]}")
-    return tars[0]
+        raise RuntimeError(f"apt-get source {entry.name}={entry.version} failed: "
+                           f"{' '.join(errors)[-300:] or 'no upstream tarball listed'}")
+    uri, name = main[0]
+    d = subprocess.run(["curl", "-sSfL", "--retry", "2", "-o", str(dest / name), uri], capture_output=True, text=True,
+                       timeout=600)
+    if d.returncode != 0:
+        raise RuntimeError(f"downloading {name} of Debian source {entry.name}={entry.version} failed: "
+                           f"{d.stderr.strip()[-200:]}")
+    return dest / name
 
 
 def fetch(entry: Entry, dest: Path) -> Path:
@@ -181,7 +240,6 @@ def _prepare(root: Path) -> Path:
 
 
 def _declares_dependencies(root: Path) -> bool:
-    import json
     try:
         package = json.loads((root / "package.json").read_text())
     except ValueError:
@@ -202,6 +260,61 @@ def npm_install(root: Path) -> None:
     errors = [ln for ln in said.splitlines() if ln.startswith(("npm ERR!", "npm error"))] or said.splitlines()
     raise RuntimeError("npm install of dev dependencies failed (also without optional ones): "
                        + " | ".join(ln.strip() for ln in errors[:6])[:400])
+
+
+AUTO = "auto"   # a manifest's test_command that the builder works out from the fetched project
+
+
+def resolve_entry(entry: Entry, root: Path) -> Entry:
+    """The entry with what its fetched source says: a JavaScript/TypeScript project's TAP-speaking
+    test command (test_command "auto", from package.json's test script and dev dependencies), and a
+    Python project's test dependencies when the manifest gives none (the test/tests/testing extras
+    of pyproject.toml or setup.cfg). Raises ValueError when the project's runner is not one the
+    builder reads."""
+    if entry.test_command == AUTO:
+        entry = dataclasses.replace(entry, test_command=_npm_test_command(root), runner="tap")
+    if entry.language == "python" and not entry.test_deps:
+        entry = dataclasses.replace(entry, test_deps=tuple(extras_for_tests(root)))
+    return entry
+
+
+def _npm_test_command(root: Path) -> str:
+    try:
+        package = json.loads((root / "package.json").read_text())
+    except (OSError, ValueError):
+        raise ValueError("test_command auto: no readable package.json") from None
+    script = (package.get("scripts") or {}).get("test", "")
+    dev = {**(package.get("dependencies") or {}), **(package.get("devDependencies") or {})}
+    if "node --test" in script:
+        return "node --test"
+    if "tape" in dev:
+        return "npx --no-install tape 'test/**/*.js'"
+    if "mocha" in dev:
+        return "npx --no-install mocha --reporter tap"
+    raise ValueError(f"test_command auto: the test script {script[:80]!r} uses no runner that prints TAP "
+                     "(node --test, tape, mocha); give test_command in the manifest")
+
+
+def extras_for_tests(root: Path) -> list[str]:
+    """Requirements of the test/tests/testing extras a Python source tree declares (pyproject.toml's
+    project.optional-dependencies, or setup.cfg's options.extras_require)."""
+    import configparser
+    import tomllib
+    names = ("test", "tests", "testing")
+    found: list[str] = []
+    try:
+        extras = tomllib.loads((root / "pyproject.toml").read_text()).get("project", {}).get("optional-dependencies", {})
+        found += [r for n in names for r in extras.get(n, [])]
+    except (OSError, ValueError):
+        pass
+    cfg = configparser.ConfigParser()
+    try:
+        cfg.read(root / "setup.cfg")
+        found += [r.strip() for n in names if cfg.has_option("options.extras_require", n)
+                  for r in cfg.get("options.extras_require", n).splitlines() if r.strip()]
+    except configparser.Error:
+        pass
+    return sorted({r.split(";")[0].strip() for r in found if r.split(";")[0].strip()})[:20]
 
 
 def failed(status: str) -> bool:
@@ -325,7 +438,8 @@ class Outcome:
     @staticmethod
     def from_dict(d: dict) -> "Outcome":
         e = d["entry"]
-        return Outcome(Entry(**{**e, "setup": tuple(e["setup"])}), [Task.from_dict(t) for t in d["tasks"]],
+        return Outcome(Entry(**{**e, "setup": tuple(e["setup"]), "test_deps": tuple(e.get("test_deps", ()))}),
+                       [Task.from_dict(t) for t in d["tasks"]],
                        d["excluded"], d["dropped"], d["flaky_faults"], d["duration_s"])
 
 
@@ -414,6 +528,10 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
         root = await asyncio.to_thread(fetch, entry, work / entry.name)
     except Exception as e:   # noqa: BLE001 - any fetch failure excludes the project, with its reason
         return Outcome(entry, [], f"fetch: {e}")
+    try:
+        entry = resolve_entry(entry, root)
+    except ValueError as e:
+        return Outcome(entry, [], f"cannot_run: {e}")
     base = f"{entry.ecosystem}-{entry.name}".replace("/", "_").replace("@", "")
     shared = ""
     if (root / "node_modules").is_dir():   # once per project, bound read-only into each task's sandbox
@@ -421,7 +539,11 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
         (out / shared).parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out / shared, ignore_errors=True)
         shutil.move(str(root / "node_modules"), str(out / shared))
-    env = environment(entry, shared)
+    try:
+        venv = await asyncio.to_thread(project_venv, entry, out) if entry.language == "python" else ""
+    except Exception as e:   # noqa: BLE001 - a test dependency that cannot be installed excludes the project
+        return Outcome(entry, [], f"cannot_run: {e}")
+    env = environment(entry, shared, venv)
     build_env = env.resolved(str(out))   # during the build: absolute paths
     built = work / f"{entry.name}.built"   # the tree after the setup (a build): fault runs rebuild from it
     shutil.rmtree(built, ignore_errors=True)

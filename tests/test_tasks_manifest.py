@@ -34,6 +34,38 @@ def test_committed_manifest_is_valid():
     assert split_of("six") == split_of("six") and {split_of(e.name) for e in entries} <= {"train", "validation", "test"}
 
 
+def test_paper_scale_manifest_is_valid_and_spans_the_papers_languages():
+    from collections import Counter
+    from pathlib import Path
+
+    import tasks
+    entries, problems = load_manifest(Path(tasks.__file__).parent / "manifests" / "paper.jsonl")
+    assert not problems, problems[:3]
+    by_language = Counter(e.language for e in entries)
+    assert len(entries) >= 1200 and {"python", "javascript", "typescript", "java", "c"} <= set(by_language)
+    assert len({(e.ecosystem, e.name) for e in entries}) == len(entries)
+
+
+def test_the_builder_reads_what_a_project_declares(tmp_path):
+    """test_command auto: the TAP-speaking runner from package.json; a Python project's test extras."""
+    import pytest
+
+    from tasks.real import resolve_entry
+    (tmp_path / "package.json").write_text('{"scripts": {"test": "tape test/*.js"}, "devDependencies": {"tape": "5"}}')
+    js = resolve_entry(Entry("a", "npm", "1.0.0", "javascript", "auto"), tmp_path)
+    assert js.test_command == "npx --no-install tape 'test/**/*.js'" and js.runner == "tap"
+    (tmp_path / "package.json").write_text('{"scripts": {"test": "jest"}, "devDependencies": {"jest": "29"}}')
+    with pytest.raises(ValueError, match="no runner that prints TAP"):
+        resolve_entry(Entry("a", "npm", "1.0.0", "javascript", "auto"), tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "p"\n[project.optional-dependencies]\n'
+                                             'test = ["hypothesis>=6", "pytest-mock; python_version>\'3\'"]\n')
+    (tmp_path / "setup.cfg").write_text("[options.extras_require]\ntesting =\n    freezegun\n")
+    py = resolve_entry(Entry("p", "pypi", "1.0", "python", "python3 -m pytest"), tmp_path)
+    assert py.test_deps == ("freezegun", "hypothesis>=6", "pytest-mock")
+    pinned = Entry("p", "pypi", "1.0", "python", "python3 -m pytest", test_deps=("pyyaml==6.0.1",))
+    assert resolve_entry(pinned, tmp_path) == pinned   # the manifest's own list wins
+
+
 def _first_of_set(seed: str, words: list[str]) -> str:
     code = f"print(next(iter({set(words)!r})))"
     return subprocess.run(["/usr/bin/python3", "-c", code], env={"PYTHONHASHSEED": seed},

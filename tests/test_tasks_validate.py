@@ -23,8 +23,9 @@ pytestmark = pytest.mark.timeout(300)
 
 MINI_PY = {
     "mini.py": "import os\n\n\ndef is_even(n):\n    return n % 2 == 0\n\n\ndef smaller(a, b):\n    return a if a < b else b\n",
-    # pytest, not the standard library's unittest: only the build's venv has it
-    "test_mini.py": "import pytest\nfrom mini import is_even, smaller\n\n\ndef test_even():\n    assert is_even(4)\n\n\n"
+    # pytest and tomli_w (the manifest's test_deps): only the project's own venv has them
+    "test_mini.py": "import pytest\nimport tomli_w\nfrom mini import is_even, smaller\n\n\n"
+                    "def test_even():\n    assert is_even(4) and tomli_w.dumps({}) == ''\n\n\n"
                     "def test_smaller():\n    assert smaller(2, 3) == 2\n\n\n"
                     "@pytest.mark.parametrize('host', ['::1', '127.0.0.1'])\ndef test_host(host):\n"
                     "    assert is_even(len(host) - len(host))\n",
@@ -59,7 +60,7 @@ def _all(out):
 def corpus(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("real")
     entries = [Entry("minipy", "local", "0", "python", "python3 -m pytest -v -p no:cacheprovider", runner="pytest",
-                     path=_project(tmp / "minipy", MINI_PY)),
+                     path=_project(tmp / "minipy", MINI_PY), test_deps=("tomli_w==1.0.0",)),
                Entry("minijs", "local", "0", "javascript", "node --test", runner="tap",
                      path=_project(tmp / "minijs", MINI_JS))]
     out = tmp / "corpus"
@@ -73,8 +74,11 @@ def test_tasks_record_the_environment_their_ground_truth_was_made_in(corpus):
     py = [t for t in tasks if t.project == "minipy"]
     js = [t for t in tasks if t.project == "minijs"]
     assert len(py) >= 3 and len(js) >= 2   # a clean task and fault tasks each
-    for t in py:
-        assert sys.prefix in t.environment.ro_binds and t.environment.env["PATH"].startswith(f"{sys.prefix}/bin:")
+    venvs = {b for t in py for b in t.environment.ro_binds if b.endswith(":/opt/venv")}
+    assert len(venvs) == 1 and all(t.environment.env["PATH"].startswith("/opt/venv/bin:") for t in py)
+    venv = venvs.pop().split(":")[0]   # the project's own venv, in the corpus: pytest, pyflakes, its test_deps
+    assert venv.startswith(str(out / "shared" / "venvs")) and list((out / "shared" / "venvs").glob("*/lib/*/site-packages/tomli_w"))
+    assert not any(sys.prefix in b for t in tasks for b in t.environment.ro_binds)   # not the builder's venv
     shared = out / "shared" / "local-minijs" / "node_modules"
     for t in js:   # one node_modules for all the project's tasks, bound read-only; no copy per task
         assert t.environment.ro_binds == [f"{shared}:node_modules"]
