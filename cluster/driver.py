@@ -45,7 +45,8 @@ def _need(module: str, attr: str, what: str) -> Any:
 
 
 def _load_tasks(cfg, split: str) -> list:
-    return list(_need("tasks", "load_tasks", "the task corpus")(cfg.tasks, split))
+    return list(_need("tasks", "load_tasks", "the task corpus")(cfg.tasks, split,
+                                                               observation_cap=cfg.rollout.sandbox.output_limit_bytes))
 
 
 def _trainer(cfg, layout):

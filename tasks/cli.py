@@ -134,6 +134,9 @@ def _validate(args) -> int:
         return 2
     summary = Path(args.corpus) / "corpus.json"
     recorded = json.loads(summary.read_text()).get("observation_cap", 0) if summary.is_file() else 0
+    if args.corpus == "generated":
+        from tasks.config import GeneratedConfig
+        recorded = GeneratedConfig().observation_cap
     cfg = SandboxConfig(output_limit_bytes=args.observation_cap or recorded or SandboxConfig().output_limit_bytes,
                         command_timeout_s=args.command_timeout)
     chosen = sample_tasks(tasks, args.sample, args.seed)

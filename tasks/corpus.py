@@ -184,10 +184,22 @@ def _run_sync(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
-def load_tasks(corpus, split: str, cache_dir: str = "") -> list[Task]:
+def check_observation_cap(corpus_dir: Path, observation_cap: int) -> None:
+    """A corpus whose facts were checked against more output than episodes will show is refused: the
+    agent could not see some of them (corpus.json's observation_cap, written by a manifest build)."""
+    summary = corpus_dir / "corpus.json"
+    built_for = json.loads(summary.read_text()).get("observation_cap", 0) if summary.is_file() else 0
+    if observation_cap and built_for > observation_cap:
+        raise CorpusError(f"task corpus {corpus_dir} keeps facts visible in {built_for} bytes of output, but episodes "
+                          f"show {observation_cap} (rollout.sandbox.output_limit_bytes): rebuild it with "
+                          f"`terminus tasks build ... --observation-cap {observation_cap}`, or raise the limit")
+
+
+def load_tasks(corpus, split: str, cache_dir: str = "", observation_cap: int = 0) -> list[Task]:
     """The tasks of one split. `corpus` is the `tasks` config section (TasksConfig: its `corpus` is
     "builtin", "generated" or a corpus directory), or that name alone ("generated" then uses the
-    default `tasks.generated` settings)."""
+    default `tasks.generated` settings). `observation_cap`: the output episodes will show per
+    command; a corpus built for more is refused (check_observation_cap)."""
     from tasks.config import GeneratedConfig
 
     name = corpus if isinstance(corpus, str) else corpus.corpus
@@ -199,4 +211,7 @@ def load_tasks(corpus, split: str, cache_dir: str = "") -> list[Task]:
         if not isinstance(gen, GeneratedConfig):   # an OmegaConf section: the plain dataclass keys the cache
             gen = GeneratedConfig(**{k: (list(v) if k == "families" else v) for k, v in gen.items()})
         return read_split(ensure_generated(gen, cache_dir), split)
-    return read_split(Path(name).expanduser().resolve(), split)
+    corpus_dir = Path(name).expanduser().resolve()
+    if corpus_dir.is_dir():
+        check_observation_cap(corpus_dir, observation_cap)
+    return read_split(corpus_dir, split)

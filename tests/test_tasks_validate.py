@@ -185,3 +185,12 @@ def test_an_npm_install_failure_says_what_npm_said(tmp_path, monkeypatch):
         npm_install(tmp_path)
     calls = (bin_dir / "calls").read_text().splitlines()
     assert len(calls) == 2 and "--omit=optional" in calls[1]
+
+
+def test_a_corpus_built_for_more_output_than_episodes_show_is_refused(corpus):
+    from tasks.corpus import CorpusError
+    out, _ = corpus
+    split = next(s for s in ("train", "validation", "test") if (out / f"{s}.jsonl").read_text())
+    assert load_tasks(str(out), split, observation_cap=16384)
+    with pytest.raises(CorpusError, match="--observation-cap 4096"):
+        load_tasks(str(out), split, observation_cap=4096)
