@@ -13,7 +13,8 @@ reason) what does not. The measured yields are in docs/tasks.md.
 
     python       dh-python + python3-pytest, no C extension: pytest in the project's own venv with
                  its python3-* build dependencies from PyPI (test_deps)
-    javascript   dh-nodejs + tape or mocha (TAP reporter); dependencies from the npm registry
+    javascript   dh-nodejs + tape, mocha, tap or ava: test_command auto (the builder reads package.json
+                 for the runner and its TAP reporter); dependencies from the npm registry
     typescript   the same, with node-typescript among the build dependencies
     java         maven-debian-helper + junit4/junit5: javac and JUnit's console launcher
     c, cpp       cmake + ctest, or autotools + `make check` (C++ when it builds with gtest/boost/catch2/Qt)
@@ -75,10 +76,8 @@ def recipe(src: dict) -> dict | None:
         return base | {"language": "python", "runner": "pytest", "test_command": PYTEST, "test_deps": test_deps[:12]}
     if "dh-sequence-nodejs" in deps or "pkg-js-tools" in deps:
         language = "typescript" if {"node-typescript", "ts-node"} & deps else "javascript"
-        if "node-tape" in deps:
-            return base | {"language": language, "runner": "tap", "test_command": "npx --no-install tape 'test/**/*.js'"}
-        if "mocha" in deps or "node-mocha" in deps:
-            return base | {"language": language, "runner": "tap", "test_command": "npx --no-install mocha --reporter tap"}
+        if {"node-tape", "mocha", "node-mocha", "node-tap", "node-ava"} & deps:   # a runner that prints TAP
+            return base | {"language": language, "runner": "tap", "test_command": "auto"}
         return None
     if "maven-debian-helper" in deps and {"junit4", "junit5"} & deps:
         return base | {"language": "java", "runner": "junit", "setup": JAVA_SETUP, "test_command": JAVA_TEST}

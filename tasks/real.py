@@ -268,14 +268,21 @@ AUTO = "auto"   # a manifest's test_command that the builder works out from the 
 def resolve_entry(entry: Entry, root: Path) -> Entry:
     """The entry with what its fetched source says: a JavaScript/TypeScript project's TAP-speaking
     test command (test_command "auto", from package.json's test script and dev dependencies), and a
-    Python project's test dependencies when the manifest gives none (the test/tests/testing extras
-    of pyproject.toml or setup.cfg). Raises ValueError when the project's runner is not one the
-    builder reads."""
+    Python project's dependencies as its source declares them (declared_dependencies) after the
+    manifest's test_deps. Raises ValueError when the project's runner is not one the builder reads."""
     if entry.test_command == AUTO:
         entry = dataclasses.replace(entry, test_command=_npm_test_command(root), runner="tap")
-    if entry.language == "python" and not entry.test_deps:
-        entry = dataclasses.replace(entry, test_deps=tuple(extras_for_tests(root)))
+    if entry.language == "python":   # the manifest's list first (pinned versions win), then what the source says
+        given = {_requirement_name(d) for d in entry.test_deps}
+        declared = [d for d in declared_dependencies(root, entry.name) if _requirement_name(d) not in given]
+        entry = dataclasses.replace(entry, test_deps=(*entry.test_deps, *declared))
     return entry
+
+
+# JavaScript test runners that print TAP, and how (node_modules/.bin: the sandbox has no network)
+_TAP_RUNNERS = (("tape", "node_modules/.bin/tape 'test/**/*.js'"), ("ava", "node_modules/.bin/ava --tap"),
+                ("mocha", "node_modules/.bin/mocha --reporter tap"), ("tap", "node_modules/.bin/tap --reporter=tap"),
+                ("vitest", "node_modules/.bin/vitest run --reporter=tap-flat"))
 
 
 def _npm_test_command(root: Path) -> str:
@@ -287,34 +294,68 @@ def _npm_test_command(root: Path) -> str:
     dev = {**(package.get("dependencies") or {}), **(package.get("devDependencies") or {})}
     if "node --test" in script:
         return "node --test"
-    if "tape" in dev:
-        return "npx --no-install tape 'test/**/*.js'"
-    if "mocha" in dev:
-        return "npx --no-install mocha --reporter tap"
+    for runner, command in _TAP_RUNNERS:   # the runner the project's own test script names, else any it depends on
+        if runner in dev and re.search(rf"\b{runner}\b", script):
+            return command
+    for runner, command in _TAP_RUNNERS:
+        if runner in dev:
+            return command
     raise ValueError(f"test_command auto: the test script {script[:80]!r} uses no runner that prints TAP "
-                     "(node --test, tape, mocha); give test_command in the manifest")
+                     f"({', '.join(r for r, _ in _TAP_RUNNERS)}, node --test); give test_command in the manifest")
 
 
-def extras_for_tests(root: Path) -> list[str]:
-    """Requirements of the test/tests/testing extras a Python source tree declares (pyproject.toml's
-    project.optional-dependencies, or setup.cfg's options.extras_require)."""
+_TEST_REQUIREMENT_FILES = ("test-requirements.txt", "requirements-test.txt", "requirements-tests.txt",
+                           "requirements_test.txt", "requirements-dev.txt", "dev-requirements.txt",
+                           "requirements/test.txt", "requirements/tests.txt", "requirements/dev.txt",
+                           "tests/requirements.txt")
+
+
+def _requirement_name(req: str) -> str:
+    return re.split(r"[\s\[<>=!~;@(]", req.strip(), 1)[0].lower().replace("_", "-")
+
+
+def declared_dependencies(root: Path, own_name: str = "") -> list[str]:
+    """What a Python source tree says its tests need: its runtime dependencies (the tests import the
+    package, which imports them) and its test ones: pyproject.toml's project.dependencies,
+    test/tests/testing extras and dependency groups; setup.cfg's install_requires and extras;
+    setup.py's literal install_requires/tests_require; the usual test requirement files. Environment
+    markers are dropped, the project itself left out; at most 30."""
     import configparser
     import tomllib
-    names = ("test", "tests", "testing")
+    names = ("test", "tests", "testing", "dev")
     found: list[str] = []
     try:
-        extras = tomllib.loads((root / "pyproject.toml").read_text()).get("project", {}).get("optional-dependencies", {})
-        found += [r for n in names for r in extras.get(n, [])]
-    except (OSError, ValueError):
+        meta = tomllib.loads((root / "pyproject.toml").read_text())
+        project = meta.get("project", {})
+        found += project.get("dependencies", [])
+        found += [r for n in names for r in project.get("optional-dependencies", {}).get(n, [])]
+        found += [r for n in names for r in meta.get("dependency-groups", {}).get(n, []) if isinstance(r, str)]
+    except (OSError, ValueError, AttributeError):
         pass
-    cfg = configparser.ConfigParser()
+    cfg = configparser.ConfigParser(interpolation=None)
     try:
         cfg.read(root / "setup.cfg")
-        found += [r.strip() for n in names if cfg.has_option("options.extras_require", n)
-                  for r in cfg.get("options.extras_require", n).splitlines() if r.strip()]
+        lines = cfg.get("options", "install_requires", fallback="").splitlines()
+        lines += [r for n in names for r in cfg.get("options.extras_require", n, fallback="").splitlines()]
+        found += [r for r in lines if r.strip()]
     except configparser.Error:
         pass
-    return sorted({r.split(";")[0].strip() for r in found if r.split(";")[0].strip()})[:20]
+    if (root / "setup.py").is_file():
+        text = (root / "setup.py").read_text(errors="replace")
+        for key in ("install_requires", "tests_require"):
+            if m := re.search(rf"{key}\s*=\s*\[(.*?)\]", text, re.DOTALL):
+                found += re.findall(r"[\"']([^\"']+)[\"']", m.group(1))
+    for name in _TEST_REQUIREMENT_FILES:
+        if (root / name).is_file():
+            found += [ln for ln in (root / name).read_text(errors="replace").splitlines()
+                      if ln.strip() and not ln.lstrip().startswith(("#", "-"))]
+    own = own_name.lower().replace("_", "-")
+    reqs = {}
+    for r in found:
+        req = r.split(";")[0].split("#")[0].strip()
+        if req and _requirement_name(req) not in (own, "", "pytest") and re.match(r"^[A-Za-z0-9]", req):
+            reqs.setdefault(_requirement_name(req), req)
+    return sorted(reqs.values())[:30]
 
 
 def failed(status: str) -> bool:

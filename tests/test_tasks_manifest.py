@@ -53,17 +53,29 @@ def test_the_builder_reads_what_a_project_declares(tmp_path):
     from tasks.real import resolve_entry
     (tmp_path / "package.json").write_text('{"scripts": {"test": "tape test/*.js"}, "devDependencies": {"tape": "5"}}')
     js = resolve_entry(Entry("a", "npm", "1.0.0", "javascript", "auto"), tmp_path)
-    assert js.test_command == "npx --no-install tape 'test/**/*.js'" and js.runner == "tap"
+    assert js.test_command == "node_modules/.bin/tape 'test/**/*.js'" and js.runner == "tap"
+    (tmp_path / "package.json").write_text('{"scripts": {"test": "xo && ava"}, "devDependencies": {"xo": "1", "ava": "6", '
+                                           '"tape": "5"}}')   # the runner the script names wins
+    assert resolve_entry(Entry("a", "npm", "1.0.0", "javascript", "auto"), tmp_path).test_command == \
+        "node_modules/.bin/ava --tap"
     (tmp_path / "package.json").write_text('{"scripts": {"test": "jest"}, "devDependencies": {"jest": "29"}}')
     with pytest.raises(ValueError, match="no runner that prints TAP"):
         resolve_entry(Entry("a", "npm", "1.0.0", "javascript", "auto"), tmp_path)
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "p"\n[project.optional-dependencies]\n'
-                                             'test = ["hypothesis>=6", "pytest-mock; python_version>\'3\'"]\n')
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "p"\ndependencies = ["requests>=2", "PyYAML"]\n'
+                                             '[project.optional-dependencies]\n'
+                                             'test = ["hypothesis>=6", "pytest-mock; python_version>\'3\'", "p[extra]"]\n'
+                                             '[dependency-groups]\ntests = ["pretend", {include-group = "x"}]\n')
     (tmp_path / "setup.cfg").write_text("[options.extras_require]\ntesting =\n    freezegun\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "requirements.txt").write_text("# pins\n-r ../base.txt\ntomli_w==1.0.0\npytest>=7\n")
     py = resolve_entry(Entry("p", "pypi", "1.0", "python", "python3 -m pytest"), tmp_path)
-    assert py.test_deps == ("freezegun", "hypothesis>=6", "pytest-mock")
+    # runtime dependencies (the tests import the package), test extras and groups, requirement files;
+    # not the project itself, not pytest (every venv has it), no environment markers
+    assert py.test_deps == ("PyYAML", "freezegun", "hypothesis>=6", "pretend", "pytest-mock", "requests>=2",
+                            "tomli_w==1.0.0")
     pinned = Entry("p", "pypi", "1.0", "python", "python3 -m pytest", test_deps=("pyyaml==6.0.1",))
-    assert resolve_entry(pinned, tmp_path) == pinned   # the manifest's own list wins
+    assert resolve_entry(pinned, tmp_path).test_deps[0] == "pyyaml==6.0.1"   # the manifest's pin wins
+    assert "PyYAML" not in resolve_entry(pinned, tmp_path).test_deps
 
 
 def _first_of_set(seed: str, words: list[str]) -> str:
