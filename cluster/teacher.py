@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
+import re
 from typing import Any, Iterable
 
 from rollout.engine.base import EngineError, Generation, Sampling
@@ -121,10 +122,22 @@ def _fit(task: Any, seen: list[tuple[int, str]], quick: bool = False) -> tuple[i
     recorded = (task.ground_truth.observed if task.ground_truth else {}) or {}
     codes, outputs = recorded.get("exit_codes", []), recorded.get("outputs", [])
     matched = sum(1 for (code, _), want in zip(seen, codes) if code == want)
+    pairs = [(_stable(out), _stable(want)) for (_, out), want in zip(seen, outputs)]
     if quick:
         likeness = sum(len(set(out.split()) & set(want.split())) / max(1, len(set(out.split()) | set(want.split())))
-                       for (_, out), want in zip(seen, outputs))
-    else:
-        likeness = sum(difflib.SequenceMatcher(None, out[:4000], want[:4000], autojunk=False).ratio()
-                       for (_, out), want in zip(seen, outputs))
+                       for out, want in pairs)
+    else:   # head and tail: a long test run's failures and totals are at its end
+        likeness = sum(difflib.SequenceMatcher(None, _ends(out), _ends(want), autojunk=False).ratio() for out, want in pairs)
     return matched, likeness
+
+
+_TIMING = re.compile(r"\d+(?:\.\d+)?\s*(?:ms|s|sec|seconds)\b|\d+\.\d+")
+
+
+def _stable(text: str) -> str:
+    """An output without what differs between two runs of the same command (timings, durations)."""
+    return _TIMING.sub("#", text)
+
+
+def _ends(text: str, n: int = 3000) -> str:
+    return text if len(text) <= 2 * n else text[:n] + text[-n:]

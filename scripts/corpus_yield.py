@@ -31,8 +31,7 @@ def main() -> int:
     reasons: dict[str, Counter] = defaultdict(Counter)
     seconds = []
     for r in records:
-        lang = r["entry"]["language"] + (" (npm)" if r["entry"]["ecosystem"] == "npm" else
-                                         " (pypi)" if r["entry"]["ecosystem"] == "pypi" else "")
+        lang = group(r["entry"])
         per_lang[lang]["projects"] += 1
         seconds.append(r["duration_s"])
         if r["excluded"]:
@@ -60,13 +59,27 @@ def main() -> int:
     print(f"build seconds per project: median {seconds[len(seconds) // 2]:.0f}, p90 {seconds[int(0.9 * len(seconds))]:.0f}, "
           f"max {seconds[-1]:.0f}; sum {cpu / 60:.0f} min" + (f"; sample wall {args.wall_min:.0f} min with --jobs {args.jobs}"
                                                              if args.wall_min else ""))
-    if args.manifest:
-        n = sum(1 for line in Path(args.manifest).read_text().splitlines() if line.strip() and not line.startswith("#"))
-        scale = n / max(1, total["projects"])
-        print(f"projection for {n} projects ({scale:.1f}x the sample): {total['tasks'] * scale:.0f} tasks; "
-              f"{cpu * scale / args.jobs / 3600:.1f} h on this machine (--jobs {args.jobs}), "
-              f"{cpu * scale / args.cluster_cpus / 3600:.1f} h on {args.cluster_cpus} cores (one project per core)")
+    if args.manifest:   # per group (language and source): its measured tasks and seconds per project x its size
+        entries = [json.loads(line) for line in Path(args.manifest).read_text().splitlines()
+                   if line.strip() and not line.startswith("#")]
+        sizes = Counter(group(e) for e in entries)
+        secs = defaultdict(float)
+        for r in records:
+            secs[group(r["entry"])] += r["duration_s"]
+        tasks = sum(per_lang[g]["tasks"] / per_lang[g]["projects"] * n for g, n in sizes.items() if per_lang[g]["projects"])
+        cpu_all = sum(secs[g] / per_lang[g]["projects"] * n for g, n in sizes.items() if per_lang[g]["projects"])
+        unsampled = [g for g in sizes if not per_lang[g]["projects"]]
+        print(f"projection for the manifest's {len(entries)} projects, group by group ("
+              + ", ".join(f"{g} {n}" for g, n in sorted(sizes.items())) + f"): {tasks:.0f} tasks; "
+              f"{cpu_all / args.jobs / 3600:.1f} h on this machine (--jobs {args.jobs}), "
+              f"{cpu_all / args.cluster_cpus / 3600:.1f} h on {args.cluster_cpus} cores (one project per core)"
+              + (f"; not in the sample: {', '.join(unsampled)}" if unsampled else ""))
     return 0
+
+
+def group(entry: dict) -> str:
+    """A project's language and, for the registries, its source: their yields differ."""
+    return entry["language"] + {"npm": " (npm)", "pypi": " (pypi)"}.get(entry["ecosystem"], "")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,29 @@ def test_teacher_tells_variants_with_one_request_apart_by_their_outputs(tmp_path
             assert tr.report["summary"] == task.reference.report.split("<summary>")[1].split("<")[0]
 
 
+def test_teacher_reads_a_long_runs_end_and_ignores_its_timings():
+    """Two faults of one project: the same long test log, its failures and totals at the end, and
+    timings that differ from run to run (found by `terminus tasks validate` on a real corpus, where
+    the teacher compared only the first 4,000 characters and followed the wrong fault)."""
+    from rollout.protocol import Observation, format_observation
+
+    head = "".join(f"tests/test_x.py::test_{i} PASSED\n" for i in range(400))
+    def log(failing: str, secs: str) -> str:
+        return f"{head}FAILED tests/test_x.py::{failing}\n=== 1 failed, 400 passed in {secs}s ==="
+    tasks = [Task(id=f"f-{name}", language="python", category="run_tests", project="p", repo_dir="",
+                  request="Run the tests.", reference=ReferenceSolution(["pytest -v"], f"<status>failure</status>"
+                                                                        f"<summary>{name} fails</summary>"),
+                  ground_truth=GroundTruth(exit_status=1, observed={"exit_codes": [1],
+                                                                    "outputs": [log(name, secs)]}))
+             for name, secs in (("test_alpha", "3.21"), ("test_beta", "3.58"))]
+    teacher = ScriptedTeacher(tasks, tokenizer=None, max_turns=4)
+    for name in ("test_alpha", "test_beta"):
+        seen = format_observation(Observation(1, log(name, "9.99")), turns_left=3)   # another run's timing
+        messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "Run the tests."},
+                    {"role": "assistant", "content": "<command>pytest -v</command>"}, {"role": "user", "content": seen}]
+        assert f"{name} fails" in teacher.turn_text(messages)
+
+
 def test_teacher_refuses_to_guess_between_indistinguishable_variants(tmp_path, tok):
     a, b = make_task(tmp_path, ["cat a.txt", "true"], "a"), make_task(tmp_path, ["cat a.txt", "false"], "b")
     b.request = a.request
