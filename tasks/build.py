@@ -26,6 +26,7 @@ from tasks.real import (
     OBSERVATION_CAP,
     OPERATORS,
     Outcome,
+    base_name,
     build_project,
     sandbox_config,
 )
@@ -40,10 +41,6 @@ def project_key(entry: Entry, observation_cap: int) -> str:
         h.update((Path(__file__).parent / name).read_bytes())
     h.update(str(observation_cap).encode())
     return h.hexdigest()[:16]
-
-
-def base_name(entry: Entry) -> str:
-    return f"{entry.ecosystem}-{entry.name}".replace("/", "_").replace("@", "")
 
 
 def _clear_partial(entry: Entry, out: Path) -> None:

@@ -116,7 +116,7 @@ def _validate(args) -> int:
     from rollout.config import SandboxConfig
     from rollout.worker import load_tokenizer
     from tasks import load_tasks
-    from tasks.corpus import CorpusError
+    from tasks.corpus import CorpusError, built_observation_cap
     from terminus.evaluation.validate import sample_tasks, validate_tasks
     from terminus.model import resolve_model_path
 
@@ -132,8 +132,7 @@ def _validate(args) -> int:
     except CorpusError as e:
         print(f"error: {e}")
         return 2
-    summary = Path(args.corpus) / "corpus.json"
-    recorded = json.loads(summary.read_text()).get("observation_cap", 0) if summary.is_file() else 0
+    recorded = built_observation_cap(Path(args.corpus))
     if args.corpus == "generated":
         from tasks.config import GeneratedConfig
         recorded = GeneratedConfig().observation_cap

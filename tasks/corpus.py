@@ -184,11 +184,17 @@ def _run_sync(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
+def built_observation_cap(corpus_dir: Path) -> int:
+    """The output per command a manifest build checked the corpus's facts against (corpus.json's
+    observation_cap; 0 when it records none)."""
+    summary = corpus_dir / "corpus.json"
+    return json.loads(summary.read_text()).get("observation_cap", 0) if summary.is_file() else 0
+
+
 def check_observation_cap(corpus_dir: Path, observation_cap: int) -> None:
     """A corpus whose facts were checked against more output than episodes will show is refused: the
-    agent could not see some of them (corpus.json's observation_cap, written by a manifest build)."""
-    summary = corpus_dir / "corpus.json"
-    built_for = json.loads(summary.read_text()).get("observation_cap", 0) if summary.is_file() else 0
+    agent could not see some of them."""
+    built_for = built_observation_cap(corpus_dir)
     if observation_cap and built_for > observation_cap:
         raise CorpusError(f"task corpus {corpus_dir} keeps facts visible in {built_for} bytes of output, but episodes "
                           f"show {observation_cap} (rollout.sandbox.output_limit_bytes): rebuild it with "

@@ -27,11 +27,23 @@ from tasks.types import Fact, Task, TaskEnvironment
 KINDS = ("run_tests", "discover_tests", "run_one_test", "build", "lint")
 
 
+def _hash(tid: str) -> int:
+    return int(hashlib.sha256(tid.encode()).hexdigest(), 16)
+
+
+def asks_goal(tid: str) -> bool:
+    """Whether task `tid`'s request states a goal that names no command: half the tasks, by a hash."""
+    return _hash(tid) % 2 == 1
+
+
+def phrasing(tid: str, options: tuple[str, ...], **names) -> str:
+    """One of `options` for task `tid`, stable (a hash of the id), with `names` filled in."""
+    return options[_hash(tid) // 2 % len(options)].format(**names)
+
+
 def _pick(tid: str, goal: tuple[str, ...], direct: tuple[str, ...], **names) -> str:
-    """A request for task `tid`: a goal (no command) for half the tasks, by a hash of the id."""
-    h = int(hashlib.sha256(tid.encode()).hexdigest(), 16)
-    options = goal if h % 2 else direct
-    return options[h // 2 % len(options)].format(**names)
+    """A request for task `tid`: a goal (no command) for half the tasks, a direct command for the rest."""
+    return phrasing(tid, goal if asks_goal(tid) else direct, **names)
 
 
 # ---- run_one_test ---------------------------------------------------------------------------------
@@ -146,7 +158,7 @@ async def build_task(entry: Entry, root: Path, out: Path, base: str, env: TaskEn
                      dropped: dict) -> Task | None:
     """A build task: the project as released builds (checked), the task's copy has a syntax-breaking
     edit, and the build's first error (twice alike) is the ground truth."""
-    from tasks.real import _copy_source, make_task
+    from tasks.real import _copy_source, make_task, mutation_record
 
     commands = build_commands(entry)
     m = syntax_break(root, entry.language, sources)
@@ -165,7 +177,7 @@ async def build_task(entry: Entry, root: Path, out: Path, base: str, env: TaskEn
         shutil.rmtree(repo)
         return None
     request = _pick(tid, BUILD_GOALS, BUILD_DIRECT, name=entry.name, cmd=" && ".join(commands))
-    mutation = {"operator": m.name, "file": m.file, "line": line, "cause": m.cause}
+    mutation = mutation_record(m, line)
     return make_task(entry, tid, "build", request, runs[0], facts[0], env, f"repos/{tid}", [], cap, dropped,
                      {"mutation": mutation})
 

@@ -78,7 +78,7 @@ VENV_MOUNT = "/opt/venv"   # where a Python project's virtual environment appear
 VENV_TOOLS = ("pytest", "pyflakes")   # in every project's venv: the test runner and the linter of lint tasks
 
 
-def environment(entry: Entry, shared_node_modules: str = "", venv: str = "") -> TaskEnvironment:
+def environment(shared_node_modules: str = "", venv: str = "") -> TaskEnvironment:
     """What the project's commands run with, in the build and in every episode of its tasks: a Python
     project its own virtual environment (`venv`, relative to the corpus: bound read-only at
     /opt/venv, first on PATH, with the interpreter it was made from); an npm project its
@@ -134,14 +134,6 @@ def sandbox_config(base=None):
     cfg = dataclasses.replace(base) if base else SandboxConfig()
     cfg.output_limit_bytes = max(cfg.output_limit_bytes, 16 << 20)
     return cfg
-
-
-def agent_view(output: str, exit_code: int, cap: int) -> str:
-    """A command's observation as an episode shows it: capped at `cap` bytes (head and tail)."""
-    from rollout.protocol import Observation, format_observation
-    from rollout.sandbox import format_output
-    text, truncated = format_output(output.encode(), limit=cap)
-    return format_observation(Observation(exit_code, text, truncated=truncated), turns_left=1)
 
 
 _DEBIAN_LOCK = threading.Lock()
@@ -233,18 +225,20 @@ def fetch(entry: Entry, dest: Path) -> Path:
 def _prepare(root: Path) -> Path:
     """A fetched tree made ready to build: a JavaScript/TypeScript project's dependencies installed
     into its own node_modules (from the registry, no scripts run), the files owned by root."""
-    if (root / "package.json").is_file() and not (root / "node_modules").exists() and _declares_dependencies(root):
+    package = _package_json(root)
+    if package and not (root / "node_modules").exists() and (package.get("dependencies") or package.get("devDependencies")):
         npm_install(root)
     subprocess.run(["chown", "-R", "0:0", str(root)], check=False)   # bwrap drops caps: own the files
     return root
 
 
-def _declares_dependencies(root: Path) -> bool:
+def _package_json(root: Path) -> dict | None:
+    """A JavaScript project's package.json (None when it has none, or none that parses)."""
     try:
         package = json.loads((root / "package.json").read_text())
-    except ValueError:
-        return False
-    return bool(package.get("dependencies") or package.get("devDependencies"))
+    except (OSError, ValueError):
+        return None
+    return package if isinstance(package, dict) else None
 
 
 def npm_install(root: Path) -> None:
@@ -286,10 +280,9 @@ _TAP_RUNNERS = (("tape", "node_modules/.bin/tape 'test/**/*.js'"), ("ava", "node
 
 
 def _npm_test_command(root: Path) -> str:
-    try:
-        package = json.loads((root / "package.json").read_text())
-    except (OSError, ValueError):
-        raise ValueError("test_command auto: no readable package.json") from None
+    package = _package_json(root)
+    if package is None:
+        raise ValueError("test_command auto: no readable package.json")
     script = (package.get("scripts") or {}).get("test", "")
     dev = {**(package.get("dependencies") or {}), **(package.get("devDependencies") or {})}
     if "node --test" in script:
@@ -505,7 +498,11 @@ def make_task(entry: Entry, tid: str, category: str, request: str, runs: list[Ru
     """A task whose reference solution is `runs`' commands and whose ground truth is `facts`, kept
     only where what the agent sees of the runs (each output capped at `cap`) shows them; the last
     run is the one the report is about."""
-    seen = "\n".join(agent_view(r.output, r.exit_code, cap) for r in runs)
+    from rollout.protocol import Observation, format_observation
+    from rollout.sandbox import format_output
+    capped = [format_output(r.output.encode(), limit=cap) for r in runs]   # (text, truncated): what an episode shows
+    seen = "\n".join(format_observation(Observation(r.exit_code, text, truncated=cut), turns_left=1)
+                     for r, (text, cut) in zip(runs, capped))
     for f in facts:
         f.evidence = f.evidence or evidence_by_patterns(f, seen)
     facts, lost = observable(facts, seen)
@@ -515,7 +512,7 @@ def make_task(entry: Entry, tid: str, category: str, request: str, runs: list[Ru
     facts.append(Fact("exit_status", f"exit status {code}", [rf"\bexit\b\D{{0,20}}\b{code}\b"],
                       [f"<exit_code>{code}</exit_code>"]))
     status = "success" if code == 0 else "failure" if any(f.kind in ("failing_test", "finding") for f in facts) else "error"
-    observed = {**(observed or {}), "outputs": [seen_output(r.output, cap) for r in runs],
+    observed = {**(observed or {}), "outputs": [text for text, _ in capped],   # what the scripted teacher compares
                 "exit_codes": [r.exit_code for r in runs]}
     commands = [r.command for r in runs]
     t = Task(id=tid, language=entry.language, category=category, project=entry.name, repo_dir=repo,
@@ -543,20 +540,23 @@ def suite_task(entry: Entry, tid: str, repo: str, env: TaskEnvironment, chk, mut
     if code == 0 and not [f for f in facts if f.kind == "counts" and f.evidence]:   # the exit status says they pass
         facts.append(Fact("outcome", "the tests pass", [r"pass|succe|\bok\b"], ["<exit_code>0</exit_code>"]))
     runs = [Run(entry.test_command, output, code)]
-    pick = int(hashlib.sha256(tid.encode()).hexdigest(), 16)
-    if listing and pick % 2:
-        category, request = "discover_tests", GOAL_REQUESTS[pick // 2 % len(GOAL_REQUESTS)].format(name=entry.name)
+    if listing and kinds.asks_goal(tid):
+        category, request = "discover_tests", kinds.phrasing(tid, GOAL_REQUESTS, name=entry.name)
         runs.insert(0, Run("ls", listing, 0))
     else:
-        category, request = "run_tests", REQUESTS[pick // 2 % len(REQUESTS)].format(name=entry.name, cmd=entry.test_command)
+        category, request = "run_tests", kinds.phrasing(tid, REQUESTS, name=entry.name, cmd=entry.test_command)
     return make_task(entry, tid, category, request, runs, facts, env, repo, entry.setup, cap, dropped,
                      {"tests": results} | ({"mutation": mutation} if mutation else {}))
 
 
-def seen_output(output: str, cap: int) -> str:
-    """The output as the agent sees it (capped): what the scripted teacher compares episodes with."""
-    from rollout.sandbox import format_output
-    return format_output(output.encode(), limit=cap)[0]
+def base_name(entry: Entry) -> str:
+    """The prefix of a project's task ids and of its files in the corpus (repos/, shared/)."""
+    return f"{entry.ecosystem}-{entry.name}".replace("/", "_").replace("@", "")
+
+
+def mutation_record(m: Mutation, line: int) -> dict:
+    """Where a fault was injected, as a task records it (`observed["mutation"]`, for analysis)."""
+    return {"operator": m.name, "file": m.file, "line": line, "cause": m.cause}
 
 
 def _copy_source(root: Path, dest: Path) -> None:
@@ -573,7 +573,7 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
         entry = resolve_entry(entry, root)
     except ValueError as e:
         return Outcome(entry, [], f"cannot_run: {e}")
-    base = f"{entry.ecosystem}-{entry.name}".replace("/", "_").replace("@", "")
+    base = base_name(entry)
     shared = ""
     if (root / "node_modules").is_dir():   # once per project, bound read-only into each task's sandbox
         shared = f"shared/{base}/node_modules"
@@ -584,7 +584,7 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
         venv = await asyncio.to_thread(project_venv, entry, out) if entry.language == "python" else ""
     except Exception as e:   # noqa: BLE001 - a test dependency that cannot be installed excludes the project
         return Outcome(entry, [], f"cannot_run: {e}")
-    env = environment(entry, shared, venv)
+    env = environment(shared, venv)
     build_env = env.resolved(str(out))   # during the build: absolute paths
     built = work / f"{entry.name}.built"   # the tree after the setup (a build): fault runs rebuild from it
     shutil.rmtree(built, ignore_errors=True)
@@ -622,7 +622,7 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
             if prebuilt:
                 shutil.rmtree(run_dir, ignore_errors=True)
             continue
-        mutation = {"operator": m.name, "file": m.file, "line": line, "cause": m.cause}
+        mutation = mutation_record(m, line)
         outcome.tasks.append(suite_task(entry, tid, f"repos/{tid}", env, fchk, mutation, cap, outcome.dropped,
                                         fchk.probe))
         if not any(t.category == "run_one_test" for t in outcome.tasks):   # one per project, on this fault's tree
