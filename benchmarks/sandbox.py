@@ -3,6 +3,8 @@
 Prints p50/p95 of both (same run, interleaved, so machine noise hits both alike), the p50
 overhead, the per-command latency inside an open sandbox, and 64 sandboxes opened concurrently
 on this machine (failures counted). Target: p50 overhead < 25 ms; 64 concurrent, 0 failures.
+Also the cost of the disk limit (bwrap: a loop-mounted ext4 per sandbox): open+close with and
+without it (`disk_limit_mb=0`), interleaved, and their ratio.
 
     python benchmarks/sandbox.py [--n 200] [--concurrent 64] [--backend bwrap] [--image IMG]
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import statistics
 import sys
@@ -68,10 +71,12 @@ async def main(args) -> int:
         for _ in range(5):  # warm up page cache and the Python side
             await sandbox_true(cfg, repo)
             await bare_true()
-        bare, sbx = [], []
+        no_disk = dataclasses.replace(cfg, disk_limit_mb=0)
+        bare, sbx, sbx_no_disk = [], [], []
         for _ in range(args.n):
             bare.append(await bare_true())
             sbx.append(await sandbox_true(cfg, repo))
+            sbx_no_disk.append(await sandbox_true(no_disk, repo))
         async with await open_sandbox(cfg, repo) as sb:
             per_cmd = []
             for _ in range(args.n):
@@ -85,6 +90,9 @@ async def main(args) -> int:
     print(f"backend={args.backend} n={args.n} cpus={os.cpu_count()}")
     print(f"bare subprocess `true`        p50 {ms(pct(bare, .5))}  p95 {ms(pct(bare, .95))}")
     print(f"sandbox open+run true+close   p50 {ms(pct(sbx, .5))}  p95 {ms(pct(sbx, .95))}")
+    print(f"  without the disk limit      p50 {ms(pct(sbx_no_disk, .5))}  p95 {ms(pct(sbx_no_disk, .95))}"
+          f"  (disk limit {cfg.disk_limit_mb} MB costs {ms(statistics.median(sbx) - statistics.median(sbx_no_disk))}"
+          f" p50; ratio with/without {statistics.median(sbx) / statistics.median(sbx_no_disk):.2f}x)")
     print(f"command in an open sandbox    p50 {ms(pct(per_cmd, .5))}  p95 {ms(pct(per_cmd, .95))}")
     print(f"p50 overhead over bare        {ms(overhead)}   (target < 25 ms: "
           f"{'PASS' if overhead < 0.025 else 'FAIL'}; ratio sandbox/bare p50 = "

@@ -120,6 +120,10 @@ class ShellSandbox:
         kills every process and restarts the shell with its saved state."""
         return None
 
+    def _notices(self) -> str:
+        """Markers for limits hit by the last command that need no recovery (e.g. a full disk)."""
+        return ""
+
     async def _recover(self) -> str:
         why = self._limit_hit()
         if why is None:
@@ -169,7 +173,7 @@ class ShellSandbox:
             else:
                 self._pending = framer.leftover
             text, truncated = out.render()
-            text = note_before.lstrip("\n") + text + await self._recover()
+            text = note_before.lstrip("\n") + text + await self._recover() + self._notices()
             return CommandResult(output=text, exit_code=rc, timed_out=timed_out, truncated=truncated,
                                  duration_s=time.monotonic() - start, output_bytes=out.total)
 
