@@ -23,12 +23,13 @@ from judge.config import JudgeConfig
 from rl.config import TrainerConfig, check_trainer
 from rollout.config import RolloutConfig
 from tasks.config import TasksConfig
+from terminus.errors import UserError
 from terminus.fields import at_least, one_of
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be used; the message says which key, where from, and how to fix it."""
 
 
