@@ -105,9 +105,11 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
 
 def preflight(cfg: DictConfig) -> None:
     """What a user can get wrong in a training run, checked before Ray or any worker starts (each
-    raises a UserError): a run directory holding a run of another config, then a bad model.path
-    (last: 'tiny' builds the embedded model)."""
+    raises a UserError): a run directory holding a run of another config, a WANDB_MODE that is no
+    W&B mode, then a bad model.path (last: 'tiny' builds the embedded model)."""
     from terminus.model import resolve_model_path
+    from terminus.tracking import wandb_settings
 
     check_resume(cfg)
+    wandb_settings(cfg)
     resolve_model_path(cfg.model.path)

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -24,7 +24,7 @@ from rl.config import TrainerConfig, check_trainer
 from rollout.config import RolloutConfig
 from tasks.config import TasksConfig
 from terminus.errors import UserError
-from terminus.fields import at_least, one_of
+from terminus.fields import at_least, items, one_of
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -42,9 +42,14 @@ class ModelConfig:
 
 @dataclass
 class LoggingConfig:
+    # A WANDB_MODE / WANDB_PROJECT / WANDB_ENTITY / WANDB_NAME / WANDB_RUN_GROUP / WANDB_TAGS set in the
+    # environment wins over these (a cluster or CI sets them for every run): terminus.tracking.
     wandb_mode: str = one_of("offline", "online", "disabled", default="offline")
     wandb_project: str = "terminus"
     wandb_entity: str = ""
+    wandb_name: str = field(default="", metadata={"help": "W&B run name; empty = the config's `name`"})
+    wandb_group: str = field(default="", metadata={"help": "W&B group, e.g. one per sweep: its seeds side by side"})
+    wandb_tags: List[str] = items(list, help="W&B tags, e.g. [qwen3_4b, grpo]")
     console_every: int = at_least(1, default=1)
     sample_table_every: int = at_least(0, default=5)
 

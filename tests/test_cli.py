@@ -105,13 +105,16 @@ CASES = {
                                       "rollout.engine.kind=openai",
                                       f"rollout.engine.base_url={DEAD}", "rollout.engine.max_retries=0"],
                                      ["127.0.0.1:9", "unreachable"]),
+    "bad WANDB_MODE": (["train", "output_dir={t}/run"], ["WANDB_MODE='loud'"]),
     "compare without runs": (["compare", "{t}/a", "{t}/b"], ["summary.json not found"]),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_user_mistakes_are_one_line_and_exit_2(case, inputs, capsys, no_ray):
+def test_user_mistakes_are_one_line_and_exit_2(case, inputs, capsys, monkeypatch, no_ray):
     argv, words = CASES[case]
+    if case == "bad WANDB_MODE":
+        monkeypatch.setenv("WANDB_MODE", "loud")
     code = main([a.replace("{t}", str(inputs)) for a in argv])
     assert_user_error(code, capsys.readouterr().err, *words)
 

@@ -53,7 +53,7 @@ def test_another_seed_in_the_same_output_dir_is_refused_before_anything_starts(t
 def test_the_same_run_and_allowed_changes_resume(tmp_path):
     saved_run(tmp_path)
     check_resume(run_of(tmp_path))
-    check_resume(run_of(tmp_path, "trainer.grpo.steps=99", "logging.wandb_mode=disabled"))
+    check_resume(run_of(tmp_path, "trainer.grpo.steps=99", "logging.wandb_mode=disabled", "logging.wandb_tags=[x]"))
     with pytest.raises(RunMismatch, match="seed: saved 0, now 1"):
         check_resume(run_of(tmp_path, "seed=1"))
 
