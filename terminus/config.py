@@ -26,7 +26,10 @@ from tasks.config import TasksConfig
 from terminus.errors import UserError
 from terminus.fields import at_least, items, one_of
 
+# Named configs (`-c tiny_cpu`): a checkout's configs/ first, then the copy the wheel ships as package
+# data (terminus/configs, a link to configs/ in a checkout), so they work outside a checkout too.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(UserError, ValueError):
@@ -68,16 +71,29 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+def config_dirs() -> list[Path]:
+    """Where named configs are looked up, each directory once (in a checkout both are configs/)."""
+    dirs = [d.resolve() for d in (CONFIG_DIR, PACKAGED_CONFIG_DIR) if d.is_dir()]
+    return list(dict.fromkeys(dirs))
+
+
+def named_configs() -> list[str]:
+    return sorted({x.stem for d in config_dirs() for x in d.glob("*.yaml")})
+
+
 def resolve_config_path(name: str | os.PathLike) -> Path:
-    """A path as given, or a bare name looked up in configs/ ("tiny_cpu" -> configs/tiny_cpu.yaml)."""
+    """A path as given, or a bare name looked up in config_dirs() ("tiny_cpu" -> configs/tiny_cpu.yaml)."""
     p = Path(name)
-    if p.exists():
+    if p.is_file():
         return p
-    for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
-        if candidate.exists():
-            return candidate
-    known = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config file '{name}' not found (looked in . and {CONFIG_DIR}); known configs: {known}")
+    shipped = Path(p.name) if p.parent == Path("configs") else p   # `configs/x.yaml` outside a checkout
+    for d in config_dirs():
+        for candidate in (d / shipped, d / f"{shipped}.yaml"):
+            if candidate.is_file():
+                return candidate
+    where = " and ".join(str(d) for d in config_dirs()) or "no config directory (a broken install?)"
+    raise ConfigError(f"config file '{name}' not found (looked in . and {where}); give a YAML file, "
+                      f"or one of the known configs: {', '.join(named_configs())}")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = (),
