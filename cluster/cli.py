@@ -6,25 +6,25 @@ import sys
 
 
 def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    from terminus.errors import UserError
+
     out = {}
     for p in pairs:
         k, sep, v = p.partition("=")
         if not sep or not k:
-            raise SystemExit(f"terminus: error: --env {p!r} is not of the form KEY=VALUE")
+            raise UserError(f"--env {p!r} is not of the form KEY=VALUE")
         out[k] = v
     return out
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cluster.driver import MissingPartError, train
+    from cluster.driver import train
+    from rl.resume import preflight
     from terminus.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    try:
-        train(cfg)
-    except MissingPartError as e:
-        print(f"terminus: error: {e}", file=sys.stderr)
-        return 2
+    preflight(cfg)
+    train(cfg)   # MissingPartError and other user errors reach terminus.cli.main
     return 0
 
 
@@ -36,7 +36,8 @@ def _submit(args: argparse.Namespace) -> int:
         entrypoint = args.entrypoint
     else:
         if not args.config:
-            raise SystemExit("terminus: error: submit needs --config (or --entrypoint for any other command)")
+            from terminus.errors import UserError
+            raise UserError("submit needs -c/--config NAME_OR_FILE (or --entrypoint for any other command)")
         load_config(args.config, args.overrides)  # fail here, not minutes later on the cluster
         entrypoint = jobs.train_entrypoint(args.config, args.overrides, python=args.python)
     job_id = jobs.submit(entrypoint, address=args.address, env=_env_pairs(args.env), submission_id=args.job_id)
@@ -87,13 +88,12 @@ def _compare(args: argparse.Namespace) -> int:
     for d in args.runs:
         f = Path(d) / "summary.json"
         if not f.exists():
-            print(f"error: {f} not found: give run directories of finished `terminus train` runs", file=sys.stderr)
-            return 2
+            from terminus.errors import UserError
+            raise UserError(f"{f} not found: give run directories of finished `terminus train` runs")
         runs[d] = json.loads(f.read_text()).get("evals", {})
     if len(runs) < 2:
-        print("error: give two or more runs (the same config, other seeds): noise between runs needs at least two",
-              file=sys.stderr)
-        return 2
+        from terminus.errors import UserError
+        raise UserError("give two or more runs (the same config, other seeds): noise between runs needs at least two")
     out = across_runs(runs)
     print(f"{'run':24s} " + " ".join(f"{s:>10s}" for s in EVALUATED))
     for name, e in runs.items():
@@ -126,7 +126,7 @@ def register(sub) -> None:
     addr = {"help": "Ray job server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS or http://127.0.0.1:8265)"}
     s = sub.add_parser("submit", help="submit `terminus train` as a Ray job; prints the job id")
     s.add_argument("--address", **addr)
-    add_config_args(s, required=False)
+    add_config_args(s, default=None)   # no default: a job on a cluster names its config
     s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="env var for the job (repeatable)")
     s.add_argument("--python", default="python", help="the python on the cluster nodes (default: python)")
     s.add_argument("--entrypoint", help="run this shell command instead of `terminus train`")

@@ -27,12 +27,13 @@ from cluster.pipeline import run_steps
 from cluster.resources import cpus_needed, init_ray, make_layout
 from cluster.rollout_pool import RolloutPool
 from cluster.teacher import ScriptedTeacher, choose_demo_tasks
+from terminus.errors import UserError
 from terminus.tracking import SAMPLE_COLUMNS, sample_rows
 
 log = logging.getLogger(__name__)
 
 
-class MissingPartError(RuntimeError):
+class MissingPartError(UserError, RuntimeError):
     """A part the job needs is not installed in this tree; names the module and attribute."""
 
 
@@ -231,16 +232,13 @@ def train(cfg) -> dict[str, Any]:
 async def _train(cfg) -> dict[str, Any]:
     # One event loop for the whole job: the judge pool's limits and the engine client live in it.
     # Trainer calls block (they wait on the ranks), so they run in threads.
-    from omegaconf import OmegaConf
-
+    from rl.resume import prepare_run_dir
     from rollout.engine.vllm_engine import cluster_has_gpus, start_engine_actor
     from rollout.worker import load_tokenizer
     from terminus.model import resolve_model_path
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")   # keep the console to the job's progress
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    run_dir = prepare_run_dir(cfg)   # refuses to resume a run of another config; saves this one's
     if "grpo" in cfg.trainer.stage:
         from rl.config import check_grpo_sampling
         check_grpo_sampling(cfg)                            # fail fast, before anything starts

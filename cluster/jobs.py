@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from terminus.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Never uploaded: environments, outputs and caches (Ray refuses working dirs over 500 MiB).
@@ -27,7 +29,7 @@ FORWARDED_ENV = ("WANDB_API_KEY", "WANDB_MODE", "WANDB_ENTITY", "WANDB_PROJECT",
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-class JobError(RuntimeError):
+class JobError(UserError, RuntimeError):
     """A job request the cluster refused or could not answer; names the address and what to check."""
 
 

@@ -19,11 +19,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from terminus.errors import UserError
+
 POOLS = ("rollout", "judge", "trainer")
 
 
-class PlacementError(RuntimeError):
+class PlacementError(UserError, RuntimeError):
     """The cluster cannot host the requested layout; the message names the pool and what it asked for."""
+
+
+class ClusterUnreachable(UserError, ConnectionError):
+    """cluster.address names a Ray cluster that does not answer."""
 
 
 def init_ray(cfg, *, runtime_env: dict | None = None, min_cpus: float = 0, **kwargs) -> None:
@@ -45,7 +51,12 @@ def init_ray(cfg, *, runtime_env: dict | None = None, min_cpus: float = 0, **kwa
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  runtime_env=env, log_to_driver=True, **kwargs)
     else:
-        ray.init(address=cfg.address, runtime_env=env, **kwargs)
+        try:
+            ray.init(address=cfg.address, runtime_env=env, **kwargs)
+        except ConnectionError as e:
+            raise ClusterUnreachable(f"cannot reach the Ray cluster at cluster.address={cfg.address} ({e}); "
+                                     "start it (`ray start --head` on the head node) or fix the address "
+                                     "(empty = a local Ray)") from None
 
 
 def _bundle(pool) -> dict[str, float]:

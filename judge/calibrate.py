@@ -28,14 +28,15 @@ from typing import Any, Iterable
 
 from rollout.trajectory import Trajectory
 from tasks.types import ReferenceSolution, Task
+from terminus.errors import UserError
 
 VARIANTS = ("faithful", "hallucinated_test", "missing_key_error", "raw_log_dump", "out_of_scope_edit")
 DEFAULT_SET = Path(__file__).parent / "calibration" / "builtin.jsonl"
 _INVENTED_TEST = "test_cache_eviction_order"
 
 
-class CalibrationError(ValueError):
-    pass
+class CalibrationError(UserError, ValueError):
+    """A calibration set that cannot be read; names the file and line."""
 
 
 @dataclass

@@ -14,7 +14,9 @@ def register(sub) -> None:
 def _main(args) -> int:
     from rl.offline import train_on_dataset
     from terminus.config import load_config
+    from rl.resume import preflight
     cfg = load_config(args.config, args.overrides)
+    preflight(cfg)   # before Ray starts: a run of another config in output_dir, a bad model.path
     s = train_on_dataset(cfg, args.data, args.stage)
     print(f"trained {s['steps']} steps; policy exported to {s['hf']}")
     return 0

@@ -16,18 +16,18 @@ def train_on_dataset(cfg, data_path: str, stage: str) -> dict[str, Any]:
     import ray
 
     from rl.group import TrainerGroup
-    from rollout.io import read_trajectories
+    from rl.resume import prepare_run_dir
+    from rollout.io import TrajectoryFileError, read_trajectories
 
     if stage not in ("sft", "grpo"):
         raise ValueError(f"stage must be sft or grpo, not {stage!r}")
     if stage == "grpo":
         from rl.config import check_grpo_sampling
         check_grpo_sampling(cfg)
-    if not Path(data_path).is_file():
-        raise FileNotFoundError(f"training data {data_path} does not exist (a .jsonl or .parquet of trajectories)")
-    data = read_trajectories(data_path)
+    data = read_trajectories(data_path)   # TrajectoryFileError names a missing or malformed file
     if not data:
-        raise ValueError(f"training data {data_path} holds no trajectory")
+        raise TrajectoryFileError(f"training data {data_path} holds no trajectory")
+    prepare_run_dir(cfg)   # refuses to resume a run of another config; saves this one's
     if not ray.is_initialized():
         ray.init(address=cfg.cluster.address or "local", include_dashboard=False,
                  **({"num_cpus": max(2, cfg.trainer.num_workers)} if not cfg.cluster.address else {}))

@@ -1,10 +1,12 @@
-"""`terminus rollout`: run the configured model over a task split and write trajectories.
+"""`terminus rollout`: run the configured model over tasks and write trajectories.
 
-    terminus rollout --config tiny_cpu --tasks validation --out runs/val.jsonl --n 4 [key=value ...]
+    terminus rollout -c tiny_cpu --split validation --out runs/val.jsonl --n 4 [key=value ...]
+    terminus rollout -c tiny_cpu --tasks tasks.jsonl --out runs/t.parquet
 
---tasks is a split of the configured corpus (tasks.corpus) or a JSONL file of tasks. The engine
-is rollout.engine.kind: vllm (engine + worker Ray actors on a local Ray, or cluster.address) or
-openai (an endpoint; no Ray). JSONL is written as episodes finish; .parquet at the end.
+--split names a split of the configured corpus (tasks.corpus); --tasks FILE a JSONL file of Task
+records instead. The engine is rollout.engine.kind: vllm (engine + worker Ray actors on a local
+Ray, or cluster.address) or openai (an endpoint; no Ray). JSONL is written as episodes finish;
+.parquet at the end.
 """
 from __future__ import annotations
 
@@ -12,45 +14,29 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 
 
 def register(sub) -> None:
-    from terminus.cli import add_config_args
+    from terminus.cli import add_config_args, add_task_args
     p = sub.add_parser("rollout", help="run a model over tasks and write trajectories (JSONL/parquet)")
     add_config_args(p)
-    p.add_argument("--tasks", required=True, help="split name (train/validation/test) or a tasks .jsonl file")
+    add_task_args(p, "validation")
     p.add_argument("--out", required=True, help="output file: .jsonl or .parquet")
     p.add_argument("--n", type=int, default=1, help="episodes per task (default 1)")
-    p.add_argument("--limit", type=int, default=0, help="only the first K tasks (0 = all)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: config seed)")
     p.set_defaults(func=main)
 
 
-def load_task_list(spec: str, cfg) -> list:
-    """Tasks from a JSONL file of Task records, or a split of the configured corpus."""
-    from tasks.types import Task
-    path = Path(spec)
-    if path.suffix == ".jsonl" or path.is_file():
-        if not path.is_file():
-            raise FileNotFoundError(f"--tasks {spec}: no such file")
-        return [Task.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-    from tasks import load_tasks
-    return list(load_tasks(cfg.tasks, spec))
-
-
 def main(args: argparse.Namespace) -> int:
     from terminus.config import load_config
+    from terminus.errors import UserError
+    from terminus.evaluation.tasks_io import load_task_list
+    from terminus.model import resolve_model_path
     cfg = load_config(args.config, args.overrides)
     if args.n < 1:
-        print("terminus rollout: --n must be at least 1", file=sys.stderr)
-        return 2
-    tasks = load_task_list(args.tasks, cfg)
-    if args.limit:
-        tasks = tasks[:args.limit]
-    if not tasks:
-        print(f"terminus rollout: no tasks in {args.tasks!r}", file=sys.stderr)
-        return 2
+        raise UserError(f"--n {args.n}: episodes per task must be at least 1")
+    tasks = load_task_list(cfg, args.split, args.tasks_file, args.limit)
+    resolve_model_path(cfg.model.path)   # a bad model.path fails here, before Ray or an engine starts
     seed = cfg.seed if args.seed is None else args.seed
     metrics = asyncio.run(_run(cfg, [(t, args.n) for t in tasks], args.out, seed))
     print(json.dumps(metrics, indent=1, sort_keys=True))
@@ -62,6 +48,8 @@ async def _run(cfg, requests, out: str, seed: int) -> dict:
 
     from rollout.io import TrajectoryWriter, is_parquet, write_trajectories
     from rollout.worker import summarize
+    # An endpoint that does not answer fails here, before the progress bar or the output file.
+    openai = await _open_openai(cfg) if cfg.rollout.engine.kind == "openai" else None
     done: list = []
     writer = None if is_parquet(out) else TrajectoryWriter(out)
     bar = tqdm(total=sum(n for _, n in requests), unit="episode", desc="rollout", file=sys.stderr)
@@ -76,8 +64,8 @@ async def _run(cfg, requests, out: str, seed: int) -> dict:
                         reports=sum(t.finish_reason == "report" for t in done))
 
     try:
-        if cfg.rollout.engine.kind == "openai":
-            await _run_openai(cfg, requests, seed, record)
+        if openai:
+            await _run_openai(cfg, *openai, requests, seed, record)
         else:
             await _run_ray(cfg, requests, seed, record)
     finally:
@@ -89,14 +77,24 @@ async def _run(cfg, requests, out: str, seed: int) -> dict:
     return summarize(done)
 
 
-async def _run_openai(cfg, requests, seed, record) -> None:
+async def _open_openai(cfg) -> tuple:
+    """The endpoint engine and its tokenizer, once the endpoint answers (EndpointError otherwise)."""
     from rollout.engine.openai_engine import OpenAIEngine
-    from rollout.worker import load_tokenizer, run_requests
+    from rollout.worker import load_tokenizer
     from terminus.model import resolve_model_path
     tokenizer = load_tokenizer(str(resolve_model_path(cfg.model.path)))
     engine = OpenAIEngine.from_config(cfg, tokenizer)
     try:
         await engine.client.check()
+    except BaseException:
+        await engine.close()
+        raise
+    return engine, tokenizer
+
+
+async def _run_openai(cfg, engine, tokenizer, requests, seed, record) -> None:
+    from rollout.worker import run_requests
+    try:
         await run_requests(requests, engine, tokenizer, cfg.rollout, seed=seed,
                            max_model_len=cfg.model.max_model_len, on_episode=lambda t: record([t]))
     finally:

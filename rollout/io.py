@@ -12,8 +12,13 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from rollout.trajectory import Trajectory
+from terminus.errors import UserError
 
 _JSON_COLUMNS = ("messages", "turns", "report", "verdict", "metadata")
+
+
+class TrajectoryFileError(UserError, ValueError):
+    """A trajectory file that is missing or not trajectories; names the file (and line)."""
 
 
 def is_parquet(path: str | Path) -> bool:
@@ -61,12 +66,20 @@ def read_trajectories(path: str | Path) -> list[Trajectory]:
 
 def iter_trajectories(path: str | Path) -> Iterator[Trajectory]:
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"trajectory file '{path}' does not exist")
+    if not path.is_file():
+        raise TrajectoryFileError(f"trajectory file '{path}' does not exist (a .jsonl or .parquet of trajectories, "
+                                  f"e.g. from `terminus rollout` or `terminus distill`)")
     if is_parquet(path):
         import pyarrow.parquet as pq
-        for row in pq.read_table(path).to_pylist():
-            yield _from_row(row)
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (OSError, ValueError) as e:   # pyarrow's ArrowInvalid is a ValueError
+            raise TrajectoryFileError(f"{path}: not a Parquet file of trajectories ({e})") from None
+        for n, row in enumerate(rows, 1):
+            try:
+                yield _from_row(row)
+            except (KeyError, TypeError, ValueError) as e:
+                raise TrajectoryFileError(f"{path}: row {n}: not a trajectory record ({type(e).__name__}: {e})") from None
         return
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -74,8 +87,8 @@ def iter_trajectories(path: str | Path) -> Iterator[Trajectory]:
                 continue
             try:
                 yield Trajectory.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: not a trajectory record ({type(e).__name__}: {e})") from None
+            except (TypeError, ValueError, AttributeError) as e:   # bad JSON, or JSON of another shape
+                raise TrajectoryFileError(f"{path}:{n}: not a trajectory record ({type(e).__name__}: {e})") from None
 
 
 def _arrow_type(name: str):

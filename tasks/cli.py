@@ -57,8 +57,8 @@ def _show(args) -> int:
             if t.id == args.task_id:
                 print(json.dumps(asdict(t), indent=2))
                 return 0
-    print(f"no task {args.task_id!r} in corpus {args.corpus}; `terminus tasks list` shows the ids")
-    return 2
+    from terminus.errors import UserError
+    raise UserError(f"no task {args.task_id!r} in corpus {args.corpus}; `terminus tasks list` shows the ids")
 
 
 def _build(args) -> int:
@@ -77,8 +77,9 @@ def _build_manifest(args) -> int:
     from tasks.build import build_corpus, summary_table
     from tasks.manifest import load_manifest
     if not args.out:
-        print("--out DIR is required with --manifest (a new directory, or an earlier build's to resume or update it)")
-        return 2
+        from terminus.errors import UserError
+        raise UserError("--out DIR is required with --manifest (a new directory, or an earlier build's to resume "
+                        "or update it)")
     entries, problems = load_manifest(args.manifest)
     for p in problems:
         print(f"manifest line {p.line}: EXCLUDED ({p.reason}): {p.entry}")
@@ -122,16 +123,12 @@ def _validate(args) -> int:
 
     splits = [args.split] if args.split else ["train", "validation", "test"]
     tasks = []
-    try:
-        for split in splits:
-            try:
-                tasks += load_tasks(args.corpus, split)
-            except CorpusError as e:
-                if "is empty" not in str(e) or args.split:
-                    raise
-    except CorpusError as e:
-        print(f"error: {e}")
-        return 2
+    for split in splits:
+        try:
+            tasks += load_tasks(args.corpus, split)
+        except CorpusError as e:   # an empty split is fine when validating every split
+            if "is empty" not in str(e) or args.split:
+                raise
     recorded = built_observation_cap(Path(args.corpus))
     if args.corpus == "generated":
         from tasks.config import GeneratedConfig

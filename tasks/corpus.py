@@ -26,11 +26,12 @@ from collections import Counter
 from pathlib import Path
 
 from tasks.types import Task
+from terminus.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A missing, partial or empty corpus or split; the message says what and how to fix it."""
 
 

@@ -5,3 +5,5 @@ Everything else imports from here; this package imports nothing from tasks/, rol
 rl/ or cluster/ except their config dataclasses (to compose the run config) and, in cli.py,
 their `register` functions.
 """
+
+__version__ = "0.1.0"   # the one place the version is set (pyproject.toml reads it)

@@ -3,6 +3,11 @@
 Each subcommand lives next to the code it drives, in a module with two functions:
 `register(subparsers)` adds its parser (cheap: no heavy imports), and the parser's `func`
 runs it. This file only lists those modules, so `terminus --help` stays fast.
+
+Conventions every subcommand keeps:
+  - config: `-c/--config NAME_OR_FILE` then `key=value` overrides (add_config_args);
+  - tasks: `--split SPLIT` of tasks.corpus, or `--tasks FILE` of Task records (add_task_args);
+  - a user's mistake raises a terminus.errors.UserError: `main` prints it as one line, exit 2.
 """
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ import argparse
 import importlib
 import sys
 
-from terminus.config import ConfigError, load_config, to_yaml
-from terminus.model import ModelPathError
+from terminus import __version__
+from terminus.config import load_config, to_yaml
+from terminus.errors import UserError, one_line
 
 # Modules that add subcommands (each has `register(subparsers)`); missing ones are skipped.
 COMMAND_MODULES = [
@@ -24,11 +30,25 @@ COMMAND_MODULES = [
 ]
 
 
-def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """The `--config FILE` + `key=value ...` pair every config-driven command takes."""
-    p.add_argument("--config", "-c", required=required,
-                   help="YAML file, or a name in configs/ (e.g. tiny_cpu, qwen3_4b)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+DEFAULT_CONFIG = "tiny_cpu"
+
+
+def add_config_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_CONFIG) -> None:
+    """The `-c/--config NAME_OR_FILE` + `key=value ...` pair every config-driven command takes."""
+    p.add_argument("--config", "-c", default=default, metavar="NAME_OR_FILE",
+                   help="YAML file, or a name of a shipped config (tiny_cpu, qwen3_4b)"
+                        + (f"; default {default}" if default else ""))
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1")
+
+
+def add_task_args(p: argparse.ArgumentParser, split_default: str) -> None:
+    """The `--split` / `--tasks FILE` / `--limit` trio every command that runs tasks takes."""
+    p.add_argument("--split", default=split_default, choices=("train", "validation", "test"),
+                   help=f"split of the configured corpus, tasks.corpus (default {split_default})")
+    # --tasks-file: the old spelling of eval/distill/study, kept as an alias.
+    p.add_argument("--tasks", "--tasks-file", dest="tasks_file", default="", metavar="FILE",
+                   help="a JSONL file of Task records instead of a corpus split")
+    p.add_argument("--limit", type=int, default=0, help="only the first N tasks (0 = all)")
 
 
 def _model_build_tiny(args: argparse.Namespace) -> int:
@@ -65,13 +85,17 @@ def _model_chat(args: argparse.Namespace) -> int:
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.config is None and overrides and "=" not in overrides[0]:
+        args.config = overrides.pop(0)   # the old spelling: `config show NAME key=value ...`
+    cfg = load_config(args.config or DEFAULT_CONFIG, overrides)
     print(to_yaml(cfg), end="")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="terminus", description=__doc__.splitlines()[0] + " Train terminal-execution subagents.")
+    parser.add_argument("--version", action="version", version=f"terminus {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     model = sub.add_parser("model", help="build or inspect models")
@@ -81,17 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--force", action="store_true", help="rebuild even if cached")
     bt.set_defaults(func=_model_build_tiny)
     chat = msub.add_parser("chat", help="generate one reply to a chat message with vLLM")
-    add_config_args(chat, required=False)
+    add_config_args(chat)
     chat.add_argument("--message", "-m", default="Run the test suite and report what fails.")
     chat.add_argument("--max-tokens", type=int, default=32)
-    chat.set_defaults(func=_model_chat, config="tiny_cpu")
+    chat.set_defaults(func=_model_chat)
     model.set_defaults(func=lambda a: model.print_help() or 2)
 
     config = sub.add_parser("config", help="inspect configs")
     csub = config.add_subparsers(dest="config_command", metavar="ACTION")
-    show = csub.add_parser("show", help="print the resolved config")
-    show.add_argument("config", help="YAML file, or a name in configs/")
-    show.add_argument("overrides", nargs="*", metavar="key=value")
+    show = csub.add_parser("show", help=f"print the resolved config (default {DEFAULT_CONFIG})")
+    add_config_args(show, default=None)
     show.set_defaults(func=_config_show)
     config.set_defaults(func=lambda a: config.print_help() or 2)
 
@@ -114,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ModelPathError) as e:
-        print(f"terminus: error: {e}", file=sys.stderr)
+    except UserError as e:   # the user's to fix: one line, no traceback; anything else is a bug
+        print(f"terminus: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

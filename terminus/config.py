@@ -13,7 +13,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,12 +23,16 @@ from judge.config import JudgeConfig
 from rl.config import TrainerConfig, check_trainer
 from rollout.config import RolloutConfig
 from tasks.config import TasksConfig
-from terminus.fields import at_least, one_of
+from terminus.errors import UserError
+from terminus.fields import at_least, items, one_of
 
+# Named configs (`-c tiny_cpu`): a checkout's configs/ first, then the copy the wheel ships as package
+# data (terminus/configs, a link to configs/ in a checkout), so they work outside a checkout too.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be used; the message says which key, where from, and how to fix it."""
 
 
@@ -41,9 +45,14 @@ class ModelConfig:
 
 @dataclass
 class LoggingConfig:
+    # A WANDB_MODE / WANDB_PROJECT / WANDB_ENTITY / WANDB_NAME / WANDB_RUN_GROUP / WANDB_TAGS set in the
+    # environment wins over these (a cluster or CI sets them for every run): terminus.tracking.
     wandb_mode: str = one_of("offline", "online", "disabled", default="offline")
     wandb_project: str = "terminus"
     wandb_entity: str = ""
+    wandb_name: str = field(default="", metadata={"help": "W&B run name; empty = the config's `name`"})
+    wandb_group: str = field(default="", metadata={"help": "W&B group, e.g. one per sweep: its seeds side by side"})
+    wandb_tags: List[str] = items(list, help="W&B tags, e.g. [qwen3_4b, grpo]")
     console_every: int = at_least(1, default=1)
     sample_table_every: int = at_least(0, default=5)
 
@@ -62,16 +71,29 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+def config_dirs() -> list[Path]:
+    """Where named configs are looked up, each directory once (in a checkout both are configs/)."""
+    dirs = [d.resolve() for d in (CONFIG_DIR, PACKAGED_CONFIG_DIR) if d.is_dir()]
+    return list(dict.fromkeys(dirs))
+
+
+def named_configs() -> list[str]:
+    return sorted({x.stem for d in config_dirs() for x in d.glob("*.yaml")})
+
+
 def resolve_config_path(name: str | os.PathLike) -> Path:
-    """A path as given, or a bare name looked up in configs/ ("tiny_cpu" -> configs/tiny_cpu.yaml)."""
+    """A path as given, or a bare name looked up in config_dirs() ("tiny_cpu" -> configs/tiny_cpu.yaml)."""
     p = Path(name)
-    if p.exists():
+    if p.is_file():
         return p
-    for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
-        if candidate.exists():
-            return candidate
-    known = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config file '{name}' not found (looked in . and {CONFIG_DIR}); known configs: {known}")
+    shipped = Path(p.name) if p.parent == Path("configs") else p   # `configs/x.yaml` outside a checkout
+    for d in config_dirs():
+        for candidate in (d / shipped, d / f"{shipped}.yaml"):
+            if candidate.is_file():
+                return candidate
+    where = " and ".join(str(d) for d in config_dirs()) or "no config directory (a broken install?)"
+    raise ConfigError(f"config file '{name}' not found (looked in . and {where}); give a YAML file, "
+                      f"or one of the known configs: {', '.join(named_configs())}")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = (),

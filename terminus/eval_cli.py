@@ -9,12 +9,9 @@ import sys
 
 
 def _common(p: argparse.ArgumentParser, split_default: str) -> None:
-    from terminus.cli import add_config_args
-    add_config_args(p, required=False)
-    p.set_defaults(config="tiny_cpu")
-    p.add_argument("--split", default=split_default, help=f"task split of cfg.tasks.corpus (default {split_default})")
-    p.add_argument("--tasks-file", default="", help="a JSONL file of Task records instead of a corpus split")
-    p.add_argument("--limit", type=int, default=0, help="only the first N tasks (0 = all)")
+    from terminus.cli import add_config_args, add_task_args
+    add_config_args(p)
+    add_task_args(p, split_default)
 
 
 def register(subparsers) -> None:
@@ -43,8 +40,7 @@ def register(subparsers) -> None:
 
     se = subparsers.add_parser("serve", help="serve the subagent as an MCP tool over stdio")
     from terminus.cli import add_config_args
-    add_config_args(se, required=False)
-    se.set_defaults(config="tiny_cpu")
+    add_config_args(se)
     se.add_argument("--subagent", default="base", metavar="SPEC", help="as for eval (default base)")
     se.set_defaults(func=_serve)
 
@@ -58,17 +54,11 @@ def register(subparsers) -> None:
     st.set_defaults(func=_study)
 
 
-def _fail(e: Exception) -> int:
-    print(f"terminus: error: {e}", file=sys.stderr)
-    return 2
-
-
 def _setup(args):
     from terminus.config import load_config
     from terminus.evaluation.tasks_io import load_task_list
     cfg = load_config(args.config, args.overrides)
-    tasks = load_task_list(cfg, args.split, args.tasks_file, args.limit) if hasattr(args, "split") else []
-    return cfg, tasks
+    return cfg, load_task_list(cfg, args.split, args.tasks_file, args.limit)
 
 
 def _eval(args) -> int:
@@ -76,19 +66,14 @@ def _eval(args) -> int:
     from pathlib import Path
 
     from terminus.evaluation.evaluate import compare, run_eval
-    from terminus.evaluation.subagents import SubagentError, parse_subagent
-    from terminus.evaluation.judging import JudgeUnavailable
-    from terminus.evaluation.tasks_io import TaskListError
-    try:
-        if args.compare:
-            print(compare(args.compare, Path(args.out or "eval_compare")))
-            return 0
-        cfg, tasks = _setup(args)
-        specs = [parse_subagent(s, cfg.model.path) for s in (args.subagent or ["base"])]
-        out = Path(args.out or Path(cfg.output_dir) / "eval")
-        results = asyncio.run(run_eval(cfg, specs, tasks, out, samples=args.samples))
-    except (SubagentError, TaskListError, JudgeUnavailable) as e:
-        return _fail(e)
+    from terminus.evaluation.subagents import parse_subagent
+    if args.compare:
+        print(compare(args.compare, Path(args.out or "eval_compare")))
+        return 0
+    cfg, tasks = _setup(args)   # user errors (SubagentError, TaskListError, ...) reach terminus.cli.main
+    specs = [parse_subagent(s, cfg.model.path) for s in (args.subagent or ["base"])]
+    out = Path(args.out or Path(cfg.output_dir) / "eval")
+    results = asyncio.run(run_eval(cfg, specs, tasks, out, samples=args.samples))
     print((out / "table.md").read_text(), end="")
     for name, r in results["subagents"].items():
         for f in r["summary"]["failures"]:
@@ -103,20 +88,15 @@ def _distill(args) -> int:
     from pathlib import Path
 
     from terminus.evaluation.distill import distill
-    from terminus.evaluation.judging import JudgeUnavailable
-    from terminus.evaluation.subagents import SubagentError, parse_subagent
-    from terminus.evaluation.tasks_io import TaskListError
-    try:
-        cfg, tasks = _setup(args)
-        if args.rpm is not None:
-            cfg.rollout.engine.requests_per_minute = args.rpm
-        if args.tpm is not None:
-            cfg.rollout.engine.tokens_per_minute = args.tpm
-        out = Path(args.out or Path(cfg.output_dir) / "sft.jsonl")
-        stats = asyncio.run(distill(cfg, parse_subagent(args.teacher, cfg.model.path), tasks, out,
-                                    threshold=args.threshold, samples=args.samples, concurrency=args.concurrency))
-    except (SubagentError, TaskListError, JudgeUnavailable) as e:
-        return _fail(e)
+    from terminus.evaluation.subagents import parse_subagent
+    cfg, tasks = _setup(args)
+    if args.rpm is not None:
+        cfg.rollout.engine.requests_per_minute = args.rpm
+    if args.tpm is not None:
+        cfg.rollout.engine.tokens_per_minute = args.tpm
+    out = Path(args.out or Path(cfg.output_dir) / "sft.jsonl")
+    stats = asyncio.run(distill(cfg, parse_subagent(args.teacher, cfg.model.path), tasks, out,
+                                threshold=args.threshold, samples=args.samples, concurrency=args.concurrency))
     print(json.dumps(stats, indent=1))
     print(f"wrote {out}")
     return 1 if stats["failed_tasks"] and not stats["kept"] and stats["episodes"] else 0
@@ -127,12 +107,9 @@ def _serve(args) -> int:
 
     from terminus.config import load_config
     from terminus.evaluation.serve import serve_stdio
-    from terminus.evaluation.subagents import SubagentError, parse_subagent
+    from terminus.evaluation.subagents import parse_subagent
     cfg = load_config(args.config, args.overrides)
-    try:
-        asyncio.run(serve_stdio(cfg, parse_subagent(args.subagent, cfg.model.path)))
-    except SubagentError as e:
-        return _fail(e)
+    asyncio.run(serve_stdio(cfg, parse_subagent(args.subagent, cfg.model.path)))
     return 0
 
 
@@ -142,40 +119,37 @@ def _study(args) -> int:
     from pathlib import Path
 
     from terminus.evaluation import study
+    from terminus.errors import UserError
     from terminus.evaluation.subagents import SubagentError, open_subagent, parse_subagent, preflight
-    from terminus.evaluation.tasks_io import TaskListError
     from terminus.openai_api import OpenAIClient
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     bad = [c for c in conditions if c not in study.CONDITIONS]
     if bad or not conditions:
-        return _fail(ValueError(f"--conditions: {bad or conditions} not among {', '.join(study.CONDITIONS)}"))
-    try:
-        cfg, tasks = _setup(args)
-        main = parse_subagent(args.main)
-        if main.kind != "openai":
-            raise SubagentError("--main must be openai:MODEL@URL (an endpoint with tool calling)")
-        sub = parse_subagent(args.subagent, cfg.model.path)
+        raise UserError(f"--conditions: {bad or conditions} not among {', '.join(study.CONDITIONS)}")
+    cfg, tasks = _setup(args)
+    main = parse_subagent(args.main)
+    if main.kind != "openai":
+        raise SubagentError("--main must be openai:MODEL@URL (an endpoint with tool calling)")
+    sub = parse_subagent(args.subagent, cfg.model.path)
 
-        async def go():
-            await preflight(main, cfg)
-            await preflight(sub, cfg)
-            e = cfg.rollout.engine
-            client = OpenAIClient(main.base_url, main.model, api_key_env=e.api_key_env, timeout_s=e.request_timeout_s,
-                                  max_retries=e.max_retries, requests_per_minute=e.requests_per_minute)
-            try:
-                async with open_subagent(sub, cfg, tasks=tasks) as (engine, tokenizer):
-                    runner = study.episode_subagent(engine, tokenizer, cfg.rollout)
-                    return await study.run_study([study.StudyTask.from_task(t) for t in tasks], client,
-                                                 cfg.rollout.sandbox, runner, conditions, args.max_steps,
-                                                 on_result=lambda r: print(f"{r.task_id} [{r.condition}]: "
-                                                                           f"{'ok' if r.success else 'fail'}"
-                                                                           f"{' ERROR ' + r.error if r.error else ''}",
-                                                                           file=sys.stderr))
-            finally:
-                await client.close()
-        results = asyncio.run(go())
-    except (SubagentError, TaskListError) as e:
-        return _fail(e)
+    async def go():
+        await preflight(main, cfg)
+        await preflight(sub, cfg)
+        e = cfg.rollout.engine
+        client = OpenAIClient(main.base_url, main.model, api_key_env=e.api_key_env, timeout_s=e.request_timeout_s,
+                              max_retries=e.max_retries, requests_per_minute=e.requests_per_minute)
+        try:
+            async with open_subagent(sub, cfg, tasks=tasks) as (engine, tokenizer):
+                runner = study.episode_subagent(engine, tokenizer, cfg.rollout)
+                return await study.run_study([study.StudyTask.from_task(t) for t in tasks], client,
+                                             cfg.rollout.sandbox, runner, conditions, args.max_steps,
+                                             on_result=lambda r: print(f"{r.task_id} [{r.condition}]: "
+                                                                       f"{'ok' if r.success else 'fail'}"
+                                                                       f"{' ERROR ' + r.error if r.error else ''}",
+                                                                       file=sys.stderr))
+        finally:
+            await client.close()
+    results = asyncio.run(go())
     data = study.results_json(results)
     out = Path(args.out or Path(cfg.output_dir) / "study")
     out.mkdir(parents=True, exist_ok=True)

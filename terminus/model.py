@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
+from terminus.errors import UserError
+
 TINY = "tiny"
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",
@@ -45,7 +47,7 @@ QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^
               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
-class ModelPathError(FileNotFoundError):
+class ModelPathError(UserError, FileNotFoundError):
     """A configured model path that is missing or not an HF model directory."""
 
 

@@ -18,10 +18,12 @@ from typing import Any
 
 import aiohttp
 
+from terminus.errors import UserError
+
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class EndpointError(RuntimeError):
+class EndpointError(UserError, RuntimeError):
     """An endpoint request that failed for good (after retries, or a non-retryable status)."""
 
     def __init__(self, message: str, status: int | None = None):

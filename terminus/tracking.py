@@ -1,5 +1,9 @@
 """Run tracking: Weights & Biases (offline by default: no account needed, `wandb sync` later) and
-the console. One Tracker per run; resuming passes the saved run id so W&B continues the same run."""
+the console. One Tracker per run; resuming passes the saved run id so W&B continues the same run.
+
+W&B settings come from the config's `logging` section, except that a W&B variable set in the
+environment (WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY, WANDB_NAME, WANDB_RUN_GROUP, WANDB_TAGS)
+wins: a cluster, CI or a shell sets it for every run without editing configs."""
 from __future__ import annotations
 
 import json
@@ -8,6 +12,28 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
+from terminus.errors import UserError
+
+# W&B's own aliases of the modes (WANDB_MODE=dryrun is offline, =run is online).
+_MODES = {"offline": "offline", "dryrun": "offline", "online": "online", "run": "online", "disabled": "disabled"}
+
+
+def wandb_settings(cfg, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """wandb.init's mode, project, entity, name, group and tags: the environment's, else the config's."""
+    env = os.environ if env is None else env
+    lg = cfg.logging
+    mode = env.get("WANDB_MODE") or lg.wandb_mode
+    if mode not in _MODES:
+        raise UserError(f"WANDB_MODE={mode!r} in the environment is not a W&B mode: set offline, online or "
+                        f"disabled, or unset it to use logging.wandb_mode")
+    tags = env.get("WANDB_TAGS")
+    return {"mode": _MODES[mode],
+            "project": env.get("WANDB_PROJECT") or lg.wandb_project,
+            "entity": env.get("WANDB_ENTITY") or lg.wandb_entity or None,
+            "name": env.get("WANDB_NAME") or lg.wandb_name or cfg.name,
+            "group": env.get("WANDB_RUN_GROUP") or lg.wandb_group or None,
+            "tags": [t.strip() for t in tags.split(",") if t.strip()] if tags else list(lg.wandb_tags) or None}
 
 
 class Tracker:
@@ -18,13 +44,12 @@ class Tracker:
         self.start = time.time()
         self.run = None
         self.run_id = run_id
-        if self.cfg.wandb_mode != "disabled":
+        settings = wandb_settings(cfg)
+        if settings["mode"] != "disabled":
             import wandb
             os.environ.setdefault("WANDB_SILENT", "true")
-            self.run = wandb.init(
-                project=self.cfg.wandb_project, entity=self.cfg.wandb_entity or None, mode=self.cfg.wandb_mode,
-                dir=str(self.run_dir), id=run_id, resume="allow", name=cfg.name, job_type=job_type,
-                config=_plain(cfg))
+            self.run = wandb.init(dir=str(self.run_dir), id=run_id, resume="allow", job_type=job_type,
+                                  config=_plain(cfg), **settings)
             self.run_id = self.run.id
         # Metrics also go to a JSONL file in the run directory: readable without W&B.
         self.metrics_file = self.run_dir / "metrics.jsonl"

@@ -9,7 +9,10 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_MODE", "offline")
+# W&B variables of the environment win over a config's logging.* (terminus.tracking): tests get
+# what their config says, whatever the shell running them sets.
+for _var in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_NAME", "WANDB_RUN_GROUP", "WANDB_TAGS"):
+    os.environ.pop(_var, None)
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Subprocesses (terminus CLI, ray start, vllm serve) come from the same environment as pytest.

@@ -1,7 +1,16 @@
-"""The terminus CLI: help everywhere, config show with overrides, clear errors."""
+"""The terminus CLI: help everywhere, config show with overrides, one convention for configs and tasks,
+and a user's mistake as one line and exit 2 (never a traceback)."""
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from tasks.types import Fact, GroundTruth, Task
+from terminus import __version__
+from terminus.cli import main
+from terminus.evaluation.tasks_io import write_task_list
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,3 +38,113 @@ def test_config_show_bad_value_is_clear():
     r = cli("config", "show", "tiny_cpu", "judge.backend=oracle")
     assert r.returncode == 2
     assert "terminus: error: command line: 'judge.backend' = 'oracle' is not allowed; choose one of: rules, vllm, openai" in r.stderr
+
+
+# -- a user's mistake: one line on stderr, exit 2, no traceback ------------------------------------------------------
+
+DEAD = "http://127.0.0.1:9/v1"   # the discard port: nothing listens
+
+
+def assert_user_error(code: int, err: str, *words: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("terminus: error: "), err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """A user's mistake must be caught before Ray starts."""
+    import ray
+
+    def refuse(*a, **k):
+        raise AssertionError("ray.init called before the user's mistake was caught")
+    monkeypatch.setattr(ray, "init", refuse)
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """Good and bad files a user might pass."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    task = Task("t0", "python", "run_tests", "p", str(repo), "Run the tests.", split="validation",
+                ground_truth=GroundTruth(exit_status=0, facts=[Fact("ok", "passes", [r"ok"])]))
+    write_task_list([task], tmp_path / "tasks.jsonl")
+    (tmp_path / "bad_tasks.jsonl").write_text(json.dumps({"id": "t1"}) + "\n")
+    (tmp_path / "bad_traj.jsonl").write_text("{not json\n")
+    (tmp_path / "bad.yaml").write_text("seed: [1, 2\nname: x\n")
+    model = tmp_path / "model"   # what resolve_model_path checks: enough to get past it
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_text("")
+    return tmp_path
+
+
+CASES = {
+    "missing config": (["config", "show", "-c", "nope"], ["'nope' not found", "tiny_cpu"]),
+    "malformed config": (["config", "show", "-c", "{t}/bad.yaml"], ["bad.yaml: cannot parse YAML"]),
+    "bad override": (["config", "show", "-c", "tiny_cpu", "seed"], ["not of the form key=value"]),
+    "missing task file": (["rollout", "--tasks", "{t}/none.jsonl", "--out", "{t}/o.jsonl"], ["none.jsonl not found"]),
+    "split given as --tasks": (["rollout", "--tasks", "validation", "--out", "{t}/o.jsonl"], ["--split validation"]),
+    "malformed task file": (["eval", "--tasks", "{t}/bad_tasks.jsonl"], ["bad_tasks.jsonl:1: not a Task record"]),
+    "bad corpus directory": (["distill", "tasks.corpus={t}/no_corpus"], ["no_corpus does not exist", "tasks build"]),
+    "bad corpus for tasks list": (["tasks", "list", "--corpus", "{t}/no_corpus"], ["no_corpus does not exist"]),
+    "malformed trajectory file": (["train-offline", "--stage", "sft", "--data", "{t}/bad_traj.jsonl",
+                                   "model.path={t}/model", "output_dir={t}/run"],
+                                  ["bad_traj.jsonl:1: not a trajectory record"]),
+    "missing trajectory file": (["train-offline", "--stage", "sft", "--data", "{t}/none.jsonl",
+                                 "model.path={t}/model", "output_dir={t}/run"], ["none.jsonl' does not exist"]),
+    "bad model path": (["train", "model.path={t}/no_model", "output_dir={t}/run"], ["no_model' does not exist"]),
+    "unreachable subagent": (["eval", "--tasks", "{t}/tasks.jsonl", "-s", f"openai:m@{DEAD}"],
+                             ["127.0.0.1:9", "unreachable"]),
+    "unreachable main agent": (["study", "--tasks", "{t}/tasks.jsonl", "--main", f"openai:m@{DEAD}"],
+                               ["127.0.0.1:9", "unreachable"]),
+    "unreachable rollout endpoint": (["rollout", "--tasks", "{t}/tasks.jsonl", "--out", "{t}/o.jsonl",
+                                      "rollout.engine.kind=openai",
+                                      f"rollout.engine.base_url={DEAD}", "rollout.engine.max_retries=0"],
+                                     ["127.0.0.1:9", "unreachable"]),
+    "bad WANDB_MODE": (["train", "output_dir={t}/run"], ["WANDB_MODE='loud'"]),
+    "compare without runs": (["compare", "{t}/a", "{t}/b"], ["summary.json not found"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_user_mistakes_are_one_line_and_exit_2(case, inputs, capsys, monkeypatch, no_ray):
+    argv, words = CASES[case]
+    if case == "bad WANDB_MODE":
+        monkeypatch.setenv("WANDB_MODE", "loud")
+    code = main([a.replace("{t}", str(inputs)) for a in argv])
+    assert_user_error(code, capsys.readouterr().err, *words)
+
+
+def test_user_mistake_in_a_real_process_has_no_traceback(tmp_path):
+    r = cli("train", "-c", "tiny_cpu", f"model.path={tmp_path}/none", f"output_dir={tmp_path}/run")
+    assert_user_error(r.returncode, r.stderr, "does not exist")
+    assert not (tmp_path / "run").exists()   # stopped before doing anything
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"terminus {__version__}"
+
+
+def test_config_show_takes_dash_c_and_the_old_positional_name(capsys):
+    assert main(["config", "show", "-c", "qwen3_4b", "seed=3"]) == 0
+    new = capsys.readouterr().out
+    assert main(["config", "show", "qwen3_4b", "seed=3"]) == 0
+    assert capsys.readouterr().out == new and "seed: 3" in new and "name: qwen3_4b" in new
+
+
+def test_every_config_command_takes_dash_c_and_task_commands_take_split_and_tasks():
+    from terminus.cli import build_parser
+    sub = build_parser()._subparsers._group_actions[0].choices
+    for name in ("train", "train-offline", "submit", "rollout", "eval", "distill", "serve", "study"):
+        opts = sub[name]._option_string_actions
+        assert "-c" in opts and "--config" in opts, name
+    for name in ("rollout", "eval", "distill", "study"):
+        opts = sub[name]._option_string_actions
+        assert {"--split", "--tasks", "--limit"} <= set(opts), name
+        assert opts["--tasks"].dest == opts["--tasks-file"].dest == "tasks_file"   # the old spelling still works

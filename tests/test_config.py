@@ -96,3 +96,64 @@ def test_missing_config_and_malformed_override():
         load_config("nope")
     with pytest.raises(ConfigError, match="not of the form key=value"):
         load_config("tiny_cpu", ["temperature"])
+
+
+def test_named_configs_are_found_in_the_packaged_copy(tmp_path, monkeypatch):
+    """Outside a checkout there is no configs/ next to the package: the wheel's terminus/configs serves."""
+    import terminus.config as c
+    packaged = tmp_path / "site" / "terminus" / "configs"
+    packaged.mkdir(parents=True)
+    (packaged / "mine.yaml").write_text("seed: 7\n")
+    monkeypatch.setattr(c, "CONFIG_DIR", tmp_path / "no_checkout" / "configs")
+    monkeypatch.setattr(c, "PACKAGED_CONFIG_DIR", packaged)
+    monkeypatch.chdir(tmp_path)
+    assert c.resolve_config_path("mine") == packaged / "mine.yaml"
+    assert c.resolve_config_path("configs/mine.yaml") == packaged / "mine.yaml"   # the documented spelling
+    assert load_config("mine").seed == 7
+    with pytest.raises(ConfigError, match=f"looked in . and {packaged}.*known configs: mine"):
+        load_config("tiny_cpu")
+
+
+def test_in_a_checkout_both_places_are_configs(monkeypatch):
+    import terminus.config as c
+    assert c.config_dirs() == [c.CONFIG_DIR.resolve()]          # terminus/configs links to configs/
+    assert {"tiny_cpu", "qwen3_4b"} <= set(c.named_configs())
+
+
+def test_the_wheel_ships_the_named_configs_and_the_license(tmp_path):
+    """Build a wheel from a copy of the tree (no build litter in the checkout), run `config show` from it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root,
+                           capture_output=True, text=True, check=True).stdout.split()
+    src = tmp_path / "src"
+    for f in files:
+        if not (root / f).exists() and not (root / f).is_symlink():
+            continue                                        # deleted in the work tree
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        if (root / f).is_symlink():
+            os.symlink(os.readlink(root / f), src / f)
+        else:
+            shutil.copy2(root / f, src / f)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("terminus-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        assert z.read("terminus/configs/tiny_cpu.yaml") == (root / "configs" / "tiny_cpu.yaml").read_bytes()
+        assert "terminus/configs/qwen3_4b.yaml" in names
+        assert any(n.endswith("licenses/LICENSE") for n in names)
+        assert "License: Apache-2.0" in z.read(next(n for n in names if n.endswith("METADATA"))).decode()
+        z.extractall(tmp_path / "site")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = subprocess.run([sys.executable, "-c", "import terminus, terminus.cli as c; print(terminus.__file__); "
+                        "c.main(['config', 'show', '-c', 'qwen3_4b'])"],
+                       cwd=elsewhere, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(str(tmp_path / "site")) and "name: qwen3_4b" in r.stdout

@@ -34,3 +34,41 @@ def test_tracker_writes_metrics_and_samples_without_wandb(tmp_path):
     assert metrics["step"] == 3 and metrics["sft/loss"] == 1.5 and "sft/note" not in metrics
     (row,) = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert row["table"] == "grpo/samples" and row["step"] == 7 and row["task_id"] == "a" and row["reward"] == 0.25
+
+
+def test_wandb_settings_the_environment_wins_over_the_config():
+    import pytest
+
+    from terminus.errors import UserError
+    from terminus.tracking import wandb_settings
+    cfg = load_config("tiny_cpu", ["name=exp", "logging.wandb_mode=online", "logging.wandb_group=sweep1",
+                                   "logging.wandb_tags=[grpo,tiny]"])
+    assert wandb_settings(cfg, {}) == {"mode": "online", "project": "terminus", "entity": None, "name": "exp",
+                                       "group": "sweep1", "tags": ["grpo", "tiny"]}
+    env = {"WANDB_MODE": "disabled", "WANDB_PROJECT": "p", "WANDB_NAME": "n", "WANDB_RUN_GROUP": "g",
+           "WANDB_TAGS": "a, b"}
+    assert wandb_settings(cfg, env) == {"mode": "disabled", "project": "p", "entity": None, "name": "n",
+                                        "group": "g", "tags": ["a", "b"]}
+    assert wandb_settings(cfg, {"WANDB_MODE": "dryrun"})["mode"] == "offline"   # W&B's own alias
+    with pytest.raises(UserError, match="WANDB_MODE='loud'"):
+        wandb_settings(cfg, {"WANDB_MODE": "loud"})
+    plain = load_config("tiny_cpu", ["name=exp"])
+    assert (wandb_settings(plain, {})["group"], wandb_settings(plain, {})["tags"]) == (None, None)
+
+
+def test_wandb_offline_run_from_the_environment_with_name_group_and_tags(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")   # wins over the config's disabled
+    cfg = load_config("tiny_cpu", ["logging.wandb_mode=disabled", "logging.wandb_name=seed0",
+                                   "logging.wandb_group=sweep1", "logging.wandb_tags=[grpo,tiny]"])
+    t = Tracker(cfg, tmp_path)
+    try:
+        assert t.run is not None and t.run.name == "seed0" and t.run.group == "sweep1"
+        assert list(t.run.tags) == ["grpo", "tiny"] and t.run.settings.mode == "offline"
+        t.log({"loss": 1.0}, step=1)
+    finally:
+        t.finish()
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # ...and over the config's offline
+    quiet = Tracker(load_config("tiny_cpu"), tmp_path / "quiet")
+    assert quiet.run is None
+    quiet.finish()

@@ -52,8 +52,9 @@ def test_train_end_to_end_then_kill_and_resume(tmp_path):
     assert killed_at["stage"] == "grpo" and killed_at["wandb_run_id"]
     assert not (run / "summary.json").exists()
 
-    # 2. resubmitted: resumes from the newest complete checkpoint and runs only the remaining steps
-    text = terminus(run, "trainer.grpo.steps=3")
+    # 2. resubmitted (the same config: another one is refused, rl/resume.py): resumes from the newest
+    #    complete checkpoint and runs only the remaining steps
+    text = terminus(run, "trainer.grpo.steps=3", "trainer.eval.untrained_repeats=2")
     assert "[resume] from" in text and "stage grpo" in text
     summary = json.loads((run / "summary.json").read_text())
     assert [m["step"] for m in summary["grpo"]] == list(range(killed_at["grpo_step"], 3))

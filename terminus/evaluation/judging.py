@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
+from terminus.errors import UserError
+
 Judge = Callable[[Any, Any], Awaitable[dict[str, Any]]]
 
 
-class JudgeUnavailable(ValueError):
+class JudgeUnavailable(UserError, ValueError):
     """The configured judge backend cannot be built here; raised before any work starts."""
 
 

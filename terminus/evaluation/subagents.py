@@ -18,8 +18,10 @@ from typing import Any, AsyncIterator
 
 from omegaconf import OmegaConf
 
+from terminus.errors import UserError
 
-class SubagentError(ValueError):
+
+class SubagentError(UserError, ValueError):
     """A subagent that cannot be used; raised before any episode starts."""
 
 

@@ -5,8 +5,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from terminus.errors import UserError
 
-class TaskListError(ValueError):
+
+class TaskListError(UserError, ValueError):
     """No usable tasks; raised before any work starts."""
 
 
@@ -15,14 +17,18 @@ def load_task_list(cfg: Any, split: str, tasks_file: str = "", limit: int = 0) -
     from tasks.types import Task
     if tasks_file:
         p = Path(tasks_file)
+        if not p.is_file() and tasks_file in ("train", "validation", "test"):
+            raise TaskListError(f"--tasks takes a JSONL file of Task records; for the {tasks_file} split "
+                                f"of tasks.corpus use --split {tasks_file}")
         if not p.is_file():
-            raise TaskListError(f"task file {tasks_file} not found")
+            raise TaskListError(f"task file {tasks_file} not found: give a JSONL file of Task records "
+                                f"(or --split for a split of tasks.corpus)")
         tasks = []
         for i, line in enumerate(p.read_text().splitlines(), 1):
             if line.strip():
                 try:
                     tasks.append(Task.from_dict(json.loads(line)))
-                except (json.JSONDecodeError, TypeError) as e:
+                except (ValueError, TypeError, KeyError, AttributeError) as e:   # bad JSON, or JSON of another shape
                     raise TaskListError(f"{tasks_file}:{i}: not a Task record ({e})") from None
         where = tasks_file
     else:
