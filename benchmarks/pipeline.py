@@ -75,7 +75,7 @@ async def run(cfg, steps: int) -> tuple[dict[int, list[dict]], int]:
     from cluster.driver import _grpo, _judge, _load_tasks, _trainer
     from cluster.resources import cpus_needed, init_ray, make_layout
     from cluster.rollout_pool import RolloutPool
-    from cluster.teacher import choose_demo_tasks
+    from rollout.teacher import choose_demo_tasks
     from rollout.engine.vllm_engine import start_engine_actor
 
     run_dir = Path(cfg.output_dir)

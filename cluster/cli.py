@@ -6,7 +6,7 @@ import sys
 
 
 def _env_pairs(pairs: list[str]) -> dict[str, str]:
-    from terminus.errors import UserError
+    from core.errors import UserError
 
     out = {}
     for p in pairs:
@@ -36,7 +36,7 @@ def _submit(args: argparse.Namespace) -> int:
         entrypoint = args.entrypoint
     else:
         if not args.config:
-            from terminus.errors import UserError
+            from core.errors import UserError
             raise UserError("submit needs -c/--config NAME_OR_FILE (or --entrypoint for any other command)")
         load_config(args.config, args.overrides)  # fail here, not minutes later on the cluster
         entrypoint = jobs.train_entrypoint(args.config, args.overrides, python=args.python)
@@ -88,11 +88,11 @@ def _compare(args: argparse.Namespace) -> int:
     for d in args.runs:
         f = Path(d) / "summary.json"
         if not f.exists():
-            from terminus.errors import UserError
+            from core.errors import UserError
             raise UserError(f"{f} not found: give run directories of finished `terminus train` runs")
         runs[d] = json.loads(f.read_text()).get("evals", {})
     if len(runs) < 2:
-        from terminus.errors import UserError
+        from core.errors import UserError
         raise UserError("give two or more runs (the same config, other seeds): noise between runs needs at least two")
     out = across_runs(runs)
     print(f"{'run':24s} " + " ".join(f"{s:>10s}" for s in EVALUATED))

@@ -26,9 +26,9 @@ from cluster.memory import PeakMemory
 from cluster.pipeline import run_steps
 from cluster.resources import cpus_needed, init_ray, make_layout
 from cluster.rollout_pool import RolloutPool
-from cluster.teacher import ScriptedTeacher, choose_demo_tasks
-from terminus.errors import UserError
-from terminus.tracking import SAMPLE_COLUMNS, sample_rows
+from rollout.teacher import ScriptedTeacher, choose_demo_tasks
+from core.errors import UserError
+from core.tracking import SAMPLE_COLUMNS, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ async def _train(cfg) -> dict[str, Any]:
     from rl.resume import prepare_run_dir
     from rollout.engine.vllm_engine import cluster_has_gpus, start_engine_actor
     from rollout.worker import load_tokenizer
-    from terminus.model import resolve_model_path
+    from core.model import resolve_model_path
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")   # keep the console to the job's progress
     run_dir = prepare_run_dir(cfg)   # refuses to resume a run of another config; saves this one's

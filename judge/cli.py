@@ -53,7 +53,7 @@ def _make(args) -> int:
     from judge.calibrate import make_calibration
     from tasks import load_tasks
     from terminus.config import load_config
-    from terminus.model import resolve_model_path
+    from core.model import resolve_model_path
 
     cfg = load_config(args.config, args.overrides)
     tasks = [t for s in args.splits.split(",") if s for t in load_tasks(cfg.tasks, s)]

@@ -29,9 +29,9 @@ def register(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from terminus.config import load_config
-    from terminus.errors import UserError
-    from terminus.evaluation.tasks_io import load_task_list
-    from terminus.model import resolve_model_path
+    from core.errors import UserError
+    from evaluation.tasks_io import load_task_list
+    from core.model import resolve_model_path
     cfg = load_config(args.config, args.overrides)
     if args.n < 1:
         raise UserError(f"--n {args.n}: episodes per task must be at least 1")
@@ -81,7 +81,7 @@ async def _open_openai(cfg) -> tuple:
     """The endpoint engine and its tokenizer, once the endpoint answers (EndpointError otherwise)."""
     from rollout.engine.openai_engine import OpenAIEngine
     from rollout.worker import load_tokenizer
-    from terminus.model import resolve_model_path
+    from core.model import resolve_model_path
     tokenizer = load_tokenizer(str(resolve_model_path(cfg.model.path)))
     engine = OpenAIEngine.from_config(cfg, tokenizer)
     try:

@@ -220,7 +220,7 @@ def reference_report(command: str, code: int, status: str, facts: list[Fact]) ->
 
 
 async def _build_one(spec: _Spec, out: Path, sandbox_cfg, limit: asyncio.Semaphore) -> Task:
-    from rollout.sandbox import open_sandbox
+    from sandbox import open_sandbox
 
     p, v = spec.project, spec.variant
     repo = out / "repos" / spec.id

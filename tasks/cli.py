@@ -57,7 +57,7 @@ def _show(args) -> int:
             if t.id == args.task_id:
                 print(json.dumps(asdict(t), indent=2))
                 return 0
-    from terminus.errors import UserError
+    from core.errors import UserError
     raise UserError(f"no task {args.task_id!r} in corpus {args.corpus}; `terminus tasks list` shows the ids")
 
 
@@ -77,7 +77,7 @@ def _build_manifest(args) -> int:
     from tasks.build import build_corpus, summary_table
     from tasks.manifest import load_manifest
     if not args.out:
-        from terminus.errors import UserError
+        from core.errors import UserError
         raise UserError("--out DIR is required with --manifest (a new directory, or an earlier build's to resume "
                         "or update it)")
     entries, problems = load_manifest(args.manifest)
@@ -114,12 +114,12 @@ def _validate(args) -> int:
     import asyncio
     from pathlib import Path
 
-    from rollout.config import SandboxConfig
+    from sandbox.config import SandboxConfig
     from rollout.worker import load_tokenizer
     from tasks import load_tasks
     from tasks.corpus import CorpusError, built_observation_cap
-    from terminus.evaluation.validate import sample_tasks, validate_tasks
-    from terminus.model import resolve_model_path
+    from evaluation.validate import sample_tasks, validate_tasks
+    from core.model import resolve_model_path
 
     splits = [args.split] if args.split else ["train", "validation", "test"]
     tasks = []

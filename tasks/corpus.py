@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from tasks.types import Task
-from terminus.errors import UserError
+from core.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 
@@ -87,7 +87,7 @@ def read_split(corpus_dir: Path, split: str) -> list[Task]:
 
 
 def _cache(cache_dir: str) -> Path:
-    from terminus.model import cache_root
+    from core.model import cache_root
 
     return Path(cache_dir) if cache_dir else cache_root() / "tasks"
 
@@ -127,7 +127,7 @@ def _build_once(target: Path, build) -> Path:
 
 def ensure_builtin(cache_dir: str = "", sandbox_cfg=None) -> Path:
     """Build the built-in corpus unless a complete copy is cached."""
-    from rollout.config import SandboxConfig
+    from sandbox.config import SandboxConfig
     from tasks.builtin import build_builtin
 
     return _build_once(builtin_dir(cache_dir), lambda tmp: build_builtin(tmp, sandbox_cfg or SandboxConfig()))
@@ -136,7 +136,7 @@ def ensure_builtin(cache_dir: str = "", sandbox_cfg=None) -> Path:
 def ensure_generated(cfg, cache_dir: str = "", sandbox_cfg=None) -> Path:
     """Build the generated corpus of `cfg` (tasks.generated) unless a complete copy is cached; prints
     progress to stderr (a few hundred projects take a minute; stdout is the commands' results)."""
-    from rollout.config import SandboxConfig
+    from sandbox.config import SandboxConfig
     from tasks.generated import build_generated, specs
 
     target = generated_dir(cfg, cache_dir)
@@ -159,11 +159,11 @@ VALIDATE_SAMPLE = 16   # tasks of a freshly built corpus replayed through episod
 
 
 async def validate_sample(corpus_dir: Path, sandbox_cfg, n: int = VALIDATE_SAMPLE) -> None:
-    """Replay n tasks' reference solutions through the episode path (terminus.evaluation.validate);
+    """Replay n tasks' reference solutions through the episode path (evaluation.validate);
     a corpus whose ground truth an episode does not reproduce is refused, never cached."""
     from rollout.worker import load_tokenizer
-    from terminus.evaluation.validate import sample_tasks, validate_tasks
-    from terminus.model import resolve_model_path
+    from evaluation.validate import sample_tasks, validate_tasks
+    from core.model import resolve_model_path
 
     tasks = [t for s in SPLITS for t in read_split(corpus_dir, s)]
     checks = await validate_tasks(sample_tasks(tasks, n), sandbox_cfg,

@@ -403,8 +403,8 @@ def write_project(d: Draft, repo: Path) -> None:
 
 async def build_task(spec: Spec, out: Path, sandbox_cfg, cap: int) -> Task:
     """Write the project, run its reference command in a real sandbox, and derive the ground truth."""
-    from rollout.protocol import Observation, format_observation
-    from rollout.sandbox import open_sandbox
+    from core.protocol import Observation, format_observation
+    from sandbox import open_sandbox
 
     d = spec.draft()
     repo = out / "repos" / spec.id

@@ -140,7 +140,7 @@ def build_error_facts(output: str) -> list[Fact]:
 
 async def run_commands(sandbox_cfg, repo: str, env: TaskEnvironment, commands: list[str], timeout_s: float):
     """Run commands in one fresh sandbox until one fails; returns tasks.real.Run for each run."""
-    from rollout.sandbox import open_sandbox
+    from sandbox import open_sandbox
     from tasks.real import Run
 
     runs = []

@@ -98,7 +98,7 @@ def project_venv(entry: Entry, out: Path) -> str:
     PyPI at build time. Built once per set of packages (a content hash) into ~/.cache/terminus/venvs,
     copied into the corpus (shared/venvs/<hash>, shared by every project with that set); returns its
     path relative to the corpus. Its scripts name the cache path, so tasks run `python3 -m ...`."""
-    from terminus.model import cache_root
+    from core.model import cache_root
     deps = sorted({*VENV_TOOLS, *entry.test_deps})
     key = hashlib.sha256("\n".join([sys.version, *deps]).encode()).hexdigest()[:12]
     cached = cache_root() / "venvs" / key
@@ -130,7 +130,7 @@ def project_venv(entry: Entry, out: Path) -> str:
 def sandbox_config(base=None):
     """The builder's sandboxes keep the whole test output (the episode's observation cap would drop
     the middle of a long run, and with it per-test results); what the agent sees is computed from it."""
-    from rollout.config import SandboxConfig
+    from sandbox.config import SandboxConfig
     cfg = dataclasses.replace(base) if base else SandboxConfig()
     cfg.output_limit_bytes = max(cfg.output_limit_bytes, 16 << 20)
     return cfg
@@ -145,7 +145,7 @@ def debian_state(root: Path | None = None) -> list[str]:
     under ~/.cache/terminus/debian-apt; the lists are refreshed at most every 6 hours, by one process
     at a time (the file lock), and `apt-get source` of many processes reads them concurrently."""
     if root is None:
-        from terminus.model import cache_root
+        from core.model import cache_root
         root = cache_root() / "debian-apt"
     opts = ["-o", "Dir::Etc::SourceList=/dev/null", "-o", f"Dir::Etc::SourceParts={root}/sources",
             "-o", f"Dir::State::Lists={root}/lists", "-o", f"Dir::Cache={root}/cache"]
@@ -498,8 +498,8 @@ def make_task(entry: Entry, tid: str, category: str, request: str, runs: list[Ru
     """A task whose reference solution is `runs`' commands and whose ground truth is `facts`, kept
     only where what the agent sees of the runs (each output capped at `cap`) shows them; the last
     run is the one the report is about."""
-    from rollout.protocol import Observation, format_observation
-    from rollout.sandbox import format_output
+    from core.protocol import Observation, format_observation
+    from sandbox import format_output
     capped = [format_output(r.output.encode(), limit=cap) for r in runs]   # (text, truncated): what an episode shows
     seen = "\n".join(format_observation(Observation(r.exit_code, text, truncated=cut), turns_left=1)
                      for r, (text, cut) in zip(runs, capped))

@@ -7,7 +7,7 @@ runs it. This file only lists those modules, so `terminus --help` stays fast.
 Conventions every subcommand keeps:
   - config: `-c/--config NAME_OR_FILE` then `key=value` overrides (add_config_args);
   - tasks: `--split SPLIT` of tasks.corpus, or `--tasks FILE` of Task records (add_task_args);
-  - a user's mistake raises a terminus.errors.UserError: `main` prints it as one line, exit 2.
+  - a user's mistake raises a core.errors.UserError: `main` prints it as one line, exit 2.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 
 from terminus import __version__
 from terminus.config import load_config, to_yaml
-from terminus.errors import UserError, one_line
+from core.errors import UserError, one_line
 
 # Modules that add subcommands (each has `register(subparsers)`); missing ones are skipped.
 COMMAND_MODULES = [
@@ -52,7 +52,7 @@ def add_task_args(p: argparse.ArgumentParser, split_default: str) -> None:
 
 
 def _model_build_tiny(args: argparse.Namespace) -> int:
-    from terminus.model import build_tiny, describe, resolve_model_path, tiny_model_dir
+    from core.model import build_tiny, describe, resolve_model_path, tiny_model_dir
 
     path = build_tiny(args.out) if args.out else (
         build_tiny(tiny_model_dir()) if args.force else resolve_model_path("tiny"))
@@ -64,7 +64,7 @@ def _model_chat(args: argparse.Namespace) -> int:
     """Generate one reply from a chat prompt with a real vLLM engine (the smallest end-to-end check)."""
     import os
 
-    from terminus.model import resolve_model_path
+    from core.model import resolve_model_path
 
     cfg = load_config(args.config, args.overrides)
     path = str(resolve_model_path(cfg.model.path))

@@ -1,4 +1,4 @@
-"""Subcommands `eval`, `distill`, `serve` and `study` (see terminus/evaluation/ and docs/evaluation.md).
+"""Subcommands `eval`, `distill`, `serve` and `study` (see evaluation/ and docs/evaluation.md).
 
 Module-level imports stay cheap: the work is imported inside each command.
 """
@@ -56,7 +56,7 @@ def register(subparsers) -> None:
 
 def _setup(args):
     from terminus.config import load_config
-    from terminus.evaluation.tasks_io import load_task_list
+    from evaluation.tasks_io import load_task_list
     cfg = load_config(args.config, args.overrides)
     return cfg, load_task_list(cfg, args.split, args.tasks_file, args.limit)
 
@@ -65,8 +65,8 @@ def _eval(args) -> int:
     import asyncio
     from pathlib import Path
 
-    from terminus.evaluation.evaluate import compare, run_eval
-    from terminus.evaluation.subagents import parse_subagent
+    from evaluation.evaluate import compare, run_eval
+    from evaluation.subagents import parse_subagent
     if args.compare:
         print(compare(args.compare, Path(args.out or "eval_compare")))
         return 0
@@ -87,8 +87,8 @@ def _distill(args) -> int:
     import json
     from pathlib import Path
 
-    from terminus.evaluation.distill import distill
-    from terminus.evaluation.subagents import parse_subagent
+    from evaluation.distill import distill
+    from evaluation.subagents import parse_subagent
     cfg, tasks = _setup(args)
     if args.rpm is not None:
         cfg.rollout.engine.requests_per_minute = args.rpm
@@ -106,8 +106,8 @@ def _serve(args) -> int:
     import asyncio
 
     from terminus.config import load_config
-    from terminus.evaluation.serve import serve_stdio
-    from terminus.evaluation.subagents import parse_subagent
+    from evaluation.serve import serve_stdio
+    from evaluation.subagents import parse_subagent
     cfg = load_config(args.config, args.overrides)
     asyncio.run(serve_stdio(cfg, parse_subagent(args.subagent, cfg.model.path)))
     return 0
@@ -118,10 +118,10 @@ def _study(args) -> int:
     import json
     from pathlib import Path
 
-    from terminus.evaluation import study
-    from terminus.errors import UserError
-    from terminus.evaluation.subagents import SubagentError, open_subagent, parse_subagent, preflight
-    from terminus.openai_api import OpenAIClient
+    from evaluation import study
+    from core.errors import UserError
+    from evaluation.subagents import SubagentError, open_subagent, parse_subagent, preflight
+    from core.openai_api import OpenAIClient
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     bad = [c for c in conditions if c not in study.CONDITIONS]
     if bad or not conditions:

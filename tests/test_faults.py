@@ -7,10 +7,10 @@ import pytest
 import ray
 
 from cluster.rollout_pool import RolloutPool, RolloutPoolError
-from cluster.teacher import ScriptedTeacher
+from rollout.teacher import ScriptedTeacher
 from tasks.types import ReferenceSolution, Task
 from terminus.config import load_config
-from terminus.model import resolve_model_path
+from core.model import resolve_model_path
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -124,7 +124,7 @@ def test_judge_endpoint_down_masks_and_counts_and_the_run_continues(setup, tmp_p
     from cluster.pipeline import run_steps
     from judge.pool import JudgePool
     from rollout.worker import run_requests
-    from terminus.testing.openai_server import Reply, ScriptedOpenAIServer
+    from core.testing.openai_server import Reply, ScriptedOpenAIServer
 
     cfg, tasks, teacher = setup
     monkeypatch.setenv("JUDGE_KEY", "k")

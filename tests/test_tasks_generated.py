@@ -7,17 +7,18 @@ import re
 
 import pytest
 
-from cluster.teacher import ScriptedTeacher
+from rollout.teacher import ScriptedTeacher
 from judge.rules import exact_facts
-from rollout.config import RolloutConfig, SandboxConfig
-from rollout.protocol import Observation, format_observation
+from rollout.config import RolloutConfig
+from sandbox.config import SandboxConfig
+from core.protocol import Observation, format_observation
 from rollout.worker import run_requests
 from tasks import load_tasks
 from tasks.config import GeneratedConfig, TasksConfig
 from tasks.generated import (FAMILIES, GeneratedTaskError, Spec, build_generated, check_observable, draft,
                              facts_from_output, held_out_name, specs)
 from tasks.types import Fact
-from terminus.evaluation.validate import validate_tasks
+from evaluation.validate import validate_tasks
 
 pytestmark = pytest.mark.timeout(300)
 SMALL = GeneratedConfig(train_variants=16, eval_variants=5)

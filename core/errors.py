@@ -14,3 +14,7 @@ def one_line(e: BaseException) -> str:
     """The message on one line: later lines (e.g. a parser's context) joined with ' | '."""
     lines = [x.strip() for x in str(e).splitlines() if x.strip()]
     return " | ".join(lines) or type(e).__name__
+
+
+class ConfigError(UserError, ValueError):
+    """A config that cannot be used; the message says which key, where from, and how to fix it."""

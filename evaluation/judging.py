@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
-from terminus.errors import UserError
+from core.errors import UserError
 
 Judge = Callable[[Any, Any], Awaitable[dict[str, Any]]]
 

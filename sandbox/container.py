@@ -18,9 +18,9 @@ import asyncio
 import os
 import shutil
 
-from rollout.config import SandboxConfig
-from rollout.sandbox.base import split_bind
-from rollout.sandbox.shell import SandboxError, ShellSandbox, wait_for_exit
+from sandbox.config import SandboxConfig
+from sandbox.base import split_bind
+from sandbox.shell import SandboxError, ShellSandbox, wait_for_exit
 
 
 async def _engine(engine: str, *args: str, timeout: float = 120.0) -> tuple[int, str]:

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from terminus.evaluation.judging import make_judge
-from terminus.evaluation.subagents import SubagentSpec, open_subagent, preflight
+from evaluation.judging import make_judge
+from evaluation.subagents import SubagentSpec, open_subagent, preflight
 
 
 def dedup_key(traj: Any) -> str:

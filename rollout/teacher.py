@@ -15,7 +15,7 @@ import re
 from typing import Any, Iterable
 
 from rollout.engine.base import EngineError, Generation, Sampling
-from rollout.protocol import parse_observation
+from core.protocol import parse_observation
 
 
 def report_text(report: str) -> str:

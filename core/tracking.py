@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from terminus.errors import UserError
+from core.errors import UserError
 
 # W&B's own aliases of the modes (WANDB_MODE=dryrun is offline, =run is online).
 _MODES = {"offline": "offline", "dryrun": "offline", "online": "online", "run": "online", "disabled": "disabled"}

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
-from terminus.errors import UserError
+from core.errors import UserError
 
 TINY = "tiny"
 SPECIAL_TOKENS = [

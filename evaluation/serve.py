@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from terminus.evaluation.metrics import report_text
+from evaluation.metrics import report_text
 
 TOOL_NAME = "run_subagent"
 TOOL_DESCRIPTION = ("Delegate terminal work in a repository (run tests, build, run a script, reproduce an error) to "
@@ -69,7 +69,7 @@ def protect_stdout() -> None:
 
 async def serve_stdio(cfg: Any, spec: Any) -> None:
     """Check the subagent, open it, and serve MCP on stdin/stdout until the client disconnects."""
-    from terminus.evaluation.subagents import open_subagent, preflight
+    from evaluation.subagents import open_subagent, preflight
 
     protect_stdout()
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)

@@ -20,8 +20,8 @@ import asyncio
 import secrets
 import time
 
-from rollout.sandbox.base import CommandResult
-from rollout.sandbox.output import OutputBuffer
+from sandbox.base import CommandResult
+from sandbox.output import OutputBuffer
 
 # $1 is the state file. Names are prefixed so a user's variables do not collide with ours.
 DRIVER = r"""

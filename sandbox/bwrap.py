@@ -38,11 +38,11 @@ import re
 import shutil
 import subprocess
 
-from rollout.config import SandboxConfig
-from rollout.sandbox.base import split_bind
-from rollout.sandbox.cgroups import Cgroups, sigkill
-from rollout.sandbox.shell import SandboxError, ShellSandbox, wait_for_exit
-from rollout.sandbox.workspace import CGROUPS_FILE, Workspace, warn_once
+from sandbox.config import SandboxConfig
+from sandbox.base import split_bind
+from sandbox.cgroups import Cgroups, sigkill
+from sandbox.shell import SandboxError, ShellSandbox, wait_for_exit
+from sandbox.workspace import CGROUPS_FILE, Workspace, warn_once
 
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _KEPT_CAPS = ("CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_CHOWN")

@@ -2,7 +2,7 @@
 
 Usage (the one form):
 
-    from rollout.sandbox import open_sandbox
+    from sandbox import open_sandbox
     async with await open_sandbox(cfg.rollout.sandbox, repo_dir, image=task_image, env={...}) as sb:
         r = await sb.run("cd src && pytest -q")     # CommandResult: output, exit_code, timed_out, ...
         r = await sb.run("sleep 100", timeout_s=5)  # exit_code 124, timed_out True
@@ -14,10 +14,10 @@ bwrap (default), docker, podman, local (opt-in, no isolation). See docs/sandbox.
 """
 from __future__ import annotations
 
-from rollout.config import SandboxConfig
-from rollout.sandbox.base import CommandResult, Sandbox
-from rollout.sandbox.output import OutputBuffer, clean_text, format_output
-from rollout.sandbox.shell import SandboxError
+from sandbox.config import SandboxConfig
+from sandbox.base import CommandResult, Sandbox
+from sandbox.output import OutputBuffer, clean_text, format_output
+from sandbox.shell import SandboxError
 
 __all__ = ["open_sandbox", "Sandbox", "CommandResult", "SandboxError", "format_output",
            "clean_text", "OutputBuffer"]
@@ -35,14 +35,14 @@ async def open_sandbox(cfg: SandboxConfig, repo_dir: str | None, *, image: str =
     if cfg.backend == "bwrap":
         import asyncio
 
-        from rollout.sandbox.bwrap import BwrapSandbox
+        from sandbox.bwrap import BwrapSandbox
         # Mounting/copying the repository touches the disk: keep the event loop free meanwhile.
         return await asyncio.to_thread(BwrapSandbox, cfg, repo_dir, env, list(ro_binds))
     if cfg.backend == "local":
-        from rollout.sandbox.local import LocalSandbox
+        from sandbox.local import LocalSandbox
         return LocalSandbox(cfg, repo_dir, env, list(ro_binds))
     if cfg.backend in ("docker", "podman"):
-        from rollout.sandbox.container import ContainerSandbox
+        from sandbox.container import ContainerSandbox
         return await ContainerSandbox.create(cfg, repo_dir, image, env, engine=cfg.backend, ro_binds=list(ro_binds))
     raise SandboxError(f"unknown rollout.sandbox.backend {cfg.backend!r}; "
                        "use one of bwrap, docker, podman, local")

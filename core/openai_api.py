@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from terminus.errors import UserError
+from core.errors import UserError
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 

@@ -67,7 +67,7 @@ async def validate_tasks(tasks: list, sandbox_cfg, tokenizer, *, teacher_tasks: 
     """Replay each task's reference through `rollout.worker.run_requests` and check it. The scripted
     teacher knows `teacher_tasks` (default: `tasks`), so tasks whose requests coincide must be told
     apart by what their commands print, as when it demonstrates them for SFT."""
-    from cluster.teacher import ScriptedTeacher
+    from rollout.teacher import ScriptedTeacher
     from rollout.config import RolloutConfig
     from rollout.worker import run_requests
 

@@ -12,10 +12,10 @@ import os
 import resource
 import signal
 
-from rollout.config import SandboxConfig
-from rollout.sandbox.base import split_bind
-from rollout.sandbox.shell import SandboxError, ShellSandbox, wait_for_exit
-from rollout.sandbox.workspace import Workspace
+from sandbox.config import SandboxConfig
+from sandbox.base import split_bind
+from sandbox.shell import SandboxError, ShellSandbox, wait_for_exit
+from sandbox.workspace import Workspace
 
 
 class LocalSandbox(ShellSandbox):

@@ -15,16 +15,16 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from terminus.evaluation.judging import Judge, make_judge
-from terminus.evaluation.metrics import aggregate, episode_row
-from terminus.evaluation.render import markdown_table, write_plots
-from terminus.evaluation.subagents import SubagentError, SubagentSpec, open_subagent, preflight
+from evaluation.judging import Judge, make_judge
+from evaluation.metrics import aggregate, episode_row
+from evaluation.render import markdown_table, write_plots
+from evaluation.subagents import SubagentError, SubagentSpec, open_subagent, preflight
 
 
 def token_counter(cfg: Any):
     """Counts tokens with the run's tokenizer (cfg.model.path), the same for every subagent."""
     from rollout.worker import load_tokenizer
-    from terminus.model import resolve_model_path
+    from core.model import resolve_model_path
     tok = load_tokenizer(str(resolve_model_path(cfg.model.path)))
     return lambda text: len(tok.encode(text, add_special_tokens=False)) if text else 0
 

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from terminus.errors import UserError
+from core.errors import UserError
 
 
 class TaskListError(UserError, ValueError):

@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 
-from rollout.sandbox.cgroups import CGROUP_ROOT, Cgroups, sigkill  # noqa: F401  (re-exported)
+from sandbox.cgroups import CGROUP_ROOT, Cgroups, sigkill  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(None, use_errno=True)

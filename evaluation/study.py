@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
-from terminus.evaluation.metrics import report_text
+from evaluation.metrics import report_text
 
 TERMINAL = "terminal"
 DELEGATE = "delegate_to_subagent"
@@ -96,7 +96,7 @@ def format_report_for_main(traj: Any) -> str:
 async def run_main_agent(task: StudyTask, condition: str, client: Any, sandbox_cfg: Any,
                          subagent: SubagentRunner | None, max_steps: int = 12, max_tokens: int = 1024) -> StudyResult:
     """One main-agent run; endpoint or sandbox failures mark the result (error) instead of raising."""
-    from rollout.sandbox import open_sandbox
+    from sandbox import open_sandbox
     if condition not in CONDITIONS:
         raise ValueError(f"condition must be one of {CONDITIONS}, not {condition!r}")
     res = StudyResult(task.id, condition)

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator
 
 from omegaconf import OmegaConf
 
-from terminus.errors import UserError
+from core.errors import UserError
 
 
 class SubagentError(UserError, ValueError):
@@ -56,7 +56,7 @@ def parse_subagent(text: str, default_model: str = "tiny") -> SubagentSpec:
 
 def check_hf_dir(path: str) -> Path:
     """The resolved checkpoint dir; SubagentError when it is missing or not a HF model dir."""
-    from terminus.model import ModelPathError, resolve_model_path
+    from core.model import ModelPathError, resolve_model_path
     try:
         resolved = Path(resolve_model_path(path))
     except ModelPathError as e:
@@ -76,7 +76,7 @@ async def preflight(spec: SubagentSpec, cfg: Any) -> None:
     if spec.kind == "hf":
         check_hf_dir(spec.path)
     elif spec.kind == "openai":
-        from terminus.openai_api import EndpointError, OpenAIClient
+        from core.openai_api import EndpointError, OpenAIClient
         client = OpenAIClient(spec.base_url, spec.model, api_key_env=cfg.rollout.engine.api_key_env,
                               timeout_s=10.0, max_retries=0)
         try:
@@ -91,14 +91,14 @@ async def preflight(spec: SubagentSpec, cfg: Any) -> None:
 
 def scripted_teacher_class():
     """The scripted expert teacher behind the engine seam (owned by cluster/; reused, not rewritten)."""
-    from cluster.teacher import ScriptedTeacher
+    from rollout.teacher import ScriptedTeacher
     return ScriptedTeacher
 
 
 def tokenizer_for(spec: SubagentSpec, cfg: Any):
     """HF checkpoints bring their tokenizer; endpoints are measured with the run's model tokenizer."""
     from rollout.worker import load_tokenizer
-    from terminus.model import resolve_model_path
+    from core.model import resolve_model_path
     path = check_hf_dir(spec.path) if spec.kind == "hf" else resolve_model_path(cfg.model.path)
     return load_tokenizer(str(path))
 

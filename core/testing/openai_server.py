@@ -19,7 +19,7 @@ from typing import Any, Callable, Union
 
 from aiohttp import web
 
-from terminus.net import free_port
+from core.net import free_port
 
 
 @dataclass
