@@ -111,7 +111,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from terminus.cli import add_config_args
+    from terminus.commands.args import add_config_args
 
     if "train" not in sub.choices:
         t = sub.add_parser("train", help="train end to end (SFT then GRPO, by trainer.stage) on this machine / Ray")

@@ -17,7 +17,7 @@ import sys
 
 
 def register(sub) -> None:
-    from terminus.cli import add_config_args, add_task_args
+    from terminus.commands.args import add_config_args, add_task_args
     p = sub.add_parser("rollout", help="run a model over tasks and write trajectories (JSONL/parquet)")
     add_config_args(p)
     add_task_args(p, "validation")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from terminus.cli import add_config_args
+    from terminus.commands.args import add_config_args
     p = sub.add_parser("train-offline", help="SFT or GRPO on a given dataset of trajectories (no rollouts)")
     add_config_args(p)
     p.add_argument("--stage", required=True, choices=("sft", "grpo"))

@@ -6,7 +6,7 @@ import json
 
 
 def register(sub) -> None:
-    from terminus.cli import add_config_args
+    from terminus.commands.args import add_config_args
 
     p = sub.add_parser("judge", help="judge quality: calibration set and agreement")
     jsub = p.add_subparsers(dest="judge_cmd", required=True)

@@ -9,7 +9,7 @@ import sys
 
 
 def _common(p: argparse.ArgumentParser, split_default: str) -> None:
-    from terminus.cli import add_config_args, add_task_args
+    from terminus.commands.args import add_config_args, add_task_args
     add_config_args(p)
     add_task_args(p, split_default)
 
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     di.set_defaults(func=_distill)
 
     se = subparsers.add_parser("serve", help="serve the subagent as an MCP tool over stdio")
-    from terminus.cli import add_config_args
+    from terminus.commands.args import add_config_args
     add_config_args(se)
     se.add_argument("--subagent", default="base", metavar="SPEC", help="as for eval (default base)")
     se.set_defaults(func=_serve)
