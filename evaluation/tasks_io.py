@@ -32,9 +32,10 @@ def load_task_list(cfg: Any, split: str, tasks_file: str = "", limit: int = 0) -
                     raise TaskListError(f"{tasks_file}:{i}: not a Task record ({e})") from None
         where = tasks_file
     else:
+        from evaluation.validate import validate_sample
         from tasks import CorpusError, load_tasks
         try:
-            tasks = list(load_tasks(cfg.tasks, split))
+            tasks = list(load_tasks(cfg.tasks, split, validate=validate_sample))
         except CorpusError as e:
             raise TaskListError(str(e)) from None
         where = f"corpus {cfg.tasks.corpus!r}, split {split!r}"

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from tasks.corpus import CorpusError, read_split
 from tasks.groundtruth import missing_evidence
+from tasks.store import SPLITS
 
 
 @dataclass
@@ -87,3 +90,22 @@ async def validate_tasks(tasks: list, sandbox_cfg, tokenizer, *, teacher_tasks: 
     await run_requests([(t, 1) for t in tasks], teacher, tokenizer, cfg, max_concurrent=concurrency, on_episode=done)
     order = {t.id: i for i, t in enumerate(tasks)}
     return sorted(checks, key=lambda c: order[c.task_id])
+
+
+VALIDATE_SAMPLE = 16   # tasks of a freshly built corpus replayed through episodes before it is used
+
+
+async def validate_sample(corpus_dir: Path, sandbox_cfg, n: int = VALIDATE_SAMPLE) -> None:
+    """Replay n tasks' reference solutions through the episode path (validate_tasks); a corpus whose
+    ground truth an episode does not reproduce is refused, never cached. The check a generated corpus
+    passes before tasks.corpus caches it: `load_tasks(..., validate=validate_sample)`."""
+    from core.model import resolve_model_path
+    from rollout.worker import load_tokenizer
+
+    tasks = [t for s in SPLITS for t in read_split(corpus_dir, s)]
+    checks = await validate_tasks(sample_tasks(tasks, n), sandbox_cfg,
+                                  load_tokenizer(str(resolve_model_path("tiny"))), teacher_tasks=tasks)
+    if bad := [c for c in checks if not c.ok]:
+        raise CorpusError(f"{len(bad)} of {len(checks)} tasks of the corpus built in {corpus_dir} do not reproduce "
+                          f"their ground truth through an episode (first: {bad[0].task_id}: {bad[0].problems}); "
+                          "this is a bug of the corpus builder, please report it")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tasks.groundtruth import (build_facts, location_fact, output_facts, python_traceback_facts, tap_facts,
                                unittest_facts)
+from tasks.store import write_corpus
 from tasks.types import Fact, GroundTruth, ReferenceSolution, Task
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -270,7 +271,6 @@ def check_reference(task: Task) -> None:
 
 async def build_builtin(out: Path, sandbox_cfg, concurrency: int = 4) -> list[Task]:
     """Build every built-in task into `out` (repos/ + one JSONL per split); returns the tasks."""
-    from tasks.corpus import write_corpus
 
     (out / "repos").mkdir(parents=True, exist_ok=True)
     limit = asyncio.Semaphore(concurrency)

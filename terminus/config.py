@@ -23,7 +23,7 @@ from judge.config import JudgeConfig
 from rl.config import TrainerConfig, check_trainer
 from rollout.config import RolloutConfig
 from tasks.config import TasksConfig
-from core.errors import ConfigError, UserError
+from core.errors import ConfigError
 from core.fields import at_least, items, one_of
 
 # Named configs (`-c tiny_cpu`): a checkout's configs/ first, then the copy the wheel ships as package

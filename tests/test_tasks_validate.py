@@ -16,7 +16,7 @@ from sandbox.config import SandboxConfig
 from tasks import load_tasks
 from tasks.build import build_corpus
 from tasks.manifest import Entry, why_failed
-from tasks.real import short_name
+from tasks.runs import short_name
 from evaluation.validate import validate_tasks
 
 pytestmark = pytest.mark.timeout(300)

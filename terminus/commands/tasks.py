@@ -42,8 +42,9 @@ def register(sub) -> None:
 
 
 def _list(args) -> int:
+    from evaluation.validate import validate_sample
     from tasks import load_tasks
-    for t in load_tasks(args.corpus, args.split):
+    for t in load_tasks(args.corpus, args.split, validate=validate_sample):
         print(f"{t.id:40s} {t.language:11s} {t.category:11s} exit={t.ground_truth.exit_status}  {t.request}")
     return 0
 
@@ -51,9 +52,10 @@ def _list(args) -> int:
 def _show(args) -> int:
     from dataclasses import asdict
 
+    from evaluation.validate import validate_sample
     from tasks import load_tasks
     for split in ("train", "validation", "test"):
-        for t in load_tasks(args.corpus, split):
+        for t in load_tasks(args.corpus, split, validate=validate_sample):
             if t.id == args.task_id:
                 print(json.dumps(asdict(t), indent=2))
                 return 0
@@ -118,14 +120,14 @@ def _validate(args) -> int:
     from rollout.worker import load_tokenizer
     from tasks import load_tasks
     from tasks.corpus import CorpusError, built_observation_cap
-    from evaluation.validate import sample_tasks, validate_tasks
+    from evaluation.validate import sample_tasks, validate_sample, validate_tasks
     from core.model import resolve_model_path
 
     splits = [args.split] if args.split else ["train", "validation", "test"]
     tasks = []
     for split in splits:
         try:
-            tasks += load_tasks(args.corpus, split)
+            tasks += load_tasks(args.corpus, split, validate=validate_sample)
         except CorpusError as e:   # an empty split is fine when validating every split
             if "is empty" not in str(e) or args.split:
                 raise
