@@ -1,5 +1,6 @@
 """Eval results as a markdown table and PNG plots (matplotlib, Agg), from the JSON eval writes,
-so runs can be re-rendered and compared (`terminus eval --compare a.json b.json`)."""
+so runs can be re-rendered and compared (`terminus eval --compare a.json b.json`); and a training
+run's rewards.png (plot_rewards: GRPO reward per step, held-out reward per stage)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -83,3 +84,24 @@ def write_plots(summaries: dict[str, dict[str, Any]], out_dir: str | Path) -> li
     plt.close(fig)
     paths.append(out / "cost.png")
     return paths
+
+
+def plot_rewards(run_dir: Path, grpo_steps: list[dict], evals: dict[str, dict]) -> Path:
+    """PNG: the GRPO training reward per step, and held-out reward at each evaluation (with noise)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot([m["step"] for m in grpo_steps], [m.get("reward_mean", float("nan")) for m in grpo_steps], marker="o")
+    a.set(title="GRPO: mean reward of the step's rollouts", xlabel="step", ylabel="reward")
+    names = list(evals)
+    b.errorbar(range(len(names)), [evals[n]["reward_mean"] for n in names],
+               yerr=[evals[n]["reward_sem"] for n in names], marker="o", capsize=4)
+    b.set_xticks(range(len(names)), names)
+    b.set(title="held-out tasks: mean reward (± standard error)", ylabel="reward")
+    fig.tight_layout()
+    out = run_dir / "rewards.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

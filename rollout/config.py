@@ -3,9 +3,9 @@ SandboxConfig, is sandbox.config's; RolloutConfig.sandbox holds it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
-from core.fields import at_least, in_range, items, one_of, positive
+from core.fields import at_least, in_range, one_of, positive
 from sandbox.config import SandboxConfig
 
 

@@ -12,10 +12,12 @@ import difflib
 import hashlib
 import math
 import re
+from pathlib import Path
 from typing import Any, Iterable
 
 from rollout.engine.base import EngineError, Generation, Sampling
 from core.protocol import parse_observation
+from rollout.io import write_trajectories
 
 
 def report_text(report: str) -> str:
@@ -141,3 +143,19 @@ def _stable(text: str) -> str:
 
 def _ends(text: str, n: int = 3000) -> str:
     return text if len(text) <= 2 * n else text[:n] + text[-n:]
+
+
+async def collect_demos(cfg, tasks: list, pool, tokenizer, out: Path) -> tuple[list, dict]:
+    """SFT demonstrations: the scripted teacher plays each given task once in real sandboxes, through
+    `pool` (a cluster.rollout_pool.RolloutPool: set_engine, run).
+
+    Failed episodes (error set or no report) are kept in the file, marked, and counted, but not
+    trained on.
+    """
+    pool.set_engine(ScriptedTeacher(tasks, tokenizer, max_turns=cfg.rollout.episode.max_turns))
+    groups, metrics = await pool.run([(t, 1) for t in tasks if t.reference is not None], seed=cfg.seed)
+    demos = [t for g in groups for t in g]
+    write_trajectories(out, demos)
+    good = [t for t in demos if t.error is None and t.finish_reason == "report"]
+    metrics.update(demos_total=len(demos), demos_failed=len(demos) - len(good))
+    return good, metrics

@@ -24,7 +24,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     preflight(cfg)
-    train(cfg)   # MissingPartError and other user errors reach terminus.cli.main
+    train(cfg)   # user errors reach terminus.cli.main
     return 0
 
 
@@ -82,7 +82,7 @@ def _compare(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from cluster.driver import EVALUATED, across_runs
+    from evaluation.heldout import EVALUATED, across_runs
 
     runs = {}
     for d in args.runs:
