@@ -1,5 +1,8 @@
 """Sandboxes: disposable machines where model-generated commands run, one per episode.
 
+Just above core (docs/layers.md): tasks run sandboxes to build ground truth, rollout runs an
+episode's commands in one. Imports only core.
+
 Usage (the one form):
 
     from sandbox import open_sandbox
