@@ -70,7 +70,7 @@ async def bench_overlap(cfg, episodes: int) -> None:
     from rollout.engine.vllm_engine import start_engine_actor
     from rollout.worker import load_tokenizer, run_requests
     from tasks import load_tasks
-    from terminus.model import resolve_model_path
+    from core.model import resolve_model_path
 
     tokenizer = load_tokenizer(str(resolve_model_path(cfg.model.path)))
     engine = start_engine_actor(cfg)

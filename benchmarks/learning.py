@@ -42,7 +42,7 @@ def run_seed(config: str, seed: int, out: Path, overrides: list[str]) -> dict:
 
 
 def table(runs: dict[str, dict]) -> str:
-    from cluster.driver import EVALUATED, across_runs
+    from evaluation.heldout import EVALUATED, across_runs
 
     def mean(xs):
         xs = [x for x in xs if x == x]

@@ -11,7 +11,7 @@ tasks.generated.train_variants=..., trainer.sft.demo_fraction=..., trainer.grpo.
 GRPO samples the same tasks the driver would (the undemonstrated ones with that setting).
 
 One Ray, one vLLM engine, one trainer group, one judge; the same GRPO loop the driver runs
-(cluster.driver._grpo, checkpoints included) first with trainer.grpo.max_staleness=0, then 1, on
+(cluster.grpo.run_grpo, checkpoints included) first with trainer.grpo.max_staleness=0, then 1, on
 the same step seeds (so the same tasks per step). Prints every step's times (so the warm-up is
 visible), then the mean breakdown per mode (waiting for rollouts, of which generation+sandbox and
 judging; training; weight sync; the rest: logging and checkpoints) and the ratio it is judged by:
@@ -23,9 +23,7 @@ no generation in flight to hide) and the async mode's last step (nothing to over
 trains alone), so both means are steady-state steps. Needs --steps >= warmup + 2.
 
 Per-step times come from the loop's own StepRecords (cluster.pipeline.StepTimes, which include
-after_step's checkpoint): the script wraps cluster.driver.run_steps to keep them. Should that
-wrapper not see them, it falls back to the time/* metrics _grpo returns, whose step time stops
-before after_step (so "rest" is then ~0).
+after_step's checkpoint), which run_grpo returns.
 
 Not measured here: rollout and trainer on separate CPU budgets (`--nodes 2` with
 cluster.local.LocalCluster was considered and left out). Ray CPUs are bookkeeping, the vLLM engine
@@ -71,15 +69,17 @@ async def run(cfg, steps: int) -> tuple[dict[int, list[dict]], int]:
     """{staleness: per-step rows} for staleness 0 then 1, and the number of GRPO tasks."""
     from pathlib import Path
 
-    import cluster.driver as driver
-    from cluster.driver import _grpo, _judge, _load_tasks, _trainer
+    from cluster.driver import load_run_tasks
+    from cluster.grpo import run_grpo
     from cluster.resources import cpus_needed, init_ray, make_layout
     from cluster.rollout_pool import RolloutPool
-    from cluster.teacher import choose_demo_tasks
+    from judge.pool import JudgePool
+    from rl.group import TrainerGroup
+    from rollout.teacher import choose_demo_tasks
     from rollout.engine.vllm_engine import start_engine_actor
 
     run_dir = Path(cfg.output_dir)
-    tasks = _load_tasks(cfg, cfg.tasks.train_split)
+    tasks = load_run_tasks(cfg, cfg.tasks.train_split)
     if cfg.trainer.grpo.tasks == "undemonstrated":   # the tasks the driver's GRPO stage samples
         tasks = choose_demo_tasks(tasks, cfg.trainer.sft.demo_fraction, cfg.seed)[1]
         if not tasks:
@@ -88,32 +88,21 @@ async def run(cfg, steps: int) -> tuple[dict[int, list[dict]], int]:
     init_ray(cfg.cluster, min_cpus=cpus_needed(cfg.cluster, counts))
     layout = make_layout(cfg.cluster, counts)
     pool = RolloutPool(cfg, None, cfg.rollout.num_workers, placement=lambda i: layout.options("rollout", i))
-    trainer = _trainer(cfg, layout)
-    judge = _judge(cfg, run_dir)
+    trainer = TrainerGroup(cfg, layout=layout)
+    judge = JudgePool(cfg.judge, run_dir=run_dir)
     engine = start_engine_actor(cfg)
     trainer.init_weight_transfer([engine])
     pool.set_engine(engine)
 
-    captured: list = []
-    inner = driver.run_steps
-
-    async def keep_records(*a, **kw):   # the StepRecords carry the full step time (checkpoint included)
-        recs = await inner(*a, **kw)
-        captured.append(recs)
-        return recs
-
-    driver.run_steps = keep_records
     out = {}
     try:
         for staleness in (0, 1):
             cfg.trainer.grpo.max_staleness = staleness
-            captured.clear()
             # Continue the policy versions of the previous mode, so staleness is measured correctly.
             version = int(getattr(trainer, "version", 0))
-            metrics = await _grpo(cfg, tasks, pool, engine, trainer, judge, run_dir, 0, version)
-            out[staleness] = _rows(metrics, captured[0] if captured else None)
+            records = await run_grpo(cfg, tasks, pool, engine, trainer, judge, run_dir, 0, version)
+            out[staleness] = _rows([dict(step=r.step, **r.metrics) for r in records], records)
     finally:
-        driver.run_steps = inner
         pool.shutdown()
         engine.kill()
         trainer.shutdown()

@@ -69,9 +69,9 @@ def bench_tasks(k: int) -> list:
 async def run(cfg, episodes: int, rounds: int) -> None:
     from rollout.engine.base import Sampling
     from rollout.engine.vllm_engine import start_engine_actor
-    from rollout.protocol import initial_messages
+    from core.protocol import initial_messages
     from rollout.worker import load_tokenizer, run_requests, summarize
-    from terminus.model import resolve_model_path
+    from core.model import resolve_model_path
 
     tokenizer = load_tokenizer(str(resolve_model_path(cfg.model.path)))
     engine = start_engine_actor(cfg)

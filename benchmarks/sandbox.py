@@ -21,8 +21,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rollout.config import SandboxConfig  # noqa: E402
-from rollout.sandbox import open_sandbox  # noqa: E402
+from sandbox.config import SandboxConfig  # noqa: E402
+from sandbox import open_sandbox  # noqa: E402
 
 
 def pct(xs: list[float], q: float) -> float:

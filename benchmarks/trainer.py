@@ -94,7 +94,7 @@ def main() -> None:
     import ray
 
     from terminus.config import load_config
-    from terminus.model import resolve_model_path
+    from core.model import resolve_model_path
     cfg = load_config(args.config, ["logging.wandb_mode=disabled", "output_dir=/tmp/terminus-bench-trainer",
                                     *args.overrides])
     path = str(resolve_model_path(cfg.model.path))

@@ -1,5 +1,6 @@
 """cluster: the wiring. Ray resource layouts and placement, the end-to-end training driver
-(SFT then GRPO), Ray job submission, and fault handling.
+(SFT then GRPO), the GRPO step and its schedule, Ray job submission, and fault handling.
 
-The only package that imports all the others; nothing imports cluster.
+Imports every layer below it (core ... evaluation); only the application (terminus) imports it
+(docs/layers.md).
 """

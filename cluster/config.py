@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from terminus.fields import at_least, one_of
+from core.fields import at_least, one_of
 
 
 @dataclass

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from terminus.errors import UserError
+from core.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"

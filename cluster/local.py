@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from terminus.net import free_port
+from core.net import free_port
 
 
 def _ray_bin() -> str:

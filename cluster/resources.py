@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from terminus.errors import UserError
+from core.errors import UserError
 
 POOLS = ("rollout", "judge", "trainer")
 

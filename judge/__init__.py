@@ -1,8 +1,9 @@
 """judge: the rubric, the judge backends (rules, local vLLM, OpenAI-compatible) and the judge
 pool that turns trajectories into verdicts and rewards.
 
-Third in the data flow (tasks -> rollout -> judge -> rl). Imports terminus core, tasks and
-rollout's data types (Trajectory); never rl or cluster.
+Third in the data flow (tasks -> rollout -> judge -> rl). Imports only layers below it: core, tasks
+(task records) and rollout (trajectories; calibration also runs episodes); never rl, evaluation,
+cluster or terminus (docs/layers.md).
 """
 from __future__ import annotations
 

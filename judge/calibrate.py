@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 from rollout.trajectory import Trajectory
 from tasks.types import ReferenceSolution, Task
-from terminus.errors import UserError
+from core.errors import UserError
 
 VARIANTS = ("faithful", "hallucinated_test", "missing_key_error", "raw_log_dump", "out_of_scope_edit")
 DEFAULT_SET = Path(__file__).parent / "calibration" / "builtin.jsonl"
@@ -136,7 +136,7 @@ def corrupt(task: Task, variant: str, observed: str) -> Task:
 
 
 async def _replay(tasks: list[Task], tokenizer, rollout_cfg, max_turns: int) -> list[Trajectory]:
-    from cluster.teacher import ScriptedTeacher
+    from rollout.teacher import ScriptedTeacher
     from rollout.worker import run_requests
 
     # One teacher per task: the corrupted copies share their request with the faithful one.

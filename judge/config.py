@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from terminus.fields import at_least, in_range, one_of, positive
+from core.fields import at_least, in_range, one_of, positive
 
 
 def _default_weights() -> dict[str, float]:

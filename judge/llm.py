@@ -155,7 +155,7 @@ class OpenAIJudge:
     endpoint ignores it, the strict parser; one repair retry on a malformed reply, then unjudgeable."""
 
     def __init__(self, cfg, client=None, json_mode: bool = True):
-        from terminus.openai_api import OpenAIClient
+        from core.openai_api import OpenAIClient
         self.cfg = cfg
         self.client = client or OpenAIClient(cfg.base_url, cfg.model_name, api_key_env=cfg.api_key_env,
                                              timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries,
@@ -167,7 +167,7 @@ class OpenAIJudge:
         self.name = f"openai:{cfg.model_name}"
 
     async def _one(self, task: Task, traj: Trajectory) -> Verdict:
-        from terminus.openai_api import EndpointError, message_text
+        from core.openai_api import EndpointError, message_text
         messages = render_prompt(task, traj)
         params: dict[str, Any] = {"temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
         if self.json_mode:

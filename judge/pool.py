@@ -196,3 +196,12 @@ class JudgePool:
     async def close(self) -> None:
         if self._judge is not None:
             await self._judge.close()
+
+
+async def judge_batch(judge, tasks_by_id: dict, trajectories: list) -> dict[str, Any]:
+    """Score a batch in place. Unjudgeable trajectories (endpoint down after its retries, episode
+    errors) keep reward None: the trainer masks them; they are counted here, and the run goes on."""
+    await judge.score_async(tasks_by_id, trajectories)
+    rewards = [t.reward for t in trajectories if t.reward is not None]
+    return {"judge_masked": len(trajectories) - len(rewards), "judged": len(rewards),
+            "reward_mean": sum(rewards) / len(rewards) if rewards else float("nan")}

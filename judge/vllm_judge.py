@@ -60,7 +60,7 @@ class VLLMJudge:
     def __init__(self, cfg, layout=None):
         import ray
 
-        from terminus.model import resolve_model_path
+        from core.model import resolve_model_path
         if not cfg.model_path:
             raise ValueError("judge.backend=vllm needs judge.model_path (a local HF directory, or 'tiny')")
         if not ray.is_initialized():

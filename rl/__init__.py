@@ -1,8 +1,9 @@
 """rl: the trainer. Pure policy-gradient math (advantages, losses), FSDP2 workers for SFT and
 GRPO, checkpoints, and weight export to the rollout engines.
 
-Last in the data flow (tasks -> rollout -> judge -> rl). Imports terminus core and the data
-types of rollout and judge; never cluster.
+Last in the data flow (tasks -> rollout -> judge -> rl). Imports core and the layers below it
+(rollout's trajectories and trajectory files); never evaluation, cluster or terminus
+(docs/layers.md).
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from terminus.fields import at_least, greater_than, in_range, one_of, positive
+from core.errors import ConfigError
+from core.fields import at_least, greater_than, in_range, one_of, positive
 
 
 @dataclass
@@ -136,7 +137,6 @@ def check_grpo_sampling(cfg) -> None:
     docs/trainer.md), so the temperature must be > 0 and vLLM must report that distribution's
     logprobs. Checked only for training: evaluating greedily is fine.
     """
-    from terminus.config import ConfigError
 
     r = cfg.rollout
     if r.sampling.temperature == 0:
@@ -166,7 +166,6 @@ def check_grpo_sampling(cfg) -> None:
 
 def check_trainer(cfg) -> None:
     """Trainer settings that are valid one by one but not together (load_config checks them)."""
-    from terminus.config import ConfigError
 
     t = cfg.trainer
     if t.grpo.kl_coef > 0 and not t.use_reference_model:

@@ -4,8 +4,8 @@ A group whose rollouts all got the same reward (or that has fewer than two judge
 to learn from: GRPO drops it, and a step with many such groups trains on a handful of tasks. With
 `trainer.grpo.dynamic_sampling_max_extra > 0` a step draws more tasks until it has
 `tasks_per_step` informative groups, within that budget of extra tasks. These functions decide
-which groups count, which to keep, how many tasks to draw next and which ones; the driver
-(cluster/driver.py) runs and judges the rollouts.
+which groups count, which to keep, how many tasks to draw next and which ones; `sample_groups`
+runs them over rounds of a step's rollouts, which the GRPO step (cluster/grpo.py) runs and judges.
 """
 from __future__ import annotations
 
@@ -60,3 +60,29 @@ def replacement_order(ids: Sequence[K], taken: Sequence[K], seed: int, count: in
         rng.shuffle(again)
         order += again[: count - len(order)]
     return order
+
+
+async def sample_groups(batch: list, replacements: list, run_round, target: int, dynamic: bool
+                        ) -> tuple[list[list], dict[str, int]]:
+    """A step's groups, with dynamic sampling when `dynamic`: after `batch`,
+    rounds of tasks from `replacements` (in order) run while fewer than `target` groups are
+    informative, and only the first `target` informative groups are returned. Without it every
+    group of `batch` is returned (the trainer drops the uninformative ones itself).
+    `run_round(tasks, round)` runs and judges the tasks' groups; round 0 is `batch`."""
+    groups = list(await run_round(batch, 0))
+    flags = [informative(group_rewards(grp)) for grp in groups]
+    used = rounds = 0
+    while dynamic:
+        n = extra_draws(target - sum(flags), sum(flags), len(groups), len(replacements) - used)
+        if n == 0:
+            break
+        rounds += 1
+        more = await run_round(replacements[used:used + n], rounds)
+        used += n
+        groups += more
+        flags += [informative(group_rewards(grp)) for grp in more]
+    keep = keep_groups(flags, target) if dynamic else list(range(len(groups)))
+    stats = {"groups_drawn": len(groups), "groups_dropped_zero_variance": flags.count(False),
+             "groups_dropped_surplus": sum(flags) - sum(flags[i] for i in keep),
+             "extra_tasks_drawn": used, "sampling_rounds": rounds + 1}
+    return [groups[i] for i in keep], stats

@@ -127,7 +127,7 @@ class TrainerGroup:
 
     @property
     def tracker(self):
-        from terminus.tracking import Tracker
+        from core.tracking import Tracker
         if self._tracker is None:
             self._tracker = Tracker(self.cfg, self.cfg.output_dir, run_id=self.wandb_run_id)
             self.wandb_run_id = self._tracker.run_id

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rl import checkpoint
-from terminus.errors import UserError
+from core.errors import UserError
 
 # Keys that may differ on resume: they change where the run logs or is kept, not what it computes.
 RESUMABLE = (
@@ -107,8 +107,8 @@ def preflight(cfg: DictConfig) -> None:
     """What a user can get wrong in a training run, checked before Ray or any worker starts (each
     raises a UserError): a run directory holding a run of another config, a WANDB_MODE that is no
     W&B mode, then a bad model.path (last: 'tiny' builds the embedded model)."""
-    from terminus.model import resolve_model_path
-    from terminus.tracking import wandb_settings
+    from core.model import resolve_model_path
+    from core.tracking import wandb_settings
 
     check_resume(cfg)
     wandb_settings(cfg)

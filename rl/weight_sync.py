@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from terminus.model import hf_weights
+from core.model import hf_weights
 
 from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
 
@@ -30,7 +30,7 @@ class FSDPWeightSource(WeightSource):
 
     Iterates `named_parameters()` in their fixed order (the same on every rank, so the FSDP
     all-gathers of `full_tensor()` line up), with an explicit lm_head.weight for tied embeddings
-    (`terminus.model.hf_weights`, shared with the disk export). `dtype` is the wire dtype (the
+    (`core.model.hf_weights`, shared with the disk export). `dtype` is the wire dtype (the
     engine's, e.g. bfloat16: half the bytes of the fp32 master weights; vLLM would round to it on
     load anyway); `device` is where tensors must be for the transport (CUDA for NCCL/IPC), which
     also moves CPU-offloaded shards before their gather.

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from rl import algos
-from terminus.net import free_port
+from core.net import free_port
 
 
 class TrainerWorker:
@@ -43,7 +43,7 @@ class TrainerWorker:
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
         from transformers import AutoModelForCausalLM
 
-        from terminus.model import resolve_model_path
+        from core.model import resolve_model_path
 
         tc = self.cfg.trainer
         cuda = torch.cuda.is_available()
@@ -277,7 +277,7 @@ class TrainerWorker:
         that vLLM's reload and transformers both load (explicit lm_head for tied embeddings)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        from terminus.model import save_hf_weights
+        from core.model import save_hf_weights
 
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.rank == 0:

@@ -16,14 +16,14 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from rollout import protocol
+from core import protocol
 from rollout.engine.base import Engine, Sampling
-from rollout.sandbox.base import Sandbox
+from sandbox.base import Sandbox
 from rollout.tokens import ChatFormat, TokenSequence
 from rollout.trajectory import Trajectory, Turn
 
 # task -> an opened, not yet entered, sandbox for it (its repo_dir, image and environment).
-# Default: rollout.sandbox.open_sandbox.
+# Default: sandbox.open_sandbox.
 SandboxFactory = Callable[[Any], Awaitable[Sandbox]]
 
 
@@ -53,7 +53,7 @@ def policy_timeout(command_s: float, budget_s: float) -> bool:
 
 def default_sandbox_factory(sandbox_cfg) -> SandboxFactory:
     async def open_one(task) -> Sandbox:
-        from rollout.sandbox import open_sandbox
+        from sandbox import open_sandbox
         env = getattr(task, "environment", None)   # tasks.types.TaskEnvironment: what the build ran it with
         return await open_sandbox(sandbox_cfg, task.repo_dir or None, image=task.image,
                                   env=env.env if env else None, ro_binds=env.ro_binds if env else ())

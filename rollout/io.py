@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from rollout.trajectory import Trajectory
-from terminus.errors import UserError
+from core.errors import UserError
 
 _JSON_COLUMNS = ("messages", "turns", "report", "verdict", "metadata")
 

@@ -101,7 +101,7 @@ class RolloutWorker:
     def __init__(self, cfg_yaml: str, engine):
         from omegaconf import OmegaConf
 
-        from terminus.model import resolve_model_path
+        from core.model import resolve_model_path
         self.cfg = OmegaConf.create(cfg_yaml)
         self.engine = engine
         self.tokenizer = load_tokenizer(str(resolve_model_path(self.cfg.model.path)))

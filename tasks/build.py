@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from tasks.manifest import Entry, stratified_splits
+from tasks.store import write_corpus
 from tasks.real import (
     OBSERVATION_CAP,
     OPERATORS,
@@ -31,7 +32,7 @@ from tasks.real import (
     sandbox_config,
 )
 
-_BUILDER_SOURCES = ("real.py", "kinds.py", "manifest.py", "groundtruth.py", "builtin.py", "types.py", "build.py")
+_BUILDER_SOURCES = ("real.py", "runs.py", "kinds.py", "manifest.py", "groundtruth.py", "builtin.py", "types.py", "build.py")
 
 
 def project_key(entry: Entry, observation_cap: int) -> str:
@@ -106,7 +107,6 @@ def build_corpus(entries: list[Entry], out: Path, *, address: str = "", jobs: in
     the runs that will train on the corpus): facts are kept only where that much output shows them."""
     import ray
 
-    from tasks.corpus import write_corpus
 
     out = Path(out).resolve()
     (out / "repos").mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tasks.groundtruth import (build_facts, location_fact, output_facts, python_traceback_facts, tap_facts,
                                unittest_facts)
+from tasks.store import write_corpus
 from tasks.types import Fact, GroundTruth, ReferenceSolution, Task
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -220,7 +221,7 @@ def reference_report(command: str, code: int, status: str, facts: list[Fact]) ->
 
 
 async def _build_one(spec: _Spec, out: Path, sandbox_cfg, limit: asyncio.Semaphore) -> Task:
-    from rollout.sandbox import open_sandbox
+    from sandbox import open_sandbox
 
     p, v = spec.project, spec.variant
     repo = out / "repos" / spec.id
@@ -270,7 +271,6 @@ def check_reference(task: Task) -> None:
 
 async def build_builtin(out: Path, sandbox_cfg, concurrency: int = 4) -> list[Task]:
     """Build every built-in task into `out` (repos/ + one JSONL per split); returns the tasks."""
-    from tasks.corpus import write_corpus
 
     (out / "repos").mkdir(parents=True, exist_ok=True)
     limit = asyncio.Semaphore(concurrency)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
-from terminus.fields import at_least, items, one_of
+from core.fields import at_least, items, one_of
 
 TRAIN_FAMILIES = ("pyunit", "cmake", "jsnode", "shcheck")
 HELD_OUT_FAMILY = "pyscript"

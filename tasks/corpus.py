@@ -12,6 +12,7 @@ Layout of a corpus directory:
 
 `load_tasks(cfg.tasks, split)` builds the built-in or the generated corpus into the cache on first use
 (keyed by a hash of its sources and settings, so an edit rebuilds it) and reuses it afterwards.
+Writing a corpus directory is tasks.store's (the builders use it, and this module uses them).
 """
 from __future__ import annotations
 
@@ -22,38 +23,19 @@ import os
 import shutil
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 
+from core.errors import UserError
+from core.model import cache_root
+from sandbox.config import SandboxConfig
+from tasks.builtin import build_builtin, templates_hash
+from tasks.config import GeneratedConfig
+from tasks.generated import build_generated, corpus_key, specs
+from tasks.store import SPLITS
 from tasks.types import Task
-from terminus.errors import UserError
-
-SPLITS = ("train", "validation", "test")
-
 
 class CorpusError(UserError, ValueError):
     """A missing, partial or empty corpus or split; the message says what and how to fix it."""
-
-
-def write_corpus(out: Path, tasks: list[Task], source: str, extra: dict | None = None) -> None:
-    """Write the split files, the summary (plus `extra` keys) and, last, the COMPLETE marker."""
-    by_split: dict[str, list[Task]] = {s: [] for s in SPLITS}
-    for t in tasks:
-        by_split.setdefault(t.split, []).append(t)
-    for split, items in by_split.items():
-        lines = [t.to_json() for t in sorted(items, key=lambda t: t.id)]
-        (out / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
-    summary = summarize(tasks) | {"source": source} | (extra or {})
-    (out / "corpus.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    (out / "COMPLETE").write_text("")
-
-
-def summarize(tasks: list[Task]) -> dict:
-    return {"tasks": len(tasks), "projects": len({t.project for t in tasks}),
-            "by_split": dict(Counter(t.split for t in tasks)),
-            "by_language": dict(Counter(t.language for t in tasks)),
-            "by_category": dict(Counter(t.category for t in tasks)),
-            "projects_by_split": {s: sorted({t.project for t in tasks if t.split == s}) for s in SPLITS}}
 
 
 def read_split(corpus_dir: Path, split: str) -> list[Task]:
@@ -87,22 +69,16 @@ def read_split(corpus_dir: Path, split: str) -> list[Task]:
 
 
 def _cache(cache_dir: str) -> Path:
-    from terminus.model import cache_root
-
     return Path(cache_dir) if cache_dir else cache_root() / "tasks"
 
 
 def builtin_dir(cache_dir: str = "") -> Path:
     """Where the built-in corpus lives (built on demand by `load_tasks`)."""
-    from tasks.builtin import templates_hash
-
     return _cache(cache_dir) / f"builtin-{templates_hash()}"
 
 
 def generated_dir(cfg, cache_dir: str = "") -> Path:
     """Where the generated corpus of a `tasks.generated` config lives (built on demand)."""
-    from tasks.generated import corpus_key
-
     return _cache(cache_dir) / f"generated-{corpus_key(cfg)}"
 
 
@@ -127,18 +103,17 @@ def _build_once(target: Path, build) -> Path:
 
 def ensure_builtin(cache_dir: str = "", sandbox_cfg=None) -> Path:
     """Build the built-in corpus unless a complete copy is cached."""
-    from rollout.config import SandboxConfig
-    from tasks.builtin import build_builtin
-
     return _build_once(builtin_dir(cache_dir), lambda tmp: build_builtin(tmp, sandbox_cfg or SandboxConfig()))
 
 
-def ensure_generated(cfg, cache_dir: str = "", sandbox_cfg=None) -> Path:
+def ensure_generated(cfg, cache_dir: str = "", sandbox_cfg=None, validate=None) -> Path:
     """Build the generated corpus of `cfg` (tasks.generated) unless a complete copy is cached; prints
-    progress to stderr (a few hundred projects take a minute; stdout is the commands' results)."""
-    from rollout.config import SandboxConfig
-    from tasks.generated import build_generated, specs
+    progress to stderr (a few hundred projects take a minute; stdout is the commands' results).
 
+    `validate(corpus_dir, sandbox_cfg)`, a coroutine, checks the fresh build before it is cached and
+    raises to refuse it: evaluation.validate.validate_sample replays a sample of its tasks through the
+    episode path. Episodes are rollout's and the check is the rules judge's, both layers above this
+    one, so the caller passes it in (every command and the training job do); None skips the check."""
     target = generated_dir(cfg, cache_dir)
     if not (target / "COMPLETE").exists():
         n = len(specs(cfg))
@@ -150,28 +125,10 @@ def ensure_generated(cfg, cache_dir: str = "", sandbox_cfg=None) -> Path:
         async def build_and_validate(tmp: Path) -> None:
             sandbox = sandbox_cfg or SandboxConfig()
             await build_generated(tmp, cfg, sandbox, progress=progress)
-            await validate_sample(tmp, dataclasses.replace(sandbox, output_limit_bytes=cfg.observation_cap))
+            if validate is not None:
+                await validate(tmp, dataclasses.replace(sandbox, output_limit_bytes=cfg.observation_cap))
         _build_once(target, build_and_validate)
     return target
-
-
-VALIDATE_SAMPLE = 16   # tasks of a freshly built corpus replayed through episodes before it is used
-
-
-async def validate_sample(corpus_dir: Path, sandbox_cfg, n: int = VALIDATE_SAMPLE) -> None:
-    """Replay n tasks' reference solutions through the episode path (terminus.evaluation.validate);
-    a corpus whose ground truth an episode does not reproduce is refused, never cached."""
-    from rollout.worker import load_tokenizer
-    from terminus.evaluation.validate import sample_tasks, validate_tasks
-    from terminus.model import resolve_model_path
-
-    tasks = [t for s in SPLITS for t in read_split(corpus_dir, s)]
-    checks = await validate_tasks(sample_tasks(tasks, n), sandbox_cfg,
-                                  load_tokenizer(str(resolve_model_path("tiny"))), teacher_tasks=tasks)
-    if bad := [c for c in checks if not c.ok]:
-        raise CorpusError(f"{len(bad)} of {len(checks)} tasks of the corpus built in {corpus_dir} do not reproduce "
-                          f"their ground truth through an episode (first: {bad[0].task_id}: {bad[0].problems}); "
-                          "this is a bug of the corpus builder, please report it")
 
 
 def _run_sync(coro):
@@ -202,12 +159,12 @@ def check_observation_cap(corpus_dir: Path, observation_cap: int) -> None:
                           f"`terminus tasks build ... --observation-cap {observation_cap}`, or raise the limit")
 
 
-def load_tasks(corpus, split: str, cache_dir: str = "", observation_cap: int = 0) -> list[Task]:
+def load_tasks(corpus, split: str, cache_dir: str = "", observation_cap: int = 0, validate=None) -> list[Task]:
     """The tasks of one split. `corpus` is the `tasks` config section (TasksConfig: its `corpus` is
     "builtin", "generated" or a corpus directory), or that name alone ("generated" then uses the
     default `tasks.generated` settings). `observation_cap`: the output episodes will show per
-    command; a corpus built for more is refused (check_observation_cap)."""
-    from tasks.config import GeneratedConfig
+    command; a corpus built for more is refused (check_observation_cap). `validate`: the check a
+    generated corpus built now must pass before it is cached (ensure_generated)."""
 
     name = corpus if isinstance(corpus, str) else corpus.corpus
     cache_dir = cache_dir or ("" if isinstance(corpus, str) else corpus.cache_dir)
@@ -217,7 +174,7 @@ def load_tasks(corpus, split: str, cache_dir: str = "", observation_cap: int = 0
         gen = GeneratedConfig() if isinstance(corpus, str) else corpus.generated
         if not isinstance(gen, GeneratedConfig):   # an OmegaConf section: the plain dataclass keys the cache
             gen = GeneratedConfig(**{k: (list(v) if k == "families" else v) for k, v in gen.items()})
-        return read_split(ensure_generated(gen, cache_dir), split)
+        return read_split(ensure_generated(gen, cache_dir, validate=validate), split)
     corpus_dir = Path(name).expanduser().resolve()
     if corpus_dir.is_dir():
         check_observation_cap(corpus_dir, observation_cap)

@@ -40,6 +40,7 @@ from typing import Callable
 from tasks.config import GeneratedConfig
 from tasks.groundtruth import (_TAP_COUNT, _TAP_ERROR_NAME, _word, build_facts, count_fact, location_fact,
                               missing_evidence)
+from tasks.store import write_corpus
 from tasks.types import Fact, GroundTruth, ReferenceSolution, Task
 
 
@@ -403,8 +404,8 @@ def write_project(d: Draft, repo: Path) -> None:
 
 async def build_task(spec: Spec, out: Path, sandbox_cfg, cap: int) -> Task:
     """Write the project, run its reference command in a real sandbox, and derive the ground truth."""
-    from rollout.protocol import Observation, format_observation
-    from rollout.sandbox import open_sandbox
+    from core.protocol import Observation, format_observation
+    from sandbox import open_sandbox
 
     d = spec.draft()
     repo = out / "repos" / spec.id
@@ -437,7 +438,6 @@ def corpus_key(cfg: GeneratedConfig) -> str:
 async def build_generated(out: Path, cfg: GeneratedConfig, sandbox_cfg, concurrency: int = 4,
                           progress: Callable[[int, int], None] | None = None) -> list[Task]:
     """Build every task of the generated corpus into `out` (repos/ + one JSONL per split)."""
-    from tasks.corpus import write_corpus
 
     (out / "repos").mkdir(parents=True, exist_ok=True)
     limit, todo, done = asyncio.Semaphore(concurrency), specs(cfg), []

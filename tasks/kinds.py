@@ -22,6 +22,7 @@ from pathlib import Path
 from tasks.builtin import Mutation, apply_mutation
 from tasks.groundtruth import build_facts, python_traceback_facts
 from tasks.manifest import Entry, check_project
+from tasks.runs import Run, copy_source, failed, make_task, mutation_record, result_facts, short_name
 from tasks.types import Fact, Task, TaskEnvironment
 
 KINDS = ("run_tests", "discover_tests", "run_one_test", "build", "lint")
@@ -75,7 +76,6 @@ async def one_test_task(entry: Entry, tid: str, run_dir: str, repo: str, fault_c
                         build_env: TaskEnvironment, sandbox_cfg, timeout_s: float, cap: int, dropped: dict,
                         mutation: dict) -> Task | None:
     """A run_one_test task on a fault task's tree: its first failing test, run alone (twice alike)."""
-    from tasks.real import Run, failed, make_task, result_facts, short_name
 
     failing = sorted(t for t, s in fault_check.results[0].items() if failed(s))
     cmd = single_test_command(entry, failing[0], fault_check.outputs[0]) if failing else ""
@@ -139,9 +139,8 @@ def build_error_facts(output: str) -> list[Fact]:
 
 
 async def run_commands(sandbox_cfg, repo: str, env: TaskEnvironment, commands: list[str], timeout_s: float):
-    """Run commands in one fresh sandbox until one fails; returns tasks.real.Run for each run."""
-    from rollout.sandbox import open_sandbox
-    from tasks.real import Run
+    """Run commands in one fresh sandbox until one fails; returns tasks.runs.Run for each run."""
+    from sandbox import open_sandbox
 
     runs = []
     async with await open_sandbox(sandbox_cfg, repo, env=env.env, ro_binds=env.ro_binds) as sb:
@@ -158,7 +157,6 @@ async def build_task(entry: Entry, root: Path, out: Path, base: str, env: TaskEn
                      dropped: dict) -> Task | None:
     """A build task: the project as released builds (checked), the task's copy has a syntax-breaking
     edit, and the build's first error (twice alike) is the ground truth."""
-    from tasks.real import _copy_source, make_task, mutation_record
 
     commands = build_commands(entry)
     m = syntax_break(root, entry.language, sources)
@@ -169,7 +167,7 @@ async def build_task(entry: Entry, root: Path, out: Path, base: str, env: TaskEn
         return None   # the tools are missing or the release does not build this way: no build task
     tid = f"{base}-build"
     repo = out / "repos" / tid
-    _copy_source(root, repo)
+    copy_source(root, repo)
     line = apply_mutation(repo, m)
     runs = [await run_commands(sandbox_cfg, str(repo), build_env, commands, 600) for _ in range(2)]
     facts = [build_error_facts(r[-1].output) for r in runs]
@@ -211,7 +209,6 @@ def lint_facts(output: str) -> list[Fact]:
 async def lint_task(entry: Entry, root: Path, out: Path, base: str, env: TaskEnvironment, build_env: TaskEnvironment,
                     sandbox_cfg, cap: int, dropped: dict) -> Task | None:
     """A lint task (Python projects, when the build's venv has pyflakes), run twice alike."""
-    from tasks.real import _copy_source, make_task
 
     if entry.language != "python":   # its venv has pyflakes (tasks.real.VENV_TOOLS)
         return None
@@ -219,7 +216,7 @@ async def lint_task(entry: Entry, root: Path, out: Path, base: str, env: TaskEnv
     if runs[0][0].output != runs[1][0].output or runs[0][0].exit_code not in (0, 1):
         return None
     tid = f"{base}-lint"
-    _copy_source(root, out / "repos" / tid)
+    copy_source(root, out / "repos" / tid)
     request = _pick(tid, LINT_GOALS, LINT_DIRECT, name=entry.name, cmd=LINT_COMMAND)
     return make_task(entry, tid, "lint", request, runs[0], lint_facts(runs[0][0].output), env, f"repos/{tid}", [],
                      cap, dropped)

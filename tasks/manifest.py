@@ -215,7 +215,7 @@ async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: flo
     `snapshot`: a host directory that receives a copy of the first sandbox's repository right after
     the setup (the built tree), so fault runs rebuild incrementally instead of from scratch.
     `probe`: a command run once after the setup, before the tests (e.g. `ls`: what an agent sees first)."""
-    from rollout.sandbox import open_sandbox
+    from sandbox import open_sandbox
 
     check = ProjectCheck("runs")
     env, binds = (environment.env, environment.ro_binds) if environment else ({}, [])

@@ -1,9 +1,8 @@
-"""terminus core: the run config, the `terminus` CLI, model paths (and the embedded tiny model),
-the shared OpenAI-compatible client, and experiment tracking.
+"""terminus: the application on top of the tree. The run config (config.py, composed from every
+layer's config dataclass), the `terminus` command line (cli.py) and its subcommands (commands/).
 
-Everything else imports from here; this package imports nothing from tasks/, rollout/, judge/,
-rl/ or cluster/ except their config dataclasses (to compose the run config) and, in cli.py,
-their `register` functions.
+The top layer (docs/layers.md): it may import every package, and no package imports it. The ground
+floor everything shares (errors, fields, model paths, the OpenAI client, tracking) is core/.
 """
 
 __version__ = "0.1.0"   # the one place the version is set (pyproject.toml reads it)

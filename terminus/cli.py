@@ -1,58 +1,40 @@
 """The `terminus` command line.
 
-Each subcommand lives next to the code it drives, in a module with two functions:
-`register(subparsers)` adds its parser (cheap: no heavy imports), and the parser's `func`
-runs it. This file only lists those modules, so `terminus --help` stays fast.
+Each group of subcommands is a module of terminus/commands/, named after the package it drives
+(commands/tasks.py drives tasks/, ...): `register(subparsers)` adds its parsers (cheap: the work is
+imported inside each command), and the parser's `func` runs it. The commands live here, at the top
+of the tree, because they load the run config (terminus.config), which composes every package's.
+This file only lists those modules, so `terminus --help` stays fast.
 
 Conventions every subcommand keeps:
-  - config: `-c/--config NAME_OR_FILE` then `key=value` overrides (add_config_args);
-  - tasks: `--split SPLIT` of tasks.corpus, or `--tasks FILE` of Task records (add_task_args);
-  - a user's mistake raises a terminus.errors.UserError: `main` prints it as one line, exit 2.
+  - config: `-c/--config NAME_OR_FILE` then `key=value` overrides (commands.args.add_config_args);
+  - tasks: `--split SPLIT` of tasks.corpus, or `--tasks FILE` of Task records (commands.args.add_task_args);
+  - a user's mistake raises a core.errors.UserError: `main` prints it as one line, exit 2.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from core.errors import UserError, one_line
 from terminus import __version__
+from terminus.commands import cluster, evaluation, judge, rl, rollout, tasks
+from terminus.commands.args import DEFAULT_CONFIG, add_config_args
 from terminus.config import load_config, to_yaml
-from terminus.errors import UserError, one_line
 
-# Modules that add subcommands (each has `register(subparsers)`); missing ones are skipped.
-COMMAND_MODULES = [
-    "tasks.cli",      # terminus tasks ...
-    "rollout.cli",    # terminus rollout
-    "judge.cli",      # terminus judge ...
-    "rl.cli",         # terminus train (trainer-only stages)
-    "cluster.cli",    # terminus train / submit / status / logs / stop
-    "terminus.eval_cli",  # terminus eval / distill / serve
-]
-
-
-DEFAULT_CONFIG = "tiny_cpu"
-
-
-def add_config_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_CONFIG) -> None:
-    """The `-c/--config NAME_OR_FILE` + `key=value ...` pair every config-driven command takes."""
-    p.add_argument("--config", "-c", default=default, metavar="NAME_OR_FILE",
-                   help="YAML file, or a name of a shipped config (tiny_cpu, qwen3_4b)"
-                        + (f"; default {default}" if default else ""))
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1")
-
-
-def add_task_args(p: argparse.ArgumentParser, split_default: str) -> None:
-    """The `--split` / `--tasks FILE` / `--limit` trio every command that runs tasks takes."""
-    p.add_argument("--split", default=split_default, choices=("train", "validation", "test"),
-                   help=f"split of the configured corpus, tasks.corpus (default {split_default})")
-    # --tasks-file: the old spelling of eval/distill/study, kept as an alias.
-    p.add_argument("--tasks", "--tasks-file", dest="tasks_file", default="", metavar="FILE",
-                   help="a JSONL file of Task records instead of a corpus split")
-    p.add_argument("--limit", type=int, default=0, help="only the first N tasks (0 = all)")
+# The modules that add subcommands, each with `register(subparsers)`, in the order they register.
+COMMAND_MODULES = (
+    tasks,        # terminus tasks ...
+    rollout,      # terminus rollout
+    judge,        # terminus judge ...
+    rl,           # terminus train-offline (the trainer alone, on a dataset)
+    cluster,      # terminus train / compare / submit / status / logs / stop
+    evaluation,   # terminus eval / distill / serve / study
+)
 
 
 def _model_build_tiny(args: argparse.Namespace) -> int:
-    from terminus.model import build_tiny, describe, resolve_model_path, tiny_model_dir
+    from core.model import build_tiny, describe, resolve_model_path, tiny_model_dir
 
     path = build_tiny(args.out) if args.out else (
         build_tiny(tiny_model_dir()) if args.force else resolve_model_path("tiny"))
@@ -64,7 +46,7 @@ def _model_chat(args: argparse.Namespace) -> int:
     """Generate one reply from a chat prompt with a real vLLM engine (the smallest end-to-end check)."""
     import os
 
-    from terminus.model import resolve_model_path
+    from core.model import resolve_model_path
 
     cfg = load_config(args.config, args.overrides)
     path = str(resolve_model_path(cfg.model.path))
@@ -118,13 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_config_show)
     config.set_defaults(func=lambda a: config.print_help() or 2)
 
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 

@@ -23,17 +23,13 @@ from judge.config import JudgeConfig
 from rl.config import TrainerConfig, check_trainer
 from rollout.config import RolloutConfig
 from tasks.config import TasksConfig
-from terminus.errors import UserError
-from terminus.fields import at_least, items, one_of
+from core.errors import ConfigError
+from core.fields import at_least, items, one_of
 
 # Named configs (`-c tiny_cpu`): a checkout's configs/ first, then the copy the wheel ships as package
 # data (terminus/configs, a link to configs/ in a checkout), so they work outside a checkout too.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-class ConfigError(UserError, ValueError):
-    """A config that cannot be used; the message says which key, where from, and how to fix it."""
 
 
 @dataclass
@@ -46,7 +42,7 @@ class ModelConfig:
 @dataclass
 class LoggingConfig:
     # A WANDB_MODE / WANDB_PROJECT / WANDB_ENTITY / WANDB_NAME / WANDB_RUN_GROUP / WANDB_TAGS set in the
-    # environment wins over these (a cluster or CI sets them for every run): terminus.tracking.
+    # environment wins over these (a cluster or CI sets them for every run): core.tracking.
     wandb_mode: str = one_of("offline", "online", "disabled", default="offline")
     wandb_project: str = "terminus"
     wandb_entity: str = ""
@@ -166,7 +162,7 @@ def _field_type(schema: type, dotted: str) -> str:
 
 def validate(cfg: DictConfig, schema: type = RunConfig,
              sources: Sequence[tuple[str, DictConfig]] = ()) -> None:
-    """Check each field's declared choices/range (see terminus.fields); raise ConfigError on the first problem."""
+    """Check each field's declared choices/range (see core.fields); raise ConfigError on the first problem."""
 
     def origin_of(key: str) -> str:
         for name, data in reversed(sources):

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# W&B variables of the environment win over a config's logging.* (terminus.tracking): tests get
+# W&B variables of the environment win over a config's logging.* (core.tracking): tests get
 # what their config says, whatever the shell running them sets.
 for _var in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_NAME", "WANDB_RUN_GROUP", "WANDB_TAGS"):
     os.environ.pop(_var, None)
@@ -24,5 +24,5 @@ def tok():
     """The embedded tiny model's tokenizer (built once into the cache)."""
     from transformers import AutoTokenizer
 
-    from terminus.model import resolve_model_path
+    from core.model import resolve_model_path
     return AutoTokenizer.from_pretrained(str(resolve_model_path("tiny")))

@@ -10,7 +10,7 @@ import pytest
 from tasks.types import Fact, GroundTruth, Task
 from terminus import __version__
 from terminus.cli import main
-from terminus.evaluation.tasks_io import write_task_list
+from evaluation.tasks_io import write_task_list
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tasks.types import Fact, GroundTruth, ReferenceSolution, Task
-from terminus.evaluation.distill import dedup_key, load_sft_dataset
-from terminus.evaluation.tasks_io import write_task_list
-from terminus.net import free_port
-from terminus.testing.openai_server import Reply, ScriptedOpenAIServer
+from evaluation.distill import dedup_key, load_sft_dataset
+from evaluation.tasks_io import write_task_list
+from core.net import free_port
+from core.testing.openai_server import Reply, ScriptedOpenAIServer
 
 TERMINUS = str(Path(sys.executable).parent / "terminus")
 

@@ -15,9 +15,9 @@ from rollout.engine.base import Sampling
 from rollout.engine.openai_engine import OpenAIEngine
 from rollout.io import read_trajectories
 from tasks.types import Task
-from terminus.model import resolve_model_path
-from terminus.openai_api import OpenAIClient
-from terminus.net import free_port
+from core.model import resolve_model_path
+from core.openai_api import OpenAIClient
+from core.net import free_port
 
 VENV_BIN = os.path.dirname(sys.executable)
 

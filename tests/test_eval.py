@@ -12,12 +12,12 @@ import pytest
 
 from rollout.trajectory import Trajectory, Turn
 from tasks.types import Fact, GroundTruth, Task
-from terminus.evaluation.metrics import aggregate, episode_row, fact_accuracy
-from terminus.evaluation.render import markdown_table
-from terminus.evaluation.subagents import SubagentError, check_hf_dir, parse_subagent
-from terminus.evaluation.tasks_io import write_task_list
-from terminus.model import resolve_model_path
-from terminus.testing.openai_server import Reply, ScriptedOpenAIServer
+from evaluation.metrics import aggregate, episode_row, fact_accuracy
+from evaluation.render import markdown_table
+from evaluation.subagents import SubagentError, check_hf_dir, parse_subagent
+from evaluation.tasks_io import write_task_list
+from core.model import resolve_model_path
+from core.testing.openai_server import Reply, ScriptedOpenAIServer
 
 TERMINUS = str(Path(sys.executable).parent / "terminus")
 
@@ -110,7 +110,7 @@ def perturbed(tmp_path_factory):
     import torch
     from safetensors.torch import load_file
 
-    from terminus.model import save_hf_weights
+    from core.model import save_hf_weights
     src = Path(resolve_model_path("tiny"))
     dst = tmp_path_factory.mktemp("ckpt") / "perturbed"
     shutil.copytree(src, dst)

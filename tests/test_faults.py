@@ -7,10 +7,10 @@ import pytest
 import ray
 
 from cluster.rollout_pool import RolloutPool, RolloutPoolError
-from cluster.teacher import ScriptedTeacher
+from rollout.teacher import ScriptedTeacher
 from tasks.types import ReferenceSolution, Task
 from terminus.config import load_config
-from terminus.model import resolve_model_path
+from core.model import resolve_model_path
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -98,7 +98,7 @@ def test_pool_starts_actors_only_for_an_engine_and_keeps_them_for_the_same_one(r
 
 
 def test_demo_collection_marks_and_counts_failures(ray_local, setup, tmp_path):
-    from cluster.driver import collect_demos
+    from rollout.teacher import collect_demos
     from rollout.io import read_trajectories
 
     cfg, tasks, teacher = setup
@@ -120,11 +120,11 @@ def test_demo_collection_marks_and_counts_failures(ray_local, setup, tmp_path):
 def test_judge_endpoint_down_masks_and_counts_and_the_run_continues(setup, tmp_path, monkeypatch):
     """A real HTTP judge endpoint answering 500: retries, then the step's trajectories are masked
     (reward None) and counted; the step loop goes on to the next step."""
-    from cluster.driver import judge_batch
+    from judge.pool import judge_batch
     from cluster.pipeline import run_steps
     from judge.pool import JudgePool
     from rollout.worker import run_requests
-    from terminus.testing.openai_server import Reply, ScriptedOpenAIServer
+    from core.testing.openai_server import Reply, ScriptedOpenAIServer
 
     cfg, tasks, teacher = setup
     monkeypatch.setenv("JUDGE_KEY", "k")

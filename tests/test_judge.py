@@ -147,7 +147,7 @@ def test_parse_render_aggregate():
 
 
 def test_openai_backend_retry_and_mark(tmp_path):
-    from terminus.testing.openai_server import Reply, ScriptedOpenAIServer
+    from core.testing.openai_server import Reply, ScriptedOpenAIServer
     task = make_task()
     script = [Reply(status=429, headers={"Retry-After": "0"}), Reply(status=500), Reply(content=_llm_json(4)),
               Reply(content="sure! here it is: {"), Reply(content=_llm_json(2, True)),  # repaired

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from terminus.model import ModelPathError, build_tiny, resolve_model_path, tiny_model_dir
+from core.model import ModelPathError, build_tiny, resolve_model_path, tiny_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 

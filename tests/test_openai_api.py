@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from terminus.openai_api import EndpointError, OpenAIClient, backoff_delay, message_text
-from terminus.testing.openai_server import Reply, ScriptedOpenAIServer
+from core.openai_api import EndpointError, OpenAIClient, backoff_delay, message_text
+from core.testing.openai_server import Reply, ScriptedOpenAIServer
 
 
 def run(coro):

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from cluster.teacher import ScriptedTeacher, choose_demo_tasks, report_text
+from rollout.teacher import ScriptedTeacher, choose_demo_tasks, report_text
 from rollout.config import RolloutConfig
 from rollout.worker import run_requests
 from tasks.types import GroundTruth, ReferenceSolution, Task
@@ -89,7 +89,7 @@ def test_teacher_reads_a_long_runs_end_and_ignores_its_timings():
     """Two faults of one project: the same long test log, its failures and totals at the end, and
     timings that differ from run to run (found by `terminus tasks validate` on a real corpus, where
     the teacher compared only the first 4,000 characters and followed the wrong fault)."""
-    from rollout.protocol import Observation, format_observation
+    from core.protocol import Observation, format_observation
 
     head = "".join(f"tests/test_x.py::test_{i} PASSED\n" for i in range(400))
     def log(failing: str, secs: str) -> str:

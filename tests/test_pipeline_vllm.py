@@ -12,7 +12,7 @@ from cluster.pipeline import run_steps
 from cluster.rollout_pool import RolloutPool
 from tasks.types import Task
 from terminus.config import load_config
-from terminus.model import resolve_model_path
+from core.model import resolve_model_path
 
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
 

@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from rollout import protocol
-from rollout.protocol import Observation, parse_turn
+from core import protocol
+from core.protocol import Observation, parse_turn
 
 REPORT = ("<report><status>failure</status><summary>2 tests fail</summary>"
           "<details>tests/test_a.py::test_x AssertionError at a.py:12; exit status 1</details></report>")

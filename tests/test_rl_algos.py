@@ -248,7 +248,7 @@ def _group(task, rewards):
 def test_sample_groups_replaces_groups_that_teach_nothing():
     import asyncio
 
-    from cluster.driver import sample_groups
+    from rl.dynamic_sampling import sample_groups
     rewards = {"a": [1, 1], "b": [0, 1], "c": [0, 0], "d": [1, 0], "e": [0.5, 0.5], "f": [0, 1], "g": [1, 0]}
     rounds = []
 

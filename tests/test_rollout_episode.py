@@ -1,5 +1,5 @@
 """The episode loop and worker function against a real OpenAI-protocol HTTP server whose replies are
-scripted (terminus.testing) and real bwrap sandboxes: commands run, format errors, the turn cap,
+scripted (core.testing) and real bwrap sandboxes: commands run, format errors, the turn cap,
 and failures (engine error, timeout, setup) that come back marked instead of dropped."""
 import asyncio
 
@@ -10,8 +10,8 @@ from rollout.engine.openai_engine import OpenAIEngine
 from rollout.episode import run_episode
 from rollout.worker import run_requests, summarize
 from tasks.types import Task
-from terminus.openai_api import OpenAIClient
-from terminus.testing.openai_server import Reply, ScriptedOpenAIServer
+from core.openai_api import OpenAIClient
+from core.testing.openai_server import Reply, ScriptedOpenAIServer
 
 REPORT = "<report><status>success</status><summary>file says hello</summary><details>exit 0</details></report>"
 

@@ -1,7 +1,7 @@
 """Token-exact sequences with the embedded tokenizer: ids kept as generated, mask/logprobs aligned,
 the whole sequence equal to the chat template's rendering of the messages."""
 
-from rollout import protocol
+from core import protocol
 from rollout.tokens import ChatFormat, TokenSequence
 
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from terminus.config import load_config
-from terminus.model import resolve_model_path
+from core.model import resolve_model_path
 
 ray = pytest.importorskip("ray")
 
@@ -105,7 +105,7 @@ def test_weight_update_matches_transformers(cluster, tok, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from terminus.model import save_hf_weights
+    from core.model import save_hf_weights
     _, engine, _ = cluster
     model = AutoModelForCausalLM.from_pretrained(str(resolve_model_path("tiny")), dtype=torch.float32)
     ids = tok.apply_chat_template(

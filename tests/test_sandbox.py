@@ -15,8 +15,8 @@ import uuid
 
 import pytest
 
-from rollout.config import SandboxConfig
-from rollout.sandbox import SandboxError, open_sandbox
+from sandbox.config import SandboxConfig
+from sandbox import SandboxError, open_sandbox
 
 
 def _bwrap_works() -> str:
@@ -395,8 +395,8 @@ def test_sandboxes_of_a_killed_process_are_reaped(tmp_path, repo):
     root = tmp_path / "sandboxes"
     script = f"""
 import asyncio, os
-from rollout.config import SandboxConfig
-from rollout.sandbox import open_sandbox
+from sandbox.config import SandboxConfig
+from sandbox import open_sandbox
 async def main():
     sb = await open_sandbox(SandboxConfig(root_dir={str(root)!r}), {str(repo)!r})
     try:  # a command still running when the process dies keeps the sandbox alive
@@ -417,7 +417,7 @@ asyncio.run(main())
         time.sleep(0.05)
     assert host_processes_matching("sleep 300123") == []
 
-    from rollout.sandbox.workspace import CGROUPS_FILE, Cgroups, reap_stale
+    from sandbox.workspace import CGROUPS_FILE, Cgroups, reap_stale
     cgroup_dirs = list(Cgroups.existing(f"terminus-{sid}", str(root / sid / CGROUPS_FILE)).paths.values())
     assert len(cgroup_dirs) == 2 and all(os.path.isdir(p) for p in cgroup_dirs)
     assert reap_stale(str(root)) == [sid]
@@ -441,7 +441,7 @@ def test_rlimit_fallback_without_cgroups_still_limits_memory_and_kills_everythin
 
 
 def test_sandbox_satisfies_the_protocol():
-    from rollout.sandbox import Sandbox
+    from sandbox import Sandbox
 
     async def go():
         async with await open_sandbox(cfg(), None) as sb:

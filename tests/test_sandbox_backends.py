@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from rollout.config import SandboxConfig
-from rollout.sandbox import SandboxError, open_sandbox
-from rollout.sandbox.container import engine_available
+from sandbox.config import SandboxConfig
+from sandbox import SandboxError, open_sandbox
+from sandbox.container import engine_available
 
 
 def run(coro):

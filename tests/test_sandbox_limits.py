@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from rollout.config import SandboxConfig
-from rollout.sandbox import open_sandbox
-from rollout.sandbox import workspace
-from rollout.sandbox.cgroups import CgroupChoice, Cgroups, choose_cgroups, own_cgroups
-from rollout.sandbox.workspace import LOCK_FILE, reap_stale
+from sandbox.config import SandboxConfig
+from sandbox import open_sandbox
+from sandbox import workspace
+from sandbox.cgroups import CgroupChoice, Cgroups, choose_cgroups, own_cgroups
+from sandbox.workspace import LOCK_FILE, reap_stale
 
 from tests.test_sandbox import _bwrap_works, host_processes_matching
 
@@ -151,7 +151,7 @@ def test_cgroup_creation_failure_says_why(tmp_path):
 @needs_bwrap
 def test_without_cgroups_a_warning_names_what_is_not_enforced(caplog, monkeypatch):
     monkeypatch.setattr(workspace, "_warned", set())
-    with caplog.at_level(logging.WARNING, logger="rollout.sandbox.workspace"):
+    with caplog.at_level(logging.WARNING, logger="sandbox.workspace"):
         r = run(_one(cfg(use_cgroups=False), "echo ok"))
     assert r.output == "ok\n"
     msg = caplog.text
@@ -166,7 +166,7 @@ async def _one(c, command, **kw):
 
 @needs_bwrap
 def test_root_without_cgroups_is_held_to_a_process_limit():
-    from rollout.sandbox.bwrap import pidns_limit_supported
+    from sandbox.bwrap import pidns_limit_supported
     if not ROOT or not pidns_limit_supported():
         pytest.skip("needs root and pid_max per PID namespace (Linux >= 6.14)")
 

@@ -1,8 +1,8 @@
-"""Unit tests of the shared output handling (rollout.sandbox.output) and the sentinel framing."""
+"""Unit tests of the shared output handling (sandbox.output) and the sentinel framing."""
 import random
 
-from rollout.sandbox.output import OutputBuffer, clean_text, format_output
-from rollout.sandbox.shell import _Framer
+from sandbox.output import OutputBuffer, clean_text, format_output
+from sandbox.shell import _Framer
 
 
 def test_small_output_is_kept_whole():

@@ -12,8 +12,8 @@ from pathlib import Path
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from terminus.net import free_port
-from terminus.testing.openai_server import Reply, ScriptedOpenAIServer
+from core.net import free_port
+from core.testing.openai_server import Reply, ScriptedOpenAIServer
 
 TERMINUS = str(Path(sys.executable).parent / "terminus")
 

@@ -10,10 +10,10 @@ import pytest
 
 from rollout.config import RolloutConfig
 from rollout.engine.openai_engine import OpenAIEngine
-from terminus.evaluation.study import (StudyTask, episode_subagent, report_used, run_study, study_table,
+from evaluation.study import (StudyTask, episode_subagent, report_used, run_study, study_table,
                                        summarize)
-from terminus.openai_api import OpenAIClient
-from terminus.testing.openai_server import Reply, ScriptedOpenAIServer
+from core.openai_api import OpenAIClient
+from core.testing.openai_server import Reply, ScriptedOpenAIServer
 
 CHECK_PY = "import sys\nprint('FAILED test_parse_header: expected 3, got 4')\nprint('1 failed, 7 passed')\nsys.exit(1)\n"
 
@@ -110,7 +110,7 @@ def test_study_cli_prints_table_and_refuses_bad_main(tmp_path, repo):
     from pathlib import Path
 
     from tasks.types import Fact, GroundTruth, Task
-    from terminus.evaluation.tasks_io import write_task_list
+    from evaluation.tasks_io import write_task_list
     terminus = str(Path(sys.executable).parent / "terminus")
     task = Task("diag", "python", "diagnose", "p", str(repo), "Which test fails in this repository?",
                 ground_truth=GroundTruth(facts=[Fact("failing_test", "", [r"test_parse_header"])]))

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from rollout.config import SandboxConfig
-from rollout.sandbox import open_sandbox
+from sandbox.config import SandboxConfig
+from sandbox import open_sandbox
 from tasks import CorpusError, load_tasks
 from tasks.builtin import Mutation, TemplateError, apply_mutation
 from tasks.corpus import builtin_dir

@@ -7,17 +7,18 @@ import re
 
 import pytest
 
-from cluster.teacher import ScriptedTeacher
+from rollout.teacher import ScriptedTeacher
 from judge.rules import exact_facts
-from rollout.config import RolloutConfig, SandboxConfig
-from rollout.protocol import Observation, format_observation
+from rollout.config import RolloutConfig
+from sandbox.config import SandboxConfig
+from core.protocol import Observation, format_observation
 from rollout.worker import run_requests
 from tasks import load_tasks
 from tasks.config import GeneratedConfig, TasksConfig
 from tasks.generated import (FAMILIES, GeneratedTaskError, Spec, build_generated, check_observable, draft,
                              facts_from_output, held_out_name, specs)
 from tasks.types import Fact
-from terminus.evaluation.validate import validate_tasks
+from evaluation.validate import validate_sample, validate_tasks
 
 pytestmark = pytest.mark.timeout(300)
 SMALL = GeneratedConfig(train_variants=16, eval_variants=5)
@@ -139,10 +140,10 @@ def test_config_errors_name_the_key():
 def test_load_tasks_builds_the_generated_corpus_once_and_reuses_it(tmp_path, capsys):
     cfg = TasksConfig(corpus="generated", cache_dir=str(tmp_path),
                       generated=GeneratedConfig(train_variants=4, eval_variants=1))
-    train = load_tasks(cfg, "train")
+    train = load_tasks(cfg, "train", validate=validate_sample)
     assert len(train) == 4 and "building the generated corpus" in capsys.readouterr().err   # stdout stays clean
-    assert [t.id for t in load_tasks(cfg, "train")] == [t.id for t in train]
+    assert [t.id for t in load_tasks(cfg, "train", validate=validate_sample)] == [t.id for t in train]
     assert "building" not in capsys.readouterr().err            # cached by its settings
     cfg.generated.seed = 1
-    assert load_tasks(cfg, "train")[0].request != train[0].request or \
-        load_tasks(cfg, "train")[0].ground_truth.observed != train[0].ground_truth.observed
+    assert load_tasks(cfg, "train", validate=validate_sample)[0].request != train[0].request or \
+        load_tasks(cfg, "train", validate=validate_sample)[0].ground_truth.observed != train[0].ground_truth.observed

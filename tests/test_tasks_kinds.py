@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 
-from rollout.config import SandboxConfig
+from sandbox.config import SandboxConfig
 from tasks import load_tasks
 from tasks.build import build_corpus
 from tasks.manifest import Entry
-from terminus.evaluation.validate import validate_tasks
+from evaluation.validate import validate_tasks
 
 pytestmark = pytest.mark.timeout(600)
 

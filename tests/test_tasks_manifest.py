@@ -3,7 +3,7 @@ import asyncio
 import json
 import subprocess
 
-from rollout.config import SandboxConfig
+from sandbox.config import SandboxConfig
 from tasks.manifest import Entry, check_project, load_manifest, split_of
 
 GOOD = {"name": "six", "ecosystem": "pypi", "version": "1.16.0", "language": "python",

@@ -136,7 +136,7 @@ def test_automake_parser_on_real_output():
 
 
 def test_failing_statuses_of_the_new_runners_count_as_failures():
-    from tasks.real import failed, result_facts
+    from tasks.runs import failed, result_facts
     facts = result_facts(_parse("ctest", CTEST_CJSON), "ctest", CTEST_CJSON)
     assert [f.value for f in facts if f.kind == "failing_test"] == ["cJSON_test fails", "parse_examples fails",
                                                                      "print_number fails"]

@@ -12,12 +12,12 @@ import sys
 
 import pytest
 
-from rollout.config import SandboxConfig
+from sandbox.config import SandboxConfig
 from tasks import load_tasks
 from tasks.build import build_corpus
 from tasks.manifest import Entry, why_failed
-from tasks.real import short_name
-from terminus.evaluation.validate import validate_tasks
+from tasks.runs import short_name
+from evaluation.validate import validate_tasks
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -3,7 +3,7 @@ import json
 
 from rollout.trajectory import Trajectory, Turn
 from terminus.config import load_config
-from terminus.tracking import SAMPLE_COLUMNS, Tracker, sample_rows
+from core.tracking import SAMPLE_COLUMNS, Tracker, sample_rows
 
 
 def traj(task_id, reward, report=None, error=None):
@@ -39,8 +39,8 @@ def test_tracker_writes_metrics_and_samples_without_wandb(tmp_path):
 def test_wandb_settings_the_environment_wins_over_the_config():
     import pytest
 
-    from terminus.errors import UserError
-    from terminus.tracking import wandb_settings
+    from core.errors import UserError
+    from core.tracking import wandb_settings
     cfg = load_config("tiny_cpu", ["name=exp", "logging.wandb_mode=online", "logging.wandb_group=sweep1",
                                    "logging.wandb_tags=[grpo,tiny]"])
     assert wandb_settings(cfg, {}) == {"mode": "online", "project": "terminus", "entity": None, "name": "exp",

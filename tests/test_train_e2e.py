@@ -88,7 +88,7 @@ def test_train_end_to_end_then_kill_and_resume(tmp_path):
 
 
 def test_compare_evals_by_hand():
-    from cluster.driver import compare_evals
+    from evaluation.heldout import compare_evals
     evals = {"untrained": {"reward_mean": -0.3, "reward_sem": 0.0},
              "sft": {"reward_mean": -0.17, "reward_sem": 0.03},
              "grpo": {"reward_mean": -0.01, "reward_sem": 0.04}}
@@ -99,7 +99,7 @@ def test_compare_evals_by_hand():
 
 
 def test_across_runs_by_hand():
-    from cluster.driver import across_runs
+    from evaluation.heldout import across_runs
 
     def ev(*means):
         return {s: {"reward_mean": m} for s, m in zip(("untrained", "sft", "grpo"), means)}

@@ -14,7 +14,7 @@ from rl.group import TrainerGroup
 from rl.weight_sync import FSDPWeightSource, RayEngineClient, transfer_world_size
 from rollout.engine.vllm_engine import VLLMEngine, check_weight_transfer
 from terminus.config import load_config
-from terminus.model import LM_HEAD_WEIGHT, resolve_model_path, save_hf_weights
+from core.model import LM_HEAD_WEIGHT, resolve_model_path, save_hf_weights
 
 
 def tiny_model():
@@ -63,7 +63,7 @@ def test_fsdp2_source_on_one_gloo_rank(tmp_path):
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
-    from terminus.net import free_port
+    from core.net import free_port
 
     if dist.is_initialized():
         pytest.skip("a process group already exists in this process")

@@ -24,7 +24,7 @@ class Sampling:
 
     @staticmethod
     def from_config(cfg, max_tokens: int, stop=(), seed: int | None = None) -> "Sampling":
-        from rollout.protocol import TURN_REGEX
+        from core.protocol import TURN_REGEX
         return Sampling(max_tokens=max_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                         seed=seed if seed is not None else cfg.seed, stop=list(stop),
                         regex=TURN_REGEX if getattr(cfg, "constrain", "none") == "protocol" else None)

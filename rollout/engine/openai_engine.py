@@ -1,4 +1,4 @@
-"""The engine seam over any OpenAI-compatible endpoint (terminus.openai_api.OpenAIClient does the
+"""The engine seam over any OpenAI-compatible endpoint (core.openai_api.OpenAIClient does the
 retries, timeouts, concurrency and rate limits).
 
 Two APIs (rollout.engine.api):
@@ -28,7 +28,7 @@ class OpenAIEngine:
     @staticmethod
     def from_config(cfg, tokenizer: Any = None) -> "OpenAIEngine":
         """From a RunConfig: rollout.engine.{base_url, model_name, api_key_env, timeouts, limits}."""
-        from terminus.openai_api import OpenAIClient
+        from core.openai_api import OpenAIClient
         e = cfg.rollout.engine
         client = OpenAIClient(e.base_url, e.model_name or cfg.model.path, api_key_env=e.api_key_env,
                               timeout_s=e.request_timeout_s, max_retries=e.max_retries,
@@ -59,7 +59,7 @@ class OpenAIEngine:
 
     async def generate(self, prompt_ids: list[int], sampling: Sampling,
                        messages: list[dict[str, str]] | None = None) -> Generation:
-        from terminus.openai_api import EndpointError
+        from core.openai_api import EndpointError
         try:
             if self.api == "completions":
                 return self._from_completion(await self.client.completions(

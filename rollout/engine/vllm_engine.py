@@ -2,7 +2,7 @@
 in-process (`VLLMEngine`) or as a Ray actor (`VLLMEngineActor`, wrapped by `RayEngine`).
 
 Weight update API (used by the trainer; stable):
-    await actor.update_weights.remote(path, version)   # path: dir written by terminus.model.save_hf_weights
+    await actor.update_weights.remote(path, version)   # path: dir written by core.model.save_hf_weights
     await actor.policy_version.remote() -> int
 GPU clusters can stream weights instead of writing them to disk, through vLLM's weight-transfer
 engine (engine.weight_transfer = "nccl" or "ipc"):
@@ -123,14 +123,14 @@ class VLLMEngine:
 
     # -- weights ------------------------------------------------------------------------------
     async def update_weights(self, path: str, version: int) -> dict[str, Any]:
-        """Load new weights in place from an HF safetensors dir (written by terminus.model.save_hf_weights).
+        """Load new weights in place from an HF safetensors dir (written by core.model.save_hf_weights).
 
         Requests in flight are frozen (not lost) during the load and continue with the new weights;
         prefix and KV caches are cleared, since they hold states of the old weights.
         """
         if not os.path.isdir(path):
             raise FileNotFoundError(f"update_weights: '{path}' is not a directory of HF safetensors "
-                                    "(write it with terminus.model.save_hf_weights)")
+                                    "(write it with core.model.save_hf_weights)")
         started = time.monotonic()
         async with self._weights_lock:
             await self.llm.pause_generation(mode="keep", clear_cache=True)
@@ -232,7 +232,7 @@ class VLLMEngine:
 
 def engine_kwargs(cfg) -> dict[str, Any]:
     """VLLMEngine's arguments from a RunConfig (model + rollout.engine)."""
-    from terminus.model import resolve_model_path
+    from core.model import resolve_model_path
     e = cfg.rollout.engine
     return dict(model_path=str(resolve_model_path(cfg.model.path)), dtype=cfg.model.dtype,
                 max_model_len=cfg.model.max_model_len, seed=cfg.seed, kv_cache_space_gb=e.kv_cache_space_gb,

@@ -1,0 +1,231 @@
+"""Model paths and the embedded tiny model.
+
+No model hub is reachable on the project's machines, so the embedded default is built locally:
+a small random Qwen3-architecture causal LM plus a byte-level BPE tokenizer trained on Python's
+own sources, with Qwen3's special tokens and a chat template that renders exactly like
+Qwen3-4B-Instruct-2507's (non-thinking). Code written against it works unchanged on the real model.
+
+`resolve_model_path("tiny")` builds it once into the cache and returns the directory; any other
+value must be a local HF-format directory. Nothing here ever contacts a hub.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
+
+from core.errors import UserError
+
+TINY = "tiny"
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+]
+
+# Renders like Qwen3-Instruct-2507 for system/user/assistant/tool messages (no tool schemas).
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# The pre-tokenizer regex of the Qwen2/Qwen3 tokenizers.
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+class ModelPathError(UserError, FileNotFoundError):
+    """A configured model path that is missing or not an HF model directory."""
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """The embedded default's shape: about 4 M parameters, Qwen3 architecture, tied embeddings like Qwen3-4B."""
+    vocab_size: int = 4096
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 64
+    max_position_embeddings: int = 8192
+    rope_theta: float = 1_000_000.0
+    seed: int = 0
+    corpus_bytes: int = 6_000_000
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TERMINUS_CACHE", Path.home() / ".cache" / "terminus"))
+
+
+def tiny_model_dir(spec: TinySpec = TinySpec()) -> Path:
+    """Cache directory of the tiny model, keyed by its spec and this builder's source."""
+    recipe = json.dumps(asdict(spec), sort_keys=True) + Path(__file__).read_text()
+    key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    return cache_root() / "models" / f"tiny-qwen3-{key}"
+
+
+def resolve_model_path(path: str) -> Path:
+    """The local directory of a model: 'tiny' builds (once) the embedded model; anything else must exist."""
+    if path == TINY:
+        d = tiny_model_dir()
+        if not (d / "config.json").exists():
+            build_tiny(d)
+        return d
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelPathError(
+            f"model path '{p}' does not exist: expected a local directory in Hugging Face format "
+            f"(config.json, *.safetensors, tokenizer files), or 'tiny' for the embedded model. "
+            f"Nothing is downloaded at run time: copy the model there first.")
+    if not (p / "config.json").is_file():
+        raise ModelPathError(f"model path '{p}' has no config.json: expected a Hugging Face model directory "
+                             f"(config.json, *.safetensors, tokenizer.json).")
+    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+        raise ModelPathError(f"model path '{p}' has no weights (*.safetensors): expected a Hugging Face model directory.")
+    return p
+
+
+def _corpus_files(limit_bytes: int) -> list[Path]:
+    """Python's own standard library sources, in a fixed order, up to a byte budget."""
+    stdlib = Path(os.__file__).parent
+    files, total = [], 0
+    for f in sorted(stdlib.rglob("*.py")):
+        if "site-packages" in f.parts or "test" in f.parts or "tests" in f.parts:
+            continue
+        size = f.stat().st_size
+        if total + size > limit_bytes:
+            continue
+        files.append(f)
+        total += size
+    return files
+
+
+def build_tokenizer(spec: TinySpec = TinySpec()):
+    """A byte-level BPE tokenizer with Qwen3's pre-tokenizer and special tokens, trained on stdlib sources."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size - len(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    files = _corpus_files(spec.corpus_bytes)
+    texts = (f.read_text(encoding="utf-8", errors="replace") for f in files)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        bos_token=None, unk_token=None, clean_up_tokenization_spaces=False,
+        model_max_length=spec.max_position_embeddings,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny(out_dir: str | os.PathLike, spec: TinySpec = TinySpec()) -> Path:
+    """Write the tiny model + tokenizer in HF format to out_dir (atomically); deterministic for a given spec."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        tokenizer = build_tokenizer(spec)
+        tokenizer.save_pretrained(tmp)
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
+        config = Qwen3Config(
+            vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
+            intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_hidden_layers,
+            num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
+            head_dim=spec.head_dim, max_position_embeddings=spec.max_position_embeddings,
+            rope_theta=spec.rope_theta, tie_word_embeddings=True,
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+            torch_dtype="bfloat16",
+        )
+        torch.manual_seed(spec.seed)
+        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+        model.generation_config = GenerationConfig(
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+            pad_token_id=ids["<|endoftext|>"])
+        save_hf_weights(model.state_dict(), tmp, tie_word_embeddings=True)
+        model.config.architectures = ["Qwen3ForCausalLM"]
+        model.config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+EMBED_WEIGHT, LM_HEAD_WEIGHT = "model.embed_tokens.weight", "lm_head.weight"
+T = TypeVar("T")
+
+
+def hf_weights(items: Iterable[tuple[str, T]], *, tie_word_embeddings: bool) -> Iterator[tuple[str, T]]:
+    """The (name, tensor) pairs vLLM's in-place weight loading expects, from a model's own pairs.
+
+    With tied embeddings `save_pretrained` omits lm_head.weight, and vLLM's in-place reload then keeps
+    the OLD output head (see shared/docs/PLATFORM.md). So an explicit lm_head.weight (the embedding)
+    follows the embedding; a state dict's own alias of it is dropped, so it appears once. Lazy and
+    generic in the value (tensors, or metadata about them), so the disk export and the GPU weight
+    stream (rl/weight_sync.py) name exactly the same tensors.
+    """
+    for name, value in items:
+        if tie_word_embeddings and name == LM_HEAD_WEIGHT:
+            continue
+        yield name, value
+        if tie_word_embeddings and name == EMBED_WEIGHT:
+            yield LM_HEAD_WEIGHT, value
+
+
+def save_hf_weights(state_dict: dict, out_dir: str | os.PathLike, *, tie_word_embeddings: bool) -> Path:
+    """Write a full state dict as HF safetensors that vLLM's `reload_weights` and transformers both load
+    (with an explicit lm_head.weight for tied embeddings: see `hf_weights`)."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, value in hf_weights(state_dict.items(), tie_word_embeddings=tie_word_embeddings):
+        value = value.detach().contiguous().cpu()
+        # safetensors refuses two names on one storage, and the tied head is the embedding itself.
+        tensors[name] = value.clone() if tie_word_embeddings and name == LM_HEAD_WEIGHT else value
+    path = Path(out_dir) / "model.safetensors"
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
+
+
+def describe(path: Path) -> str:
+    cfg = json.loads((path / "config.json").read_text())
+    return (f"{cfg.get('architectures', ['?'])[0]} at {path}: hidden {cfg['hidden_size']}, "
+            f"{cfg['num_hidden_layers']} layers, vocab {cfg['vocab_size']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(build_tiny(sys.argv[1]))

@@ -1,0 +1,120 @@
+"""Held-out evaluation inside a training run, and the statistics a claimed improvement must beat.
+
+    evaluate         mean judged reward on held-out tasks over several passes, with its noise
+    EVALUATED        the held-out evaluations of a run, in order (untrained, sft, grpo)
+    compare_evals    each stage against the one it starts from: difference, standard error, z
+    across_runs      run-to-run noise over several runs of one config (other seeds): paired margins
+    results_table    the run's result at a glance; describe_eval: one evaluation as one console line
+
+`terminus train` (cluster.driver) runs `evaluate` through its rollout pool and judge pool;
+`terminus compare` and benchmarks/learning.py read `across_runs`. Plots: evaluation.render.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from judge.pool import judge_batch
+from judge.rules import exact_facts
+from rollout.io import write_trajectories
+
+
+async def evaluate(cfg, tasks: list, pool, judge, seed: int, out: Path | None = None,
+                   repeats: int = 0) -> dict[str, Any]:
+    """Mean judged reward on held-out tasks over `repeats` independent passes, with two measures of
+    the noise a claimed improvement must beat: the spread of the pass means, and the standard error
+    of the mean over every judged episode (the spread of three pass means is itself noisy and tends
+    to be low; the standard error is the steadier figure). `repeats` = 0: trainer.eval.repeats."""
+    ev = cfg.trainer.eval
+    tasks = tasks[: ev.max_tasks] if ev.max_tasks else tasks
+    by_id = {t.id: t for t in tasks}
+    means, rewards, exact = [], [], []
+    for r in range(repeats or ev.repeats):
+        groups, _ = await pool.run([(t, ev.samples_per_task) for t in tasks], seed=seed + 7919 * r)
+        flat = [t for g in groups for t in g]
+        m = await judge_batch(judge, by_id, flat)
+        means.append(m["reward_mean"])
+        rewards += [t.reward for t in flat if t.reward is not None]
+        exact += [exact_facts(by_id[t.task_id], t) for t in flat if t.reward is not None]
+        if r == 0 and out is not None:   # keep one pass's trajectories to read what the policy does
+            write_trajectories(out, flat)
+    sem = statistics.stdev(rewards) / len(rewards) ** 0.5 if len(rewards) > 1 else float("nan")
+    return {"reward_mean": statistics.fmean(means), "reward_std_between_passes": statistics.pstdev(means),
+            "reward_sem": sem, "episodes": len(rewards), "passes": means,
+            "exact_fact_rate": statistics.fmean(exact) if exact else float("nan")}
+
+
+EVALUATED = ("untrained", "sft", "grpo")            # the held-out evaluations of a run, in order
+STAGES = (("sft", "untrained"), ("grpo", "sft"))   # (after, before): each stage against the one it starts from
+
+
+def compare_evals(evals: dict[str, dict]) -> dict[str, dict]:
+    """Each stage against the one before it (SFT vs untrained, GRPO vs SFT): the difference of the
+    held-out means, its standard error sqrt(se_a^2 + se_b^2) (independent evaluations), and how many
+    standard errors the difference is (z)."""
+    out = {}
+    for after, before in STAGES:
+        if after in evals and before in evals:
+            a, b = evals[after], evals[before]
+            diff = a["reward_mean"] - b["reward_mean"]
+            se = math.hypot(a["reward_sem"], b["reward_sem"])
+            out[f"{after}-{before}"] = {"diff": diff, "se": se,
+                                        "z": diff / se if se > 0 else math.copysign(math.inf, diff)}
+    return out
+
+
+def across_runs(runs: dict[str, dict[str, dict]]) -> dict[str, Any]:
+    """Run-to-run noise, from the held-out evaluations of several runs of one config (other seeds):
+    per stage, the mean over runs and its spread between runs (sample standard deviation); per
+    comparison, the margin (mean after - mean before), the noise it must beat (the larger of the two
+    stages' spreads), their ratio, and the paired view: each run's own difference, its mean, spread,
+    standard error, and in how many runs it is positive. `runs`: run name -> that run's `evals`."""
+    def spread(xs: list[float]) -> float:
+        return statistics.stdev(xs) if len(xs) > 1 else float("nan")
+
+    stages: dict[str, dict] = {}
+    for name in EVALUATED:
+        xs = [e[name]["reward_mean"] for e in runs.values() if name in e]
+        if xs:
+            stages[name] = {"mean": statistics.fmean(xs), "std_between_runs": spread(xs), "runs": len(xs)}
+    comparisons: dict[str, dict] = {}
+    for after, before in STAGES:
+        paired = [e[after]["reward_mean"] - e[before]["reward_mean"] for e in runs.values()
+                  if after in e and before in e]
+        if not paired:
+            continue
+        margin = stages[after]["mean"] - stages[before]["mean"]
+        spreads = [stages[s]["std_between_runs"] for s in (after, before)]
+        noise = max((x for x in spreads if not math.isnan(x)), default=math.nan)   # a stage seen in one run has none
+        comparisons[f"{after}-{before}"] = {
+            "margin": margin, "noise": noise, "margin_over_noise": margin / noise if noise > 0 else float("nan"),
+            "diff_mean": statistics.fmean(paired), "diff_std": spread(paired),
+            "diff_sem": spread(paired) / len(paired) ** 0.5, "positive": sum(d > 0 for d in paired),
+            "runs": len(paired)}
+    return {"stages": stages, "comparisons": comparisons}
+
+
+def results_table(evals: dict[str, dict], transfer: dict[str, dict], wall: dict[str, float]) -> str:
+    """The run's result at a glance: per stage, held-out reward (standard error), exact-fact accuracy,
+    the same on the held-out family, and the stage's wall time."""
+    rows = ["stage        held-out reward (SE)   exact facts   held-out family (SE)   exact facts   wall"]
+    for stage in EVALUATED:
+        if stage not in evals and stage not in transfer:
+            continue
+        cells = []
+        for e in (evals.get(stage), transfer.get(stage)):
+            cells += ([f"{e['reward_mean']:+.3f} ({e['reward_sem']:.3f})", f"{e['exact_fact_rate']:.0%}"]
+                      if e else ["-", "-"])
+        spent = wall.get(stage, 0.0) + wall.get(f"eval_{stage}", 0.0)
+        rows.append(f"{stage:12s} {cells[0]:22s} {cells[1]:13s} {cells[2]:22s} {cells[3]:13s} {spent / 60:.1f} min")
+    rows.append(f"total wall time {wall.get('total', 0.0) / 60:.1f} min (startup {wall.get('startup', 0.0) / 60:.1f} min)")
+    return "\n".join(rows)
+
+
+def describe_eval(name: str, e: dict) -> str:
+    """One console line for a held-out evaluation."""
+    return (f"[eval] {name}: held-out reward {e['reward_mean']:.3f} (±{e['reward_std_between_passes']:.3f} "
+           f"between {len(e['passes'])} passes; standard error {e['reward_sem']:.3f} over {e['episodes']} "
+           f"episodes); exact facts in {e['exact_fact_rate']:.0%}")
