@@ -59,7 +59,9 @@ def plain_loop(model_path: str, samples: list[dict], steps: int, lr: float) -> f
 def fsdp(cfg, samples: list[dict], steps: int, world: int, micro_batch: int = 0) -> float:
     """tokens/s of one optimizer step over `samples`: one micro-batch per rank, or (micro_batch > 0)
     micro-batches of that many sequences, longest first."""
+    from rl.algos import loss_normaliser
     from rl.group import TrainerGroup
+    from rl.worker import SFTStep
     cfg.trainer.num_workers = world
     group = TrainerGroup(cfg)
     if micro_batch:
@@ -69,10 +71,10 @@ def fsdp(cfg, samples: list[dict], steps: int, world: int, micro_batch: int = 0)
         mbs = [samples] if world == 1 else [samples[: len(samples) // 2], samples[len(samples) // 2:]]
     try:
         times = []
-        norm = float(sum(sum(s["mask"][1:]) for s in samples))
+        step = SFTStep(mbs, loss_normaliser([s["mask"] for s in samples], "token_mean"))
         for _ in range(steps):
             t0 = time.perf_counter()
-            group._train("sft", mbs, norm)
+            group._train(step)
             times.append(time.perf_counter() - t0)
     finally:
         group.shutdown()

@@ -123,17 +123,44 @@ def entropy(logits: torch.Tensor, keep: torch.Tensor | None = None, t: int | Non
     return _at_positions(-(logp.exp() * logp).sum(-1), keep, t or 0)
 
 
+def loss_normaliser(masks: Sequence[Sequence[int]], mode: str, tokens_per_sequence: int = 0) -> float:
+    """The denominator of one optimizer step's loss: THE place it is computed (SFT and GRPO alike).
+
+    `masks` are the step's trained-token masks, aligned with token ids, of every sequence of the step
+    (all micro-batches, all ranks): each piece divides its sum by this global number (`aggregate`'s
+    `norm`), so the pieces add up to the loss of the whole batch however it is split. Position 0 is
+    never a target (nothing precedes it), so it is not counted.
+
+    token_mean:            trained tokens
+    seq_mean_token_mean,
+    seq_mean_token_sum:    sequences with at least one trained token (one with none, every turn left
+                           out of the loss, adds nothing to the numerator and so not to the count)
+    constant (Dr. GRPO):   sequences * tokens_per_sequence (a fixed token budget: no length bias)
+    At least 1, so a step with nothing trained gives a zero loss, not nan.
+    """
+    trained = [sum(m[1:]) for m in masks]
+    if mode == "token_mean":
+        return float(max(1, sum(trained)))
+    if mode in ("seq_mean_token_mean", "seq_mean_token_sum"):
+        return float(max(1, sum(n > 0 for n in trained)))
+    if mode == "constant":
+        if tokens_per_sequence <= 0:
+            raise ValueError("loss_normaliser(mode='constant') needs tokens_per_sequence > 0")
+        return float(len(masks) * tokens_per_sequence)
+    raise ValueError(f"unknown loss aggregation {mode!r}")
+
+
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm: float | None = None) -> torch.Tensor:
-    """Reduce a [B, T] loss to a scalar over masked tokens.
+    """Reduce a [B, T] loss to a scalar over masked tokens: the numerator of `mode` / `norm`.
 
     token_mean:          sum / number of tokens (every token weighs the same; DAPO)
     seq_mean_token_mean: mean over sequences of each sequence's token mean (original GRPO)
     seq_mean_token_sum:  mean over sequences of each sequence's token sum
     constant:            sum / norm, norm a constant (Dr. GRPO: no length bias)
-    A sequence with no masked token (every turn of it left out of the loss) does not count in the
-    seq_mean modes. `norm`, when given, replaces the local count (of tokens for token_mean, of such
-    sequences for seq_mean_*): the global count of a batch split over ranks or micro-batches, so
-    every piece is weighted the same.
+    `norm` is the step's `loss_normaliser` (the trainer always passes it: a batch split over ranks or
+    micro-batches then weighs every piece the same). Without it, the local count of this [B, T] piece
+    alone, as `loss_normaliser` counts it (tokens, or sequences with a masked token); `constant` has
+    no local count.
     """
     mask = mask.to(per_token.dtype)
     total = (per_token * mask).sum()
@@ -152,7 +179,8 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm: floa
 
 
 def trained_sequences(mask: torch.Tensor) -> torch.Tensor:
-    """The number of sequences with at least one masked token (at least 1): the seq_mean denominator."""
+    """The number of sequences with at least one masked token (at least 1): the seq_mean denominator
+    of a piece on its own (`loss_normaliser` counts the same over a whole step)."""
     return (mask.sum(-1) > 0).sum().clamp(min=1)
 
 
@@ -227,7 +255,7 @@ def effective_loss_agg(policy_loss: str, loss_agg: str) -> str:
 def gspo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
               advantages: torch.Tensor, mask: torch.Tensor, *, clip_low: float, clip_high: float,
               tis_cap: float, ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0,
-              ) -> tuple[torch.Tensor, dict[str, float]]:
+              norm: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"): one importance ratio per sequence,
 
         s_i = exp(mean over the sequence's trained tokens of (logp - old_logp)),
@@ -240,7 +268,8 @@ def gspo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, rollout_logpro
     [B, T] advantages). The truncated importance weight against the rollout engine is the sequence's
     too, min(exp(mean(old_logp - rollout_logp)), tis_cap): GSPO's point is that per-token weights are
     noise. log s_i is clamped to [-LOG_RATIO_MAX, LOG_RATIO_MAX], as the token ratio is: no inf * 0.
-    Metrics are per sequence (clip_frac: share of sequences clipped; ratio_mean: mean s_i).
+    Metrics are per sequence (clip_frac: share of sequences clipped; ratio_mean: mean s_i). `norm`:
+    the step's sequence count (`loss_normaliser`), as in `aggregate`.
     """
     if advantages.dim() == 1:
         advantages = advantages[:, None].expand_as(logprobs)
@@ -258,7 +287,7 @@ def gspo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, rollout_logpro
     if ref_logprobs is not None and kl_coef > 0:
         kl = k3_kl(logprobs, ref_logprobs)
         per_token = per_token + kl_coef * kl
-    loss = aggregate(per_token, mask, "seq_mean_token_mean")
+    loss = aggregate(per_token, mask, "seq_mean_token_mean", norm)
     trained = mask.bool().any(-1)   # sequences with a trained token (not a zero-weight filler)
     with torch.no_grad():
         seq_clipped = ((clipped > unclipped) & mask.bool()).any(-1)

@@ -4,6 +4,7 @@ and writes and resumes checkpoints. The math is in rl/algos.py; this file only m
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import statistics
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rl import algos, checkpoint
+from rl.worker import GRPOStep, SFTStep, TrainerWorker
 from rollout.trajectory import Trajectory
 
 
@@ -84,8 +86,6 @@ class TrainerGroup:
         import ray
         from omegaconf import OmegaConf
 
-        from rl.worker import TrainerWorker
-
         self.cfg = cfg
         self.world = cfg.trainer.num_workers
         self.root = checkpoint.checkpoint_root(cfg.output_dir)
@@ -96,31 +96,37 @@ class TrainerGroup:
         self.wandb_run_id: str | None = None
         self._tracker = None
         remote = ray.remote(TrainerWorker)
-        cfg_yaml = OmegaConf.to_yaml(cfg)
+        # The ranks get the trainer and model sections only: the rest (seed, the rollout engines of a
+        # weight sync, a step's sampling temperature) is passed with the call that needs it.
+        sections = OmegaConf.to_yaml(cfg.trainer), OmegaConf.to_yaml(cfg.model)
         self.workers = []
         for rank in range(self.world):
             opts = layout.options("trainer", rank) if layout is not None else \
                 {"num_cpus": float(cfg.cluster.trainer.num_cpus), "num_gpus": float(cfg.cluster.trainer.num_gpus)}
             opts["runtime_env"] = {"env_vars": trainer_env()}
-            self.workers.append(remote.options(**opts).remote(cfg_yaml, rank, self.world))
+            self.workers.append(remote.options(**opts).remote(*sections, rank, self.world))
         addr, port = ray.get(self.workers[0].address.remote())
-        self.info = ray.get([w.setup.remote(addr, port, 1) for w in self.workers])
+        self.info = ray.get([w.setup.remote(addr, port, 1, cfg.seed) for w in self.workers])
 
     # -- plumbing -----------------------------------------------------------------------------------------
     def _all(self, method: str, *args) -> list:
         import ray
         return ray.get([getattr(w, method).remote(*args) for w in self.workers])
 
-    def _train(self, kind: str, micro_batches: list[list[dict]], norm: float) -> dict[str, float]:
+    def _train(self, step: SFTStep | GRPOStep) -> dict[str, float]:
+        """One optimizer step: `step`'s micro-batches dealt over the ranks, the rest of it (normaliser,
+        temperature) sent to each as is."""
         import ray
+        mbs = step.micro_batches
         if self.cfg.trainer.pad_free:   # same optimizer step, one unpadded sequence per forward
-            micro_batches = [[s] for mb in micro_batches for s in mb]
-        per_rank = deal(micro_batches, self.world)
-        outs = ray.get([w.train.remote(kind, mbs, norm) for w, mbs in zip(self.workers, per_rank)])
+            mbs = [[s] for mb in mbs for s in mb]
+        per_rank = deal(mbs, self.world)
+        outs = ray.get([w.train.remote(dataclasses.replace(step, micro_batches=mine))
+                        for w, mine in zip(self.workers, per_rank)])
         m = merge_metrics(outs)   # a rank that got only empty micro-batches reports no per-token metrics
         m["loss"] = sum(o["loss"] for o in outs)   # each rank's share of the global loss
         m["tokens"] = sum(o["tokens"] for o in outs)
-        if kind == "grpo":
+        if isinstance(step, GRPOStep):
             m["entropy"] = sum(o["entropy_sum"] for o in outs) / max(1.0, m["tokens"])
         m.pop("entropy_sum", None)
         return m
@@ -133,21 +139,18 @@ class TrainerGroup:
             self.wandb_run_id = self._tracker.run_id
         return self._tracker
 
-    def logprobs(self, seqs: list[list[int]], temperature: float = 1.0) -> list[list[float]]:
-        """Trainer logprobs of whole sequences at a sampling temperature (every rank must join)."""
-        return self._all("logprobs", seqs, temperature)[0]
-
-    def old_logprobs(self, samples: list[dict]) -> list[list[float]]:
-        """The current policy's logprobs of GRPO samples (token_ids, mask) at the sampling temperature,
-        at their trained positions (0.0 elsewhere): micro-batches of grpo.micro_batch_size (one sequence
-        with pad_free) dealt over the ranks, logits only where a token is trained, so neither compute
-        nor memory of one rank grows with the step's batch (TrainerWorker.old_logprobs)."""
+    def logprobs(self, samples: list[dict], temperature: float) -> list[list[float]]:
+        """The current policy's logprobs of samples (token_ids, mask) at a sampling temperature, aligned
+        with token ids, at the positions each mask trains on (0.0 elsewhere; a mask of ones: every
+        position after the first). Micro-batches of grpo.micro_batch_size (one sequence with pad_free)
+        dealt over the ranks, logits only where a token is trained, so neither compute nor memory of
+        one rank grows with the batch (TrainerWorker.logprobs)."""
         import ray
         size = 1 if self.cfg.trainer.pad_free else self.cfg.trainer.grpo.micro_batch_size
         order = sorted(range(len(samples)), key=lambda i: -len(samples[i]["token_ids"]))   # little padding
         per_rank = deal([order[i:i + size] for i in range(0, len(order), size)], self.world)
-        outs = ray.get([w.old_logprobs.remote([[{"token_ids": samples[i]["token_ids"], "mask": samples[i]["mask"]}
-                                                 for i in mb] for mb in mbs], self.cfg.rollout.sampling.temperature)
+        outs = ray.get([w.logprobs.remote([[{"token_ids": samples[i]["token_ids"], "mask": samples[i]["mask"]}
+                                            for i in mb] for mb in mbs], temperature)
                         for w, mbs in zip(self.workers, per_rank)])
         lps: list[list[float]] = [[] for _ in samples]
         for mbs, out in zip(per_rank, outs):
@@ -186,8 +189,7 @@ class TrainerGroup:
             if stop_after is not None and self.sft_step >= stop_after:
                 break
             mbs = schedule[self.sft_step]
-            norm = float(sum(sum(s["mask"][1:]) for mb in mbs for s in mb))
-            m = self._train("sft", mbs, norm)
+            m = self._train(SFTStep(mbs, algos.loss_normaliser([s["mask"] for mb in mbs for s in mb], "token_mean")))
             self.sft_step += 1
             curve.append(m["loss"])
             self.tracker.log({**m, "epoch_progress": self.sft_step / len(schedule)}, self.sft_step, prefix="sft/")
@@ -200,7 +202,10 @@ class TrainerGroup:
     def grpo_step(self, trajectories: Sequence[Trajectory], version: int) -> dict[str, Any]:
         """One GRPO update on judged trajectories; returns its metrics (rewards, advantages,
         loss, KL, entropy, clip fraction, grad norm, logprob mismatch, ...)."""
-        g = self.cfg.trainer.grpo
+        g, r = self.cfg.trainer.grpo, self.cfg.rollout
+        # The distribution the rollouts were sampled from (logits / T): every logprob of the step, old
+        # policy's included, is computed at it, sent with the step (the ranks read no rollout config).
+        temperature = float(r.sampling.temperature)
         if self.stage != "grpo":
             self._start_grpo()
         t0 = time.time()
@@ -228,7 +233,7 @@ class TrainerGroup:
             s["mask"] = kept
         metrics["malformed_tokens_masked"] = masked
         if g.mini_batches > 1:   # old-policy logprobs, before the first of several updates
-            for s, lp in zip(samples, self.old_logprobs(samples)):
+            for s, lp in zip(samples, self.logprobs(samples, temperature)):
                 s["old_logprobs"] = lp
         random.Random(self.cfg.seed + version).shuffle(samples)
         per_update = -(-len(samples) // g.mini_batches)
@@ -236,15 +241,10 @@ class TrainerGroup:
         for k in range(0, len(samples), per_update):
             mini = sorted(samples[k:k + per_update], key=lambda s: -len(s["token_ids"]))
             mbs = [mini[i:i + g.micro_batch_size] for i in range(0, len(mini), g.micro_batch_size)]
-            agg = algos.effective_loss_agg(g.policy_loss, g.loss_agg)
-            if agg == "token_mean":
-                norm = float(max(1, sum(sum(s["mask"][1:]) for s in mini)))
-            elif agg == "constant":
-                r = self.cfg.rollout
-                norm = float(len(mini) * r.sampling.max_tokens_per_turn * r.episode.max_turns)
-            else:   # seq_mean_*: the sequences with a trained token (algos.trained_sequences)
-                norm = float(max(1, sum(1 for s in mini if sum(s["mask"][1:]))))
-            outs.append(self._train("grpo", mbs, norm))
+            # one optimizer step per mini-batch: its own normaliser (constant: the rollouts' token budget)
+            norm = algos.loss_normaliser([s["mask"] for s in mini], algos.effective_loss_agg(g.policy_loss, g.loss_agg),
+                                         r.sampling.max_tokens_per_turn * r.episode.max_turns)
+            outs.append(self._train(GRPOStep(mbs, norm, temperature)))
         metrics.update(merge_metrics(outs))
         self.step += 1
         self.version = version + 1
@@ -286,8 +286,10 @@ class TrainerGroup:
         from rl.weight_sync import transfer_world_size
 
         addr, port = ray.get(self.workers[0].address.remote())   # rank 0 is the sender: it hosts the rendezvous
-        world = transfer_world_size(len(engines), self.cfg.rollout.engine.tensor_parallel_size)
-        self._all("init_weight_transfer", addr, port, world, [e.handle for e in engines])
+        ec = self.cfg.rollout.engine
+        world = transfer_world_size(len(engines), ec.tensor_parallel_size)
+        self._all("init_weight_transfer", addr, port, world, [e.handle for e in engines], ec.weight_transfer,
+                  ec.tensor_parallel_size)
 
     def push_weights(self, engines: Sequence, version: int, path: str | Path) -> None:
         """Give the engines the current weights as policy `version`, by the configured path

@@ -5,14 +5,19 @@ an HF directory, and shards it with `fully_shard` per decoder layer and at the r
 TrainerGroup (rl/group.py) gives every rank its slice of a batch; ranks run the same number of
 micro-batches, FSDP averages gradients across ranks, and every optimizer step is one `train` call.
 
-Loss normalisation: each rank divides its token sum by the GLOBAL number of trained tokens and
-multiplies by the world size (FSDP's reduce averages), so the update equals single-process training
-on the whole batch.
+Self-contained: a rank is given the `trainer` and `model` sections of the config and nothing else;
+whatever a step needs beyond them (the loss normaliser, the rollouts' sampling temperature) comes
+with the step (SFTStep, GRPOStep), so what the ranks train on is what the driver sent.
+
+Loss normalisation: each rank divides its token sum by the step's GLOBAL normaliser
+(algos.loss_normaliser, computed by the driver over the whole step) and multiplies by the world size
+(FSDP's reduce averages), so the update equals single-process training on the whole batch.
 """
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +27,41 @@ from rl import algos
 from core.net import free_port
 
 
-class TrainerWorker:
-    """Ray actor: one rank. Samples are dicts with token_ids, mask and, for GRPO, advantage and
-    rollout_logprobs (all per-token lists aligned with token_ids)."""
+@dataclass
+class SFTStep:
+    """One SFT optimizer step for one rank (or, before `TrainerGroup` deals it, for all ranks).
 
-    def __init__(self, cfg_yaml: str, rank: int, world_size: int):
+    micro_batches: samples (token_ids, mask: per-token lists aligned with token_ids); every rank gets
+        the same number of micro-batches (FSDP collectives), possibly empty.
+    norm: algos.loss_normaliser of the whole step (token_mean), the same on every rank.
+    """
+    micro_batches: list[list[dict]]
+    norm: float
+
+
+@dataclass
+class GRPOStep:
+    """One GRPO optimizer step: as SFTStep, samples with advantage, rollout_logprobs and optionally
+    old_logprobs (aligned with token_ids), norm for the configured loss_agg, and the temperature the
+    rollouts were sampled at: the trainer's logprobs are those of logits / temperature, the
+    distribution the rollout logprobs are of (the rank has no rollout config to read it from)."""
+    micro_batches: list[list[dict]]
+    norm: float
+    temperature: float
+
+
+# An empty micro-batch slot (a rank with fewer micro-batches than another) still runs a forward and
+# backward, so the FSDP collectives stay in step: on this sequence, which trains no token.
+FILLER = {"token_ids": [0, 0], "mask": [0, 0], "advantage": 0.0, "rollout_logprobs": [0.0, 0.0]}
+
+
+class TrainerWorker:
+    """Ray actor: one rank, configured by the trainer and model sections of the config (YAML)."""
+
+    def __init__(self, trainer_yaml: str, model_yaml: str, rank: int, world_size: int):
         from omegaconf import OmegaConf
-        self.cfg = OmegaConf.create(cfg_yaml)
+        self.tc = OmegaConf.create(trainer_yaml)    # cfg.trainer
+        self.mc = OmegaConf.create(model_yaml)      # cfg.model
         self.rank, self.world_size = rank, world_size
         self.step = 0
 
@@ -37,7 +70,7 @@ class TrainerWorker:
         import ray
         return ray.util.get_node_ip_address(), free_port("")
 
-    def setup(self, master_addr: str, master_port: int, total_steps: int) -> dict[str, Any]:
+    def setup(self, master_addr: str, master_port: int, total_steps: int, seed: int) -> dict[str, Any]:
         import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
@@ -45,15 +78,15 @@ class TrainerWorker:
 
         from core.model import resolve_model_path
 
-        tc = self.cfg.trainer
+        tc = self.tc
         cuda = torch.cuda.is_available()
         backend = tc.backend if tc.backend != "auto" else ("nccl" if cuda else "gloo")
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         if not dist.is_initialized():
             dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-        torch.manual_seed(self.cfg.seed)
-        self.model_path = resolve_model_path(self.cfg.model.path)
+        torch.manual_seed(seed)
+        self.model_path = resolve_model_path(self.mc.path)
         model = AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=torch.float32,
             attn_implementation=tc.attn_implementation if cuda else "sdpa").to(self.device)
@@ -89,7 +122,7 @@ class TrainerWorker:
     def set_schedule(self, total_steps: int, restart: bool = True, lr: float = 0.0) -> None:
         """LR schedule over `total_steps` optimizer steps. restart=False keeps the current step
         (a resumed stage): only the length changes, and the LR is recomputed for that step."""
-        o = self.cfg.trainer.optim
+        o = self.tc.optim
         self.total_steps = total_steps
 
         def multiplier(s: int) -> float:
@@ -105,121 +138,110 @@ class TrainerWorker:
                 group["lr"] = base * multiplier(self.sched.last_epoch)
 
     # -- forward ----------------------------------------------------------------------------------------
-    def _forward(self, model, seqs: list[list[int]], temperature: float = 1.0, keep: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits of the distribution sampled at `temperature` (GRPO trains what the rollouts sampled),
-        at every position or only at the positions `keep` ([B, K, V]: prompts and tool outputs are
-        most of a trajectory and need no vocabulary-sized row)."""
-        ids, attn = algos.pad_batch(seqs)
+    def _trained_logits(self, model, mb: list[dict], temperature: float
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, ids, mask, keep) of a micro-batch: the logits of the distribution sampled at
+        `temperature`, only at the positions `keep` some sequence trains on ([B, K, V]: prompts and
+        tool outputs are most of a trajectory and need no vocabulary-sized row); ids [B, T] padded;
+        mask [B, T-1] aligned with next-token logprobs."""
+        ids, attn = algos.pad_batch([s["token_ids"] for s in mb])
         ids, attn = ids.to(self.device), attn.to(self.device)
-        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=0 if keep is None else keep).logits
-        return algos.tempered(logits, temperature), ids, attn
+        mask = algos.shifted([s["mask"] for s in mb], ids.shape[1]).to(self.device)
+        keep = algos.positions_to_keep(mask)
+        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits
+        return algos.tempered(logits, temperature), ids, mask, keep
 
     @torch.no_grad()
-    def logprobs(self, seqs: list[list[int]], temperature: float = 1.0) -> list[list[float]]:
-        """Per-token logprobs aligned with token ids (position 0 gets 0.0), like rollout logprobs,
-        of the distribution sampled at `temperature`."""
-        batches = [[s] for s in seqs] if self.cfg.trainer.pad_free else [seqs]
-        out = []
-        for batch in batches:
-            logits, ids, _ = self._forward(self.model, batch, temperature)
-            lp = algos.token_logprobs(logits, ids).cpu()
-            out += [[0.0] + lp[i, : len(s) - 1].tolist() for i, s in enumerate(batch)]
-        return out
-
-    @torch.no_grad()
-    def old_logprobs(self, micro_batches: list[list[dict]], temperature: float) -> list[list[list[float]]]:
-        """The policy's logprobs before a step's updates, for each sample of each micro-batch (aligned
-        with token ids), at the positions it trains on and 0.0 elsewhere (the loss reads no others).
-        One micro-batch at a time with logits only at those positions, as in `train`: memory stays that
-        of a training micro-batch however large the step. Every rank must get the same number of
-        micro-batches (FSDP collectives), possibly empty."""
+    def logprobs(self, micro_batches: list[list[dict]], temperature: float) -> list[list[list[float]]]:
+        """The policy's logprobs of the samples (token_ids, mask) of each micro-batch at `temperature`,
+        aligned with token ids: at the positions the mask trains on, 0.0 elsewhere (position 0 always).
+        Used before a step's updates (the old policy of mini-batches > 1) and by tests. One micro-batch
+        at a time with logits only at those positions, as in `train`: memory stays that of a training
+        micro-batch however large the step. Every rank must get the same number of micro-batches
+        (FSDP collectives), possibly empty."""
         out = []
         for mb in micro_batches:
-            seqs = [s["token_ids"] for s in mb] or [[0, 0]]   # an empty one: a dummy forward
-            t = max(len(s) for s in seqs)
-            mask = algos.shifted([s["mask"] for s in mb] or [[0, 0]], t).to(self.device)
-            keep = algos.positions_to_keep(mask)
-            logits, ids, _ = self._forward(self.model, seqs, temperature, keep)
-            lp = algos.token_logprobs(logits, ids, keep).cpu()
+            logits, ids, mask, keep = self._trained_logits(self.model, mb or [FILLER], temperature)
+            # keep is every sequence's trained positions: a sequence gets only its own
+            lp = (algos.token_logprobs(logits, ids, keep) * mask).cpu()
             out.append([[0.0] + lp[i, : len(s["token_ids"]) - 1].tolist() for i, s in enumerate(mb)])
         return out
 
     # -- one optimizer step -------------------------------------------------------------------------------
-    def train(self, kind: str, micro_batches: list[list[dict]], norm: float) -> dict[str, float]:
-        """One optimizer step over this rank's micro-batches. kind: 'sft' or 'grpo'.
-        Every rank must get the same number of micro-batches (FSDP collectives), possibly empty."""
-        tc = self.cfg.trainer
-        g = tc.grpo
+    def train(self, step: SFTStep | GRPOStep) -> dict[str, float]:
+        """One optimizer step over this rank's micro-batches: SFT or GRPO by the step's type.
+        Returns the rank's loss (its share of the step's), token and entropy sums, the grad norm, the
+        LR, and the micro-steps' per-token metrics (max of *_max, else the mean)."""
+        micro_step = self._sft_micro_step if isinstance(step, SFTStep) else self._grpo_micro_step
         self.model.train()
         self.optim.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {"loss": 0.0, "entropy": 0.0, "tokens": 0.0}
-        extra: dict[str, list[float]] = {}
-        for mb in micro_batches:
-            if not mb:   # keep collectives in step: a zero-weight forward/backward on a dummy sequence
-                mb = [{"token_ids": [0, 0], "mask": [0, 0], "advantage": 0.0, "rollout_logprobs": [0.0, 0.0]}]
-            seqs = [s["token_ids"] for s in mb]
-            # GRPO trains the policy at the sampling temperature (vLLM's processed logprobs), not the raw logits
-            temperature = self.cfg.rollout.sampling.temperature if kind == "grpo" else 1.0
-            t = max(len(s) for s in seqs)
-            mask = algos.shifted([s["mask"] for s in mb], t).to(self.device)
-            keep = algos.positions_to_keep(mask)   # logits only where a token is trained
-            logits, ids, _ = self._forward(self.model, seqs, temperature, keep)
-            lp = algos.token_logprobs(logits, ids, keep)
-            if kind == "sft":
-                loss = algos.sft_loss(lp, mask, norm=norm)
-            else:
-                rollout_lp = algos.shifted([s["rollout_logprobs"] for s in mb], t).to(self.device)
-                old_lp = lp.detach()   # one update per step: the old policy is the current one
-                if "old_logprobs" in mb[0]:
-                    # only at trained positions: elsewhere lp is 0 (no logits kept), so the ratio stays 1
-                    old = algos.shifted([s["old_logprobs"] for s in mb], t).to(self.device)
-                    old_lp = torch.where(mask.bool(), old, old_lp)
-                adv = torch.tensor([s["advantage"] for s in mb], dtype=torch.float32, device=self.device)
-                ref_lp = None
-                if self.ref is not None and g.kl_coef > 0:
-                    with torch.no_grad():
-                        ref_logits, _, _ = self._forward(self.ref, seqs, temperature, keep)
-                        ref_lp = algos.token_logprobs(ref_logits, ids, keep)
-                agg = algos.effective_loss_agg(g.policy_loss, g.loss_agg)
-                agg_norm = norm if agg in ("token_mean", "constant") else None
-                if g.policy_loss == "gspo":   # one clipped ratio per sequence (rl/algos.py gspo_loss)
-                    loss, m = algos.gspo_loss(lp, old_lp, rollout_lp, adv, mask, clip_low=g.gspo_clip_low,
-                                              clip_high=g.gspo_clip_high, tis_cap=g.tis_cap,
-                                              ref_logprobs=ref_lp, kl_coef=g.kl_coef)
+        loss_sum, sums, per_mb = 0.0, {"tokens": 0.0, "entropy_sum": 0.0}, {}
+        for mb in step.micro_batches:
+            loss, metrics = micro_step(mb or [FILLER], step)
+            (loss * self.world_size).backward()   # FSDP averages gradients over ranks: make it a sum
+            loss_sum += loss.item()
+            for k, v in metrics.items():
+                if k in sums:
+                    sums[k] += v
                 else:
-                    loss, m = algos.policy_loss(lp, old_lp, rollout_lp, adv, mask, clip_low=g.clip_low,
-                                                clip_high=g.clip_high, tis_cap=g.tis_cap, agg=g.loss_agg,
-                                                norm=agg_norm, ref_logprobs=ref_lp, kl_coef=g.kl_coef,
-                                                clip_ratio_c=g.clip_ratio_c)
-                ent = algos.entropy(logits if g.entropy_coef else logits.detach(), keep, t - 1)
-                sums["entropy"] += (ent.detach() * mask).sum().item()
-                if g.entropy_coef:   # an entropy bonus, aggregated like the loss (per sequence in seq_mean_*)
-                    loss = loss - g.entropy_coef * algos.aggregate(ent, mask, agg, agg_norm)
-                if agg_norm is None:   # per-sequence means: weight this micro-batch by its share of the
-                    loss = loss * algos.trained_sequences(mask) / norm   # trained sequences (norm)
-                # mismatch between what vLLM computed and what the trainer computes, same weights
-                # (exact when old == current policy, i.e. the first mini-batch of a step)
-                diff = (old_lp - rollout_lp).abs()[mask.bool()]
-                if diff.numel():   # no trained token (a filler): no per-token metrics to dilute the means
-                    extra.setdefault("logprob_mismatch_mean", []).append(diff.mean().item())
-                    extra.setdefault("logprob_mismatch_max", []).append(diff.max().item())
-                    for k, v in m.items():
-                        extra.setdefault(k, []).append(v)
-            (loss * self.world_size).backward()
-            sums["loss"] += loss.item() * self.world_size
-            sums["tokens"] += mask.sum().item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.optim.max_grad_norm)
+                    per_mb.setdefault(k, []).append(v)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.optim.max_grad_norm)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         self.optim.step()
         self.sched.step()
         self.step += 1
-        out = {"loss": sums["loss"] / self.world_size, "grad_norm": float(grad_norm),
-               "lr": self.sched.get_last_lr()[0], "tokens": sums["tokens"],
-               "entropy_sum": sums["entropy"]}
-        for k, v in extra.items():
+        out = {"loss": loss_sum, "grad_norm": float(grad_norm), "lr": self.sched.get_last_lr()[0], **sums}
+        for k, v in per_mb.items():
             out[k] = max(v) if k.endswith("_max") else sum(v) / len(v)
         return out
+
+    def _sft_micro_step(self, mb: list[dict], step: SFTStep) -> tuple[torch.Tensor, dict[str, float]]:
+        """SFT loss of one micro-batch: the negative log-likelihood of its masked tokens under the raw
+        logits (temperature 1: the data's distribution), over the step's token count."""
+        logits, ids, mask, keep = self._trained_logits(self.model, mb, 1.0)
+        lp = algos.token_logprobs(logits, ids, keep)
+        loss = algos.sft_loss(lp, mask, norm=step.norm)
+        return loss, {"tokens": mask.sum().item()}
+
+    def _grpo_micro_step(self, mb: list[dict], step: GRPOStep) -> tuple[torch.Tensor, dict[str, float]]:
+        """GRPO loss of one micro-batch, over the step's normaliser: the clipped, importance-weighted
+        policy loss (token or GSPO) at the rollouts' temperature, plus the KL to the reference and
+        minus the entropy bonus when configured, with its per-token metrics."""
+        g = self.tc.grpo
+        logits, ids, mask, keep = self._trained_logits(self.model, mb, step.temperature)
+        t = ids.shape[1]
+        lp = algos.token_logprobs(logits, ids, keep)
+        rollout_lp = algos.shifted([s["rollout_logprobs"] for s in mb], t).to(self.device)
+        old_lp = lp.detach()   # one update per step: the old policy is the current one
+        if "old_logprobs" in mb[0]:
+            # only at trained positions: elsewhere lp is 0 (no logits kept), so the ratio stays 1
+            old = algos.shifted([s["old_logprobs"] for s in mb], t).to(self.device)
+            old_lp = torch.where(mask.bool(), old, old_lp)
+        adv = torch.tensor([s["advantage"] for s in mb], dtype=torch.float32, device=self.device)
+        ref_lp = None
+        if self.ref is not None and g.kl_coef > 0:
+            with torch.no_grad():
+                ref_logits, _, _, _ = self._trained_logits(self.ref, mb, step.temperature)
+                ref_lp = algos.token_logprobs(ref_logits, ids, keep)
+        agg = algos.effective_loss_agg(g.policy_loss, g.loss_agg)
+        if g.policy_loss == "gspo":   # one clipped ratio per sequence (rl/algos.py gspo_loss)
+            loss, m = algos.gspo_loss(lp, old_lp, rollout_lp, adv, mask, clip_low=g.gspo_clip_low,
+                                      clip_high=g.gspo_clip_high, tis_cap=g.tis_cap, ref_logprobs=ref_lp,
+                                      kl_coef=g.kl_coef, norm=step.norm)
+        else:
+            loss, m = algos.policy_loss(lp, old_lp, rollout_lp, adv, mask, clip_low=g.clip_low,
+                                        clip_high=g.clip_high, tis_cap=g.tis_cap, agg=agg, norm=step.norm,
+                                        ref_logprobs=ref_lp, kl_coef=g.kl_coef, clip_ratio_c=g.clip_ratio_c)
+        ent = algos.entropy(logits if g.entropy_coef else logits.detach(), keep, t - 1)
+        if g.entropy_coef:   # an entropy bonus, aggregated like the loss (per sequence in seq_mean_*)
+            loss = loss - g.entropy_coef * algos.aggregate(ent, mask, agg, step.norm)
+        metrics = {"tokens": mask.sum().item(), "entropy_sum": (ent.detach() * mask).sum().item()}
+        # mismatch between what vLLM computed and what the trainer computes, same weights
+        # (exact when old == current policy, i.e. the first mini-batch of a step)
+        diff = (old_lp - rollout_lp).abs()[mask.bool()]
+        if diff.numel():   # no trained token (a filler): no per-token metrics to dilute the means
+            metrics.update(logprob_mismatch_mean=diff.mean().item(), logprob_mismatch_max=diff.max().item(), **m)
+        return loss, metrics
 
     def skip_steps(self, n: int) -> None:
         """Move the LR schedule on by `n` optimizer steps that had nothing to train (a GRPO step whose
@@ -298,14 +320,16 @@ class TrainerWorker:
         """This rank's view of the weights to stream, in the engine's dtype."""
         from rl.weight_sync import FSDPWeightSource
         return FSDPWeightSource(self.model, tie_word_embeddings=self.tie,
-                                dtype=getattr(torch, self.cfg.model.dtype), device=self.device)
+                                dtype=getattr(torch, self.mc.dtype), device=self.device)
 
-    def init_weight_transfer(self, master_addr: str, port: int, world_size: int, engine_handles: list) -> None:
+    def init_weight_transfer(self, master_addr: str, port: int, world_size: int, engine_handles: list,
+                             backend: str, tensor_parallel_size: int) -> None:
         """Join vLLM's weight-transfer group (every rank; rank 0 is the sender and rendezvous with the
-        engines at master_addr:port, so this blocks on rank 0 until they have joined)."""
+        engines at master_addr:port, so this blocks on rank 0 until they have joined). `backend` and
+        `tensor_parallel_size` are the engines' (rollout.engine.*), given by the driver."""
         from rl.weight_sync import RayEngineClient, trainer_engine
-        self._sync_client = RayEngineClient(engine_handles, self.cfg.rollout.engine.tensor_parallel_size)
-        self._transfer = trainer_engine(self.cfg.rollout.engine.weight_transfer, rank=self.rank,
+        self._sync_client = RayEngineClient(engine_handles, tensor_parallel_size)
+        self._transfer = trainer_engine(backend, rank=self.rank,
                                         source=self.weight_source(), client=self._sync_client,
                                         master_addr=master_addr, port=port, world_size=world_size)
 

@@ -7,7 +7,7 @@ import torch
 from rl.algos import (aggregate, entropy, group_advantages, k3_kl, lr_multiplier, mask_turns, pack_by_tokens,
                       policy_loss, positions_to_keep, shifted, token_logprobs)
 from rl.algos import effective_loss_agg, gspo_loss, informative
-from rl.algos import LOG_RATIO_MAX, tempered, trained_sequences
+from rl.algos import LOG_RATIO_MAX, loss_normaliser, tempered, trained_sequences
 
 
 def test_grpo_advantages_by_hand():
@@ -320,6 +320,47 @@ def test_sequences_without_a_trained_token_do_not_count_in_seq_means():
     assert aggregate(x, m, "seq_mean_token_sum").item() == pytest.approx((6 + 4) / 2)
     assert aggregate(x, m, "seq_mean_token_mean", norm=4).item() == pytest.approx((2 + 4) / 4)   # a global count
     assert aggregate(x, torch.zeros(3, 3), "seq_mean_token_mean").item() == 0.0   # nothing trained: 0, not nan
+
+
+def test_loss_normaliser_by_hand_for_every_mode():
+    # token-aligned masks; position 0 is never a target (nothing precedes it), so its 1 does not count
+    masks = [[0, 1, 1, 1],   # 3 trained tokens
+             [1, 1, 0, 0],   # 1 (positions 1..3: one)
+             [0, 0, 0],      # none: every turn left out of the loss
+             [0, 0, 1]]      # 1
+    assert loss_normaliser(masks, "token_mean") == 5.0
+    assert loss_normaliser(masks, "seq_mean_token_mean") == 3.0   # the untrained sequence is not counted
+    assert loss_normaliser(masks, "seq_mean_token_sum") == 3.0
+    assert loss_normaliser(masks, "constant", tokens_per_sequence=10) == 40.0   # every sequence: a budget
+    for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"):   # nothing trained: 0, not nan
+        assert loss_normaliser([[0, 0], [1, 0]], mode) == 1.0
+    with pytest.raises(ValueError, match="tokens_per_sequence"):
+        loss_normaliser(masks, "constant")
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        loss_normaliser(masks, "seq_sum")
+
+
+def test_split_batches_add_up_to_the_whole_with_the_step_normaliser():
+    """The loss of a step split into micro-batches and dealt over ranks (empty slots included), each
+    piece divided by the step's loss_normaliser, adds up to the whole batch's, which is the
+    hand-computed one; a piece alone (no norm) divides by its own count, as loss_normaliser counts."""
+    from rl.group import deal
+    masks = [[0, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0], [0, 0, 1]]
+    m = shifted(masks, 4)                    # [[1,1,1], [1,0,0], [0,0,0], [0,1,0]]
+    x = torch.arange(1.0, 13.0).view(4, 3)   # [[1,2,3], [4,5,6], [7,8,9], [10,11,12]]
+    by_hand = {"token_mean": (1 + 2 + 3 + 4 + 11) / 5, "seq_mean_token_sum": (6 + 4 + 11) / 3,
+               "seq_mean_token_mean": (2 + 4 + 11) / 3, "constant": 21 / 40}
+    for mode, expected in by_hand.items():
+        norm = loss_normaliser(masks, mode, tokens_per_sequence=10)
+        assert aggregate(x, m, mode, norm).item() == pytest.approx(expected)
+        for rows in ([[0], [1, 2], [3]], [[0, 1], [2, 3]], [[2], [0, 3], [1]]):
+            ranks = deal(rows, 2, per_rank=3)   # 2 ranks x 3 slots: some empty
+            total = sum(aggregate(x[r], m[r], mode, norm) for rank in ranks for r in rank if r)
+            assert total.item() == pytest.approx(expected), (mode, rows)
+        if mode != "constant":
+            for r in ([0], [1, 2], [2], [0, 3]):
+                local = loss_normaliser([masks[i] for i in r], mode)
+                assert aggregate(x[r], m[r], mode).item() == pytest.approx(aggregate(x[r], m[r], mode, local).item())
 
 
 def test_a_micro_batch_without_trained_tokens_merges_cleanly():

@@ -118,13 +118,65 @@ def test_pad_free_takes_the_same_steps_as_padded_micro_batches(cluster, tok, tmp
     assert max((padded[k] - unpadded[k]).abs().max().item() for k in padded) <= 2e-4
 
 
+def whole(seqs):
+    """Samples that train every position: TrainerGroup.logprobs of whole sequences."""
+    return [{"token_ids": list(s), "mask": [1] * len(s)} for s in seqs]
+
+
 def sampled_by(g, data, version):
     """The demos as if the trainer's current policy had sampled them (its own logprobs), in two
     groups of mixed rewards."""
-    sampled = g.logprobs([t.token_ids for t in data], g.cfg.rollout.sampling.temperature)
+    sampled = g.logprobs(whole(t.token_ids for t in data), g.cfg.rollout.sampling.temperature)
     return [Trajectory(task_id=t.task_id, messages=t.messages, token_ids=t.token_ids, response_mask=t.response_mask,
                        logprobs=lp, group_id=str(i % 2), reward=float(i % 4 < 2), policy_version=version)
             for i, (t, lp) in enumerate(zip(data, sampled))]
+
+
+def test_a_rank_needs_only_the_trainer_and_model_sections(tok, tmp_path):
+    """A TrainerWorker given cfg.trainer and cfg.model and nothing else (in this process, one gloo rank;
+    the rest comes with each call). Its logprobs, micro-batch by micro-batch with logits only at the
+    trained positions, equal a plain whole-batch forward (one padded batch, every position) to 1e-6,
+    0.0 elsewhere. A GRPO step trains at the temperature it carries: rollout logprobs sampled at 0.8
+    match the trainer's at 0.8, not at 1."""
+    import torch.distributed as dist
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM
+
+    from rl.algos import loss_normaliser, pad_batch, tempered, token_logprobs
+    from rl.worker import GRPOStep, TrainerWorker
+    from terminus.net import free_port
+
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this process")
+    cfg = config(tmp_path, "trainer.num_workers=1", "trainer.grpo.lr=0.01")
+    w = TrainerWorker(OmegaConf.to_yaml(cfg.trainer), OmegaConf.to_yaml(cfg.model), 0, 1)
+    try:
+        w.setup("127.0.0.1", free_port(), 1, cfg.seed)
+        data = demos(tok, 6)
+        plain = AutoModelForCausalLM.from_pretrained(w.model_path, dtype=torch.float32)
+        ids, attn = pad_batch([t.token_ids for t in data])
+        with torch.no_grad():
+            full = token_logprobs(tempered(plain(input_ids=ids, attention_mask=attn).logits, 0.8), ids)
+        # the last 5 tokens of each (as a GRPO loss mask trains a few), none in one, all in another
+        samples = [{"token_ids": t.token_ids, "mask": [0] * (len(t.token_ids) - 5) + [1] * 5} for t in data]
+        samples[2]["mask"] = [0] * len(data[2].token_ids)
+        samples[4]["mask"] = [1] * len(data[4].token_ids)
+        chunked = [lp for mb in w.logprobs([samples[0:2], samples[2:4], samples[4:6], []], 0.8) for lp in mb]
+        for i, (s, lp) in enumerate(zip(samples, chunked)):
+            assert len(lp) == len(s["token_ids"]) and lp[0] == 0.0
+            for k in range(1, len(lp)):
+                assert abs(lp[k] - full[i, k - 1].item()) <= 1e-6 if s["mask"][k] else lp[k] == 0.0, (i, k, lp[k], full[i, k - 1].item())
+
+        def grpo_step(rollout_lp, temperature):
+            batch = [dict(s, advantage=(-1.0) ** i, rollout_logprobs=lp) for i, (s, lp) in enumerate(zip(samples, rollout_lp))]
+            norm = loss_normaliser([s["mask"] for s in batch], "token_mean")
+            return w.train(GRPOStep([batch[:3], batch[3:]], norm, temperature))
+
+        assert grpo_step(chunked, 0.8)["logprob_mismatch_max"] <= 1e-5
+        sampled = [lp for mb in w.logprobs([samples], 0.8) for lp in mb]   # the updated policy's
+        assert grpo_step(sampled, 1.0)["logprob_mismatch_max"] > 1e-2
+    finally:
+        w.shutdown()
 
 
 def test_grpo_mini_batches_are_clipped_against_the_policy_that_sampled(cluster, tok, tmp_path):
@@ -243,7 +295,8 @@ def test_grpo_step_is_the_same_over_ranks_micro_batches_and_pad_free(cluster, to
                                 "trainer.optim.warmup_steps=0", "trainer.optim.schedule=constant"))
         try:
             trajs, trainer_lp = off_policy(g, data, 0, zero_mask=3)
-            old = g.old_logprobs([{"token_ids": t.token_ids, "mask": t.response_mask} for t in trajs])
+            old = g.logprobs([{"token_ids": t.token_ids, "mask": t.response_mask} for t in trajs],
+                             g.cfg.rollout.sampling.temperature)
             for t, o, full in zip(trajs, old, trainer_lp):
                 at = [k for k, m in enumerate(t.response_mask) if m and k > 0]
                 assert max((abs(o[k] - full[k]) for k in at), default=0.0) <= 1e-5, name
@@ -353,7 +406,7 @@ def test_exported_weights_reach_vllm_exactly(cluster, tok, tmp_path):
         data = demos(tok, 4)
         g.sft(data)
         seqs = [t.token_ids for t in data]
-        trainer_lp = g.logprobs(seqs)
+        trainer_lp = g.logprobs(whole(seqs), 1.0)
         before = ray.get(engine.handle.score.remote(seqs[0]))
         path = g.export_hf(tmp_path / "v1")
         asyncio.run(engine.update_weights(str(path), 1))
@@ -367,7 +420,7 @@ def test_exported_weights_reach_vllm_exactly(cluster, tok, tmp_path):
         prompt = seqs[0][:40]
         gen = ray.get(engine.handle.generate.remote(prompt, Sampling(max_tokens=16, temperature=0.8, ignore_eos=True)))
         seq = prompt + list(gen.token_ids)
-        tempered, raw = g.logprobs([seq], 0.8)[0][len(prompt):], g.logprobs([seq])[0][len(prompt):]
+        tempered, raw = g.logprobs(whole([seq]), 0.8)[0][len(prompt):], g.logprobs(whole([seq]), 1.0)[0][len(prompt):]
         assert max(abs(a - b) for a, b in zip(gen.logprobs, tempered)) <= 1e-4
         assert max(abs(a - b) for a, b in zip(gen.logprobs, raw)) > 1e-3
     finally:
