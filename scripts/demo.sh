@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The embedded default, end to end, on this machine's CPU: build the tiny model and the built-in
-# tasks, collect teacher demonstrations, SFT, GRPO with the rules judge, evaluate on held-out tasks.
+# The embedded default, end to end, on this machine's CPU: build the tiny model and the generated task
+# family, collect teacher demonstrations, SFT, GRPO with the rules judge, evaluate on held-out projects.
 # Writes runs/tiny_cpu/ (summary.json, metrics.jsonl, rewards.png, checkpoints/, hf/, wandb/).
 # Extra arguments are config overrides, e.g. `bash scripts/demo.sh trainer.grpo.steps=4`.
 set -euo pipefail
