@@ -62,8 +62,8 @@ async def _train(cfg) -> dict[str, Any]:
     # One event loop for the whole job: the judge pool's limits and the engine client live in it.
     # Trainer calls block (they wait on the ranks), so they run in threads.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")   # keep the console to the job's progress
+    check_engine_kind(cfg)           # fail fast, before anything is written or started
     run_dir = prepare_run_dir(cfg)   # refuses to resume a run of another config; saves this one's
-    check_engine_kind(cfg)                                  # fail fast, before anything starts
     if "grpo" in cfg.trainer.stage:
         check_grpo_sampling(cfg)
     ev = cfg.trainer.eval

@@ -69,8 +69,8 @@ class VLLMJudge:
         resolve_model_path(cfg.model_path)   # a bad path fails here, not in an actor
         self.cfg = cfg
         self.name = f"vllm:{cfg.model_path}"
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        actor = ray.remote(num_cpus=0, num_gpus=gpus)(JudgeEngine)
+        from rollout.engine.vllm_engine import cluster_has_gpus
+        actor = ray.remote(num_cpus=0, num_gpus=1 if cluster_has_gpus() else 0)(JudgeEngine)
         self.actors = []
         for i in range(cfg.num_workers):
             opts: dict[str, Any] = {"max_concurrency": 1000}
