@@ -67,13 +67,13 @@ async def bench_vllm(n: int) -> None:
 
 async def bench_overlap(cfg, episodes: int) -> None:
     from judge.pool import JudgePool
-    from rollout.engine.vllm_engine import start_engine_actor
+    from rollout.engine import make_engine
     from rollout.worker import load_tokenizer, run_requests
     from tasks import load_tasks
     from core.model import resolve_model_path
 
     tokenizer = load_tokenizer(str(resolve_model_path(cfg.model.path)))
-    engine = start_engine_actor(cfg)
+    engine = make_engine(cfg, actor=True)
     train = load_tasks("builtin", "train")
     tasks = [train[i % len(train)] for i in range(episodes)]
     by_id = {t.id: t for t in train}
@@ -123,11 +123,11 @@ def main() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import ray
 
+    from core.raycluster import init_ray
     from terminus.config import load_config
     cfg = load_config(args.config, args.overrides)
     bench_rules()
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-             log_to_driver=bool(os.environ.get("BENCH_VERBOSE")))
+    init_ray(log_to_driver=bool(os.environ.get("BENCH_VERBOSE")))
     try:
         asyncio.run(bench_overlap(cfg, args.episodes))
         if not args.skip_vllm:

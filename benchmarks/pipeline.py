@@ -69,28 +69,29 @@ async def run(cfg, steps: int) -> tuple[dict[int, list[dict]], int]:
     """{staleness: per-step rows} for staleness 0 then 1, and the number of GRPO tasks."""
     from pathlib import Path
 
-    from cluster.driver import load_run_tasks
     from cluster.grpo import run_grpo
-    from cluster.resources import cpus_needed, init_ray, make_layout
+    from cluster.resources import cpus_needed, make_layout
     from cluster.rollout_pool import RolloutPool
+    from core.raycluster import init_ray
+    from evaluation.tasks_io import load_task_list
     from judge.pool import JudgePool
     from rl.group import TrainerGroup
+    from rollout.engine import make_engine
     from rollout.teacher import choose_demo_tasks
-    from rollout.engine.vllm_engine import start_engine_actor
 
     run_dir = Path(cfg.output_dir)
-    tasks = load_run_tasks(cfg, cfg.tasks.train_split)
+    tasks = load_task_list(cfg, cfg.tasks.train_split)
     if cfg.trainer.grpo.tasks == "undemonstrated":   # the tasks the driver's GRPO stage samples
         tasks = choose_demo_tasks(tasks, cfg.trainer.sft.demo_fraction, cfg.seed)[1]
         if not tasks:
             raise SystemExit("trainer.grpo.tasks=undemonstrated leaves no tasks: set trainer.sft.demo_fraction below 1")
     counts = {"rollout": cfg.rollout.num_workers, "trainer": cfg.trainer.num_workers, "judge": cfg.judge.num_workers}
-    init_ray(cfg.cluster, min_cpus=cpus_needed(cfg.cluster, counts))
+    init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus, min_cpus=cpus_needed(cfg.cluster, counts))
     layout = make_layout(cfg.cluster, counts)
     pool = RolloutPool(cfg, None, cfg.rollout.num_workers, placement=lambda i: layout.options("rollout", i))
     trainer = TrainerGroup(cfg, layout=layout)
-    judge = JudgePool(cfg.judge, run_dir=run_dir)
-    engine = start_engine_actor(cfg)
+    judge = JudgePool(cfg.judge, run_dir=run_dir, layout=layout)
+    engine = make_engine(cfg, actor=True, options=layout.options("engine", 0))
     trainer.init_weight_transfer([engine])
     pool.set_engine(engine)
 

@@ -68,13 +68,13 @@ def bench_tasks(k: int) -> list:
 
 async def run(cfg, episodes: int, rounds: int) -> None:
     from rollout.engine.base import Sampling
-    from rollout.engine.vllm_engine import start_engine_actor
+    from rollout.engine import make_engine
     from core.protocol import initial_messages
     from rollout.worker import load_tokenizer, run_requests, summarize
     from core.model import resolve_model_path
 
     tokenizer = load_tokenizer(str(resolve_model_path(cfg.model.path)))
-    engine = start_engine_actor(cfg)
+    engine = make_engine(cfg, actor=True)
     print(f"engine: {await engine.info()}")
     tasks = bench_tasks(episodes)
     # Warm up both paths (first requests compile kernels, first sandboxes touch the disk).
@@ -143,10 +143,10 @@ def main() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import ray
 
+    from core.raycluster import init_ray
     from terminus.config import load_config
     cfg = load_config(args.config, [f"rollout.sampling.constrain={args.constrain}", *args.overrides])
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-             log_to_driver=bool(os.environ.get("BENCH_VERBOSE")))
+    init_ray(log_to_driver=bool(os.environ.get("BENCH_VERBOSE")))
     try:
         asyncio.run(run(cfg, args.episodes, args.rounds))
     finally:

@@ -95,6 +95,7 @@ def main() -> None:
 
     import ray
 
+    from core.raycluster import init_ray
     from terminus.config import load_config
     from core.model import resolve_model_path
     cfg = load_config(args.config, ["logging.wandb_mode=disabled", "output_dir=/tmp/terminus-bench-trainer",
@@ -104,7 +105,7 @@ def main() -> None:
     samples = batch(vocab, args.seqs, args.len)
     varied = batch(vocab, args.varied, args.len, varied=True)
     plain = plain_loop(path, samples, args.steps, cfg.trainer.optim.lr)
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=4, log_to_driver=False)
     try:
         cfg.trainer.pad_free = False
         one = fsdp(cfg, samples, args.steps, 1)

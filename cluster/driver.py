@@ -3,7 +3,9 @@ then GRPO (cluster/grpo.py: generate -> judge -> advantages -> update -> sync ->
 with held-out evaluation every K steps), either stage alone by `trainer.stage`.
 
 Wiring only: each part lives in its package and is imported here plainly. This module places them
-on the cluster (cluster.resources), keeps rollout workers alive (cluster.rollout_pool), runs the
+on the cluster (cluster.resources: the vLLM engine, built by rollout.engine.make_engine, takes its
+rollout bundle's GPUs, the rollout workers its CPUs, the judge pool the judge bundles), keeps
+rollout workers alive (cluster.rollout_pool), runs the
 teacher's demonstrations (rollout.teacher), the SFT stage, the GRPO stage (cluster.grpo, on the
 step schedule of cluster.pipeline) and the held-out evaluations (evaluation.heldout), and measures
 the job's peak memory (cluster.memory).
@@ -21,29 +23,34 @@ from typing import Any
 
 from cluster.grpo import report_eval, run_grpo
 from cluster.memory import PeakMemory
-from cluster.resources import cpus_needed, init_ray, make_layout
+from cluster.resources import cpus_needed, make_layout
 from cluster.rollout_pool import RolloutPool
+from core.errors import ConfigError
 from core.files import write_json_atomic
 from core.model import resolve_model_path
+from core.raycluster import init_ray
 from evaluation.heldout import compare_evals, evaluate, results_table
 from evaluation.render import plot_rewards
-from evaluation.validate import validate_sample
+from evaluation.tasks_io import load_task_list
 from judge.pool import JudgePool
 from rl.config import check_grpo_sampling
 from rl.group import TrainerGroup
 from rl.resume import prepare_run_dir
-from rollout.engine.vllm_engine import cluster_has_gpus, start_engine_actor
+from rollout.engine import make_engine
+from rollout.engine.vllm_engine import cluster_has_gpus
 from rollout.teacher import choose_demo_tasks, collect_demos
 from rollout.worker import load_tokenizer
-from tasks import load_tasks
 
 log = logging.getLogger(__name__)
 
 
-def load_run_tasks(cfg, split: str) -> list:
-    """A split of the configured corpus, refused if built for more output than episodes show."""
-    return list(load_tasks(cfg.tasks, split, observation_cap=cfg.rollout.sandbox.output_limit_bytes,
-                           validate=validate_sample))
+def check_engine_kind(cfg) -> None:
+    """Training pushes the trainer's weights into the engine: only a vLLM engine takes them."""
+    if cfg.rollout.engine.kind != "vllm":
+        raise ConfigError(f"rollout.engine.kind={cfg.rollout.engine.kind}: training needs rollout.engine.kind=vllm "
+                          "(the trainer's weights are loaded into the engine after each update, and an "
+                          "OpenAI-compatible endpoint cannot take them); evaluate an endpoint with "
+                          "`terminus eval -s openai:MODEL@URL` instead")
 
 
 def train(cfg) -> dict[str, Any]:
@@ -55,12 +62,13 @@ async def _train(cfg) -> dict[str, Any]:
     # One event loop for the whole job: the judge pool's limits and the engine client live in it.
     # Trainer calls block (they wait on the ranks), so they run in threads.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")   # keep the console to the job's progress
+    check_engine_kind(cfg)           # fail fast, before anything is written or started
     run_dir = prepare_run_dir(cfg)   # refuses to resume a run of another config; saves this one's
     if "grpo" in cfg.trainer.stage:
-        check_grpo_sampling(cfg)                            # fail fast, before anything starts
+        check_grpo_sampling(cfg)
     ev = cfg.trainer.eval
-    train_tasks = load_run_tasks(cfg, cfg.tasks.train_split)
-    eval_tasks = load_run_tasks(cfg, cfg.tasks.eval_split) if ev.enabled else []
+    train_tasks = load_task_list(cfg, cfg.tasks.train_split)
+    eval_tasks = load_task_list(cfg, cfg.tasks.eval_split) if ev.enabled else []
     counts = {"rollout": cfg.rollout.num_workers, "trainer": cfg.trainer.num_workers,
               "judge": cfg.judge.num_workers}
     demo_tasks, undemonstrated = choose_demo_tasks(train_tasks, cfg.trainer.sft.demo_fraction, cfg.seed)
@@ -72,33 +80,43 @@ async def _train(cfg) -> dict[str, Any]:
                                          "grpo": len(grpo_tasks), "eval": len(eval_tasks)}}
     evals: dict[str, dict] = {}
     transfer: dict[str, dict] = {}                       # the same stages on the held-out family
-    transfer_tasks = load_run_tasks(cfg, ev.transfer_split) if ev.enabled and ev.transfer_split else []
+    transfer_tasks = load_task_list(cfg, ev.transfer_split) if ev.enabled and ev.transfer_split else []
     loop = asyncio.get_running_loop()
     started, wall = loop.time(), {}                      # wall-clock seconds per phase
     with PeakMemory(interval_s=2.0) as mem:
-        init_ray(cfg.cluster, min_cpus=cpus_needed(cfg.cluster, counts))
+        init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus, min_cpus=cpus_needed(cfg.cluster, counts))
         layout = make_layout(cfg.cluster, counts)
         model_path = str(resolve_model_path(cfg.model.path))
         tokenizer = load_tokenizer(model_path)
+        # The engine takes rollout bundle 0's GPU share, the workers the CPUs (cluster.resources.placement).
         pool = RolloutPool(cfg, None, cfg.rollout.num_workers, placement=lambda i: layout.options("rollout", i))
-        judge = JudgePool(cfg.judge, run_dir=run_dir)
+        judge = JudgePool(cfg.judge, run_dir=run_dir, layout=layout)
+
+        def start_engine():
+            options = layout.options("engine", 0)
+            if cluster_has_gpus() and not options["num_gpus"]:
+                raise ConfigError("the cluster has GPUs but the vLLM engine's bundle has none: set "
+                                  "cluster.rollout.num_gpus (the engine takes its rollout bundle's GPUs)")
+            return make_engine(cfg, tokenizer, actor=True, options=options)
+
         engine = trainer = None
         try:
             # Without GPUs the engine starts (~30 s of imports and profiling) while the trainer sets up;
             # on GPUs after it, so that vLLM sizes its memory with the trainer's share already taken.
             if not cluster_has_gpus():
-                engine = start_engine_actor(cfg)
+                engine = start_engine()
             trainer = await asyncio.to_thread(TrainerGroup, cfg, layout=layout)
             start_step, start_version = (await asyncio.to_thread(trainer.resume_point)
                                          if cfg.trainer.checkpoint.resume == "auto" else (0, 0))
             resumed_in_grpo = trainer.stage == "grpo"
             run_sft = "sft" in cfg.trainer.stage and not resumed_in_grpo
             if engine is None:
-                engine = start_engine_actor(cfg)
+                engine = start_engine()
             if run_sft:   # the scripted teacher needs no engine: it plays while vLLM starts
                 demos, m = await collect_demos(cfg, demo_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")
                 print(f"[sft] {m['demos_total']} teacher demos, {m['demos_failed']} failed", flush=True)
-            # Weight sync (disk, nccl or ipc by rollout.engine.weight_transfer) goes through push_weights.
+            # Weight sync (disk, nccl or ipc by rollout.engine.weight_transfer) goes through the trainer's
+            # WeightSync interface (rollout.engine.base): init_weight_transfer once, push_weights per sync.
             await asyncio.to_thread(trainer.init_weight_transfer, [engine])
             if resumed_in_grpo:   # the engine starts from the base weights: give it the checkpoint's
                 await asyncio.to_thread(trainer.push_weights, [engine], start_version, run_dir / "weights" / "resumed")

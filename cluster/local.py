@@ -4,7 +4,7 @@
 Used by the tests and by anyone who wants to try a multi-node layout on one box:
 
     with LocalCluster(nodes=[{"rollout_node": 1}, {"trainer_node": 1}], dashboard=True) as c:
-        ray.init(address=c.address); ...          # or JobSubmissionClient(c.dashboard_url)
+        init_ray(c.address); ...                  # core.raycluster; or JobSubmissionClient(c.dashboard_url)
 """
 from __future__ import annotations
 

@@ -1,20 +1,21 @@
-"""Ray start-up and resource layouts: where the rollout, judge and trainer actors run.
+"""Resource layouts: where the vLLM engine, the rollout, judge and trainer actors run (starting or
+joining Ray is core.raycluster.init_ray).
 
 Two layouts, chosen by `cluster.layout`:
 
-- colocated: one placement group whose bundle i hosts rollout actor i AND trainer worker i
-  (and the judge), so they share a device. On GPU the engines sleep while the trainer runs
+- colocated: one placement group whose bundle i hosts rollout worker i and its engine AND trainer
+  worker i (and the judge), so they share a device. On GPU the engines sleep while the trainer runs
   (`cluster.sleep_engines`); on CPU they simply share the cores.
 - disaggregated: one placement group per pool (rollout, judge, trainer), one bundle per actor,
   each bundle asking for that pool's `PoolConfig` resources. Custom resources in a pool's config
   (e.g. `{"rollout_node": 1}`) pin its bundles to the nodes started with that resource, which is
   how a multi-node cluster is split between pools.
 
-Callers ask `Layout.options(pool, i)` for the `.options(...)` kwargs of actor i of a pool.
+Callers ask `Layout.options(actor, i)` for the `.options(...)` kwargs of actor i; `placement` is the
+same decision as a pure function (which bundle, which resources), so it is tested without a GPU.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -26,37 +27,6 @@ POOLS = ("rollout", "judge", "trainer")
 
 class PlacementError(UserError, RuntimeError):
     """The cluster cannot host the requested layout; the message names the pool and what it asked for."""
-
-
-class ClusterUnreachable(UserError, ConnectionError):
-    """cluster.address names a Ray cluster that does not answer."""
-
-
-def init_ray(cfg, *, runtime_env: dict | None = None, min_cpus: float = 0, **kwargs) -> None:
-    """Start a local Ray (cluster.address == "") or join the cluster at cluster.address. Idempotent.
-
-    A local Ray gets cluster.num_cpus logical CPUs, or (0) the machine's count raised to `min_cpus`
-    so the configured layout always fits on one small machine (Ray CPUs are only bookkeeping).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = {"env_vars": {k: v for k, v in os.environ.items()
-                        if k.startswith(("VLLM_", "WANDB_", "TERMINUS_", "TOKENIZERS_"))}}
-    if runtime_env:
-        env.update(runtime_env)
-    if not cfg.address:
-        num_cpus = cfg.num_cpus or max(os.cpu_count() or 1, math.ceil(min_cpus))
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 runtime_env=env, log_to_driver=True, **kwargs)
-    else:
-        try:
-            ray.init(address=cfg.address, runtime_env=env, **kwargs)
-        except ConnectionError as e:
-            raise ClusterUnreachable(f"cannot reach the Ray cluster at cluster.address={cfg.address} ({e}); "
-                                     "start it (`ray start --head` on the head node) or fix the address "
-                                     "(empty = a local Ray)") from None
 
 
 def _bundle(pool) -> dict[str, float]:
@@ -94,33 +64,60 @@ def cpus_needed(cfg, counts: Mapping[str, int]) -> float:
     return sum(b.get("CPU", 0.0) for bundles in bundles_for(cfg, counts).values() for b in bundles)
 
 
+# Actors placed by a layout -> the pool whose bundles they use. A rollout bundle holds two actors:
+# the vLLM engine and the rollout worker that runs episodes against it.
+ACTORS = {"engine": "rollout", "rollout": "rollout", "judge": "judge", "trainer": "trainer"}
+
+
+def placement(cfg, counts: Mapping[str, int], actor: str, index: int = 0) -> dict[str, Any]:
+    """Where actor `index` of a kind goes and what it takes from its bundle (pure: no Ray).
+
+    `actor` is "engine" (the vLLM engine), "rollout" (a rollout worker), "judge" or "trainer".
+    Returns {"group": placement group name, "bundle": index, "num_cpus", "num_gpus", "resources"}.
+    A rollout bundle is split between its two actors: the engine takes the bundle's GPUs (its share
+    of the device when colocated), the rollout worker, which runs episodes and holds only a
+    tokenizer, takes the CPUs and custom resources. Judge and trainer actors take their pool's.
+    """
+    if actor not in ACTORS:
+        raise ValueError(f"unknown actor {actor!r}; actors are {', '.join(ACTORS)}")
+    pool = ACTORS[actor]
+    n = int(counts.get(pool, 0))
+    if not 0 <= index < n:
+        raise ValueError(f"{actor} actor {index} is outside the layout ({n} {pool} bundles)")
+    pc = getattr(cfg, pool)
+    num_gpus = float(pc.num_gpus)
+    if cfg.layout == "colocated" and num_gpus:
+        # Pools sharing a device each take a fraction of it; the bundle holds the largest request.
+        sharing = [p for p in POOLS if index < counts.get(p, 0) and getattr(cfg, p).num_gpus]
+        num_gpus /= len(sharing)
+    num_cpus = float(pc.num_cpus)
+    resources = {k: float(v) for k, v in dict(pc.resources).items()} or None
+    if actor == "engine":
+        num_cpus, resources = 0.0, None
+    elif actor == "rollout":
+        num_gpus = 0.0
+    return {"group": "shared" if cfg.layout == "colocated" else pool, "bundle": index,
+            "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources}
+
+
 @dataclass
 class Layout:
-    """Placement groups made for a run; `options(pool, i)` places actor i of a pool."""
+    """Placement groups made for a run; `options(actor, i)` places actor i (see `placement`)."""
     cfg: Any
     counts: dict[str, int]
     groups: dict[str, Any] = field(default_factory=dict)  # group name -> PlacementGroup
 
-    def options(self, pool: str, index: int = 0) -> dict[str, Any]:
+    def options(self, actor: str, index: int = 0) -> dict[str, Any]:
+        """The `.options(...)` kwargs of actor `index`: its resources, in its bundle."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        if pool not in POOLS:
-            raise ValueError(f"unknown pool {pool!r}; pools are {', '.join(POOLS)}")
-        if not 0 <= index < self.counts.get(pool, 0):
-            raise ValueError(f"{pool} actor {index} is outside the layout ({self.counts.get(pool, 0)} {pool} actors)")
-        pc = getattr(self.cfg, pool)
-        group = "shared" if self.cfg.layout == "colocated" else pool
-        num_gpus = float(pc.num_gpus)
-        if self.cfg.layout == "colocated" and num_gpus:
-            # Pools sharing a device each take a fraction of it; the bundle holds the largest request.
-            sharing = [p for p in POOLS if index < self.counts.get(p, 0) and getattr(self.cfg, p).num_gpus]
-            num_gpus /= len(sharing)
+        p = placement(self.cfg, self.counts, actor, index)
         return {
-            "num_cpus": float(pc.num_cpus),
-            "num_gpus": num_gpus,
-            "resources": {k: float(v) for k, v in dict(pc.resources).items()} or None,
+            "num_cpus": p["num_cpus"],
+            "num_gpus": p["num_gpus"],
+            "resources": p["resources"],
             "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                placement_group=self.groups[group], placement_group_bundle_index=index),
+                placement_group=self.groups[p["group"]], placement_group_bundle_index=p["bundle"]),
         }
 
     def remove(self) -> None:

@@ -1,8 +1,10 @@
-"""A pool of rollout worker actors that survives worker deaths.
+"""A pool of rollout worker actors that survives worker deaths: the one rollout fan-out over Ray
+(the training job, `terminus rollout`, the benchmarks).
 
 `RolloutPool.run(requests)` shards (task, n) requests over the workers. If a worker actor dies
 mid-step (killed, OOM, node lost), its shard is rerun on a freshly started replacement actor, so
-the step still returns one group of n trajectories per request, in request order. Each restart
+the step still returns one group of n trajectories per request, in request order.
+`RolloutPool.stream(requests)` yields each request's group as it finishes instead. Each restart
 is counted (`restarts`) and logged; after `max_restarts` in one step the step fails with a clear
 error instead of looping.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from rollout.worker import RolloutWorker, summarize
 from rollout.trajectory import Trajectory
@@ -58,9 +60,12 @@ class RolloutPool:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         while True:
+            worker = self.workers[i]
             try:
-                return await self.workers[i].run.remote(requests, seed)
+                return await worker.run.remote(requests, seed)
             except (RayActorError, ActorDiedError, ActorUnavailableError) as e:
+                if self.workers[i] is not worker:
+                    continue   # another call on this worker already replaced it: rerun on the new one
                 if budget[0] <= 0:
                     raise RolloutPoolError(f"rollout worker {i} died and the restart budget ({self.max_restarts} "
                                            f"per step) is spent: {e}") from None
@@ -90,6 +95,23 @@ class RolloutPool:
         metrics = summarize([t for g in groups for t in g])
         metrics["worker_restarts"] = self.restarts - before
         return groups, metrics
+
+    async def stream(self, requests: Sequence[tuple[Any, int]], seed: int | None = None
+                     ) -> AsyncIterator[tuple[int, list[Trajectory]]]:
+        """(k, group of request k) as each group finishes, for writing results as they come: one call
+        per request, request k on worker k % num_workers with seed `seed + k`. A dead worker is
+        replaced as in `run` (one restart budget for the whole stream)."""
+        if not self.workers:
+            raise RolloutPoolError("the pool has no engine to run episodes with: call set_engine(engine) first")
+        budget = [self.max_restarts]
+
+        async def one(k: int) -> tuple[int, list[Trajectory]]:
+            res = await self._run_shard(k % len(self.workers), [requests[k]], None if seed is None else seed + k,
+                                        budget)
+            return k, res["groups"][0]
+
+        for done in asyncio.as_completed([one(k) for k in range(len(requests))]):
+            yield await done
 
     def shutdown(self) -> None:
         import ray

@@ -6,6 +6,7 @@
     model.py        model paths, the cache root and the embedded tiny Qwen3 model
     net.py          free_port
     openai_api.py   the shared OpenAI-compatible client (retries, timeouts, rate limits)
+    raycluster.py   init_ray: the one way to start a local Ray or join a cluster
     protocol.py     the subagent protocol: prompts, messages, the turn parser (docs/protocol.md)
     tracking.py     experiment tracking: W&B, console, metrics.jsonl
     testing/        test utilities that speak real protocols (a scripted OpenAI-compatible server)

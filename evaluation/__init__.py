@@ -14,6 +14,7 @@ here; the `terminus` subcommands (terminus/commands/evaluation.py) drive the res
     heldout.py    held-out evaluation inside a training run; compare_evals, across_runs (run-to-run noise)
     render.py     markdown table and plots (also a training run's rewards.png)
     validate.py   `terminus tasks validate`: replay reference solutions through episodes; validate_sample
-    tasks_io.py   the tasks of a command: a corpus split or a JSONL file of Task records
+    tasks_io.py   the one task loader of the training job and every command: a corpus split (with the
+                  generated corpus's replay check) or a JSONL file of Task records
 See docs/evaluation.md.
 """

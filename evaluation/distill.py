@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from evaluation.judging import make_judge
+from evaluation.judging import open_judge
 from evaluation.subagents import SubagentSpec, open_subagent, preflight
 
 
@@ -72,7 +72,7 @@ async def distill(cfg: Any, teacher: SubagentSpec, tasks: Sequence[Any], out_pat
              "judge_errors": 0, "below_threshold": 0, "duplicates": 0, "kept": 0, "failed_tasks": []}
     if not todo:
         return stats
-    judge, close_judge = make_judge(cfg, run_dir=str(out.parent))
+    judge, close_judge = open_judge(cfg, run_dir=str(out.parent))
     bar = _progress(len(todo), teacher.label) if show_progress else None
     lock = asyncio.Lock()
     gate = asyncio.Semaphore(concurrency)

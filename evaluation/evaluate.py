@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from evaluation.judging import Judge, make_judge
+from evaluation.judging import Judge, open_judge
 from evaluation.metrics import aggregate, episode_row
 from evaluation.render import markdown_table, write_plots
 from evaluation.subagents import SubagentError, SubagentSpec, open_subagent, preflight
@@ -64,7 +64,7 @@ async def run_eval(cfg: Any, specs: Sequence[SubagentSpec], tasks: Sequence[Any]
     count_tokens = token_counter(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    judge, close_judge = make_judge(cfg, run_dir=str(out))
+    judge, close_judge = open_judge(cfg, run_dir=str(out))
     results: dict[str, Any] = {"tasks": [t.id for t in tasks], "samples": samples, "subagents": {},
                                "judge": cfg.judge.backend, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:

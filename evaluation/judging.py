@@ -32,10 +32,11 @@ def flatten(verdict: Any, cfg: Any, episode_failed: bool) -> dict[str, Any]:
             "verdict": verdict.to_dict()}
 
 
-def make_judge(cfg: Any, run_dir: str | None = None) -> tuple[Judge, Callable[[], Awaitable[None]]]:
+def open_judge(cfg: Any, run_dir: str | None = None) -> tuple[Judge, Callable[[], Awaitable[None]]]:
     """(judge, close) over the project's JudgePool (its retries, verdict cache under
     `<run_dir>/judge_cache` or cfg.judge.cache_dir, and reward formula). The backend is built here,
-    before any episode runs, so a judge that cannot start fails first."""
+    by judge.pool.make_judge (the one judge factory), before any episode runs, so a judge that
+    cannot start fails first."""
     from judge.pool import JudgePool
     from judge.types import Verdict
     try:

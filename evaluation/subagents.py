@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -124,23 +123,14 @@ async def open_subagent(spec: SubagentSpec, cfg: Any, tasks: list | None = None)
 
     HF checkpoints run in an in-process vLLM engine (callers need the `__main__` guard)."""
     tokenizer = tokenizer_for(spec, cfg)
-    c = engine_config(spec, cfg)
-    if spec.kind == "hf":
-        from rollout.engine.vllm_engine import VLLMEngine, engine_kwargs
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(c.rollout.engine.kv_cache_space_gb))))
-        engine = VLLMEngine(**engine_kwargs(c))
-        try:
-            yield engine, tokenizer
-        finally:
-            engine.shutdown()
-    elif spec.kind == "openai":
-        from rollout.engine.openai_engine import OpenAIEngine
-        engine = OpenAIEngine.from_config(c, tokenizer)
-        try:
-            yield engine, tokenizer
-        finally:
-            await engine.close()
-    else:
+    if spec.kind == "scripted":
         # It replays the reference solutions of `tasks`; a request it has none for fails that episode.
         teacher = scripted_teacher_class()
         yield teacher(tasks or [], tokenizer, cfg.rollout.episode.max_turns), tokenizer
+        return
+    from rollout.engine import make_engine
+    engine = make_engine(engine_config(spec, cfg), tokenizer)   # hf: vLLM in this process; openai: the endpoint
+    try:
+        yield engine, tokenizer
+    finally:
+        await engine.close()

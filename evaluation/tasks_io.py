@@ -1,4 +1,11 @@
-"""Task lists for eval/distill/study: a corpus split (tasks.load_tasks) or a JSONL file of Task records."""
+"""The one task loader above tasks/: what the training job and every command run on.
+
+    load_task_list(cfg, split)              the run's tasks: a split of tasks.corpus (or a JSONL file)
+    corpus_tasks("builtin" | DIR, split)    a split of a named corpus (`terminus tasks ...`)
+
+Both end in tasks.load_tasks with the check only this layer can do: a generated corpus is
+validated by replay (evaluation.validate.validate_sample) before it is cached.
+"""
 from __future__ import annotations
 
 import json
@@ -12,8 +19,18 @@ class TaskListError(UserError, ValueError):
     """No usable tasks; raised before any work starts."""
 
 
+def corpus_tasks(corpus: Any, split: str, observation_cap: int = 0) -> list:
+    """A split of a corpus: `corpus` is the tasks config section or a name ("builtin", "generated",
+    a corpus directory); `observation_cap` refuses a corpus built for more output than episodes show."""
+    from evaluation.validate import validate_sample
+    from tasks import load_tasks
+    return list(load_tasks(corpus, split, observation_cap=observation_cap, validate=validate_sample))
+
+
 def load_task_list(cfg: Any, split: str, tasks_file: str = "", limit: int = 0) -> list:
-    """The tasks to run, in a stable order; TaskListError when there are none."""
+    """The tasks to run, in a stable order: a split of tasks.corpus (checked against the episodes'
+    output cap, rollout.sandbox.output_limit_bytes) or a JSONL file of Task records; TaskListError
+    when there are none."""
     from tasks.types import Task
     if tasks_file:
         p = Path(tasks_file)
@@ -32,10 +49,9 @@ def load_task_list(cfg: Any, split: str, tasks_file: str = "", limit: int = 0) -
                     raise TaskListError(f"{tasks_file}:{i}: not a Task record ({e})") from None
         where = tasks_file
     else:
-        from evaluation.validate import validate_sample
-        from tasks import CorpusError, load_tasks
+        from tasks import CorpusError
         try:
-            tasks = list(load_tasks(cfg.tasks, split, validate=validate_sample))
+            tasks = corpus_tasks(cfg.tasks, split, cfg.rollout.sandbox.output_limit_bytes)
         except CorpusError as e:
             raise TaskListError(str(e)) from None
         where = f"corpus {cfg.tasks.corpus!r}, split {split!r}"

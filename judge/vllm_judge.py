@@ -7,7 +7,6 @@ bounds every string (judge.llm.verdict_schema). The pool adds timeouts and retri
 from __future__ import annotations
 
 import itertools
-import os
 from typing import Any
 
 from judge.llm import VerdictParseError, aggregate, parse_verdict, render_prompt, verdict_schema
@@ -17,21 +16,21 @@ from tasks.types import Task
 
 
 class JudgeEngine:
-    """One vLLM AsyncLLM with guided JSON decoding. Build it where it runs (a Ray actor): it spawns workers."""
+    """One vLLM AsyncLLM with guided JSON decoding, built from the JudgeConfig (model_path,
+    max_model_len, kv_cache_space_gb, max_concurrency) by the rollout engine's vLLM construction
+    (rollout.engine.vllm_engine.start_async_llm). Build it where it runs (a Ray actor): it spawns workers."""
 
-    def __init__(self, model_path: str, *, max_model_len: int = 8192, kv_cache_space_gb: float = 1.0,
-                 seed: int = 0, max_num_seqs: int = 32):
-        import torch
-        if not torch.cuda.is_available():
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(kv_cache_space_gb))))
+    def __init__(self, cfg):
         from transformers import AutoTokenizer
-        from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-        args = AsyncEngineArgs(model=model_path, max_model_len=max_model_len, seed=seed, enforce_eager=True,
-                               max_num_seqs=max_num_seqs, dtype="bfloat16",
-                               structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True})
-        self.llm = AsyncLLM.from_engine_args(args)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+
+        from core.model import resolve_model_path
+        from rollout.engine.vllm_engine import start_async_llm
+        path = str(resolve_model_path(cfg.model_path))
+        self.llm, self.info = start_async_llm(
+            path, kv_cache_space_gb=cfg.kv_cache_space_gb, max_model_len=cfg.max_model_len, seed=0,
+            enforce_eager=True, max_num_seqs=cfg.max_concurrency, dtype="bfloat16",
+            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True})
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
         self._ids = itertools.count()
 
     async def generate(self, messages: list[dict[str, str]], schema: dict[str, Any], n: int, temperature: float,
@@ -55,29 +54,29 @@ class JudgeEngine:
 
 
 class VLLMJudge:
-    """`cfg.num_workers` JudgeEngine actors, used round-robin. Starts a local Ray if none is running."""
+    """`cfg.num_workers` JudgeEngine actors, used round-robin, placed in the layout's judge bundles
+    when given one (Ray must be initialised: core.raycluster.init_ray)."""
 
     def __init__(self, cfg, layout=None):
         import ray
 
-        from core.model import resolve_model_path
         if not cfg.model_path:
             raise ValueError("judge.backend=vllm needs judge.model_path (a local HF directory, or 'tiny')")
         if not ray.is_initialized():
-            raise RuntimeError("judge.backend=vllm runs its engines in Ray actors: call ray.init(...) first")
+            raise RuntimeError("judge.backend=vllm runs its engines in Ray actors: start Ray first "
+                               "(core.raycluster.init_ray)")
+        from core.model import resolve_model_path
+        resolve_model_path(cfg.model_path)   # a bad path fails here, not in an actor
         self.cfg = cfg
-        path = str(resolve_model_path(cfg.model_path))
         self.name = f"vllm:{cfg.model_path}"
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        actor = ray.remote(num_cpus=0, num_gpus=gpus)(JudgeEngine)
+        from rollout.engine.vllm_engine import cluster_has_gpus
+        actor = ray.remote(num_cpus=0, num_gpus=1 if cluster_has_gpus() else 0)(JudgeEngine)
         self.actors = []
         for i in range(cfg.num_workers):
             opts: dict[str, Any] = {"max_concurrency": 1000}
             if layout is not None:
                 opts.update(layout.options("judge", i))
-            self.actors.append(actor.options(**opts).remote(
-                path, max_model_len=cfg.max_model_len, kv_cache_space_gb=cfg.kv_cache_space_gb,
-                max_num_seqs=cfg.max_concurrency))
+            self.actors.append(actor.options(**opts).remote(cfg))
         self._next = itertools.cycle(self.actors)
 
     async def judge(self, task: Task, trajectory: Trajectory) -> Verdict:

@@ -13,8 +13,7 @@ from typing import Any
 
 
 def train_on_dataset(cfg, data_path: str, stage: str) -> dict[str, Any]:
-    import ray
-
+    from core.raycluster import init_ray
     from rl.group import TrainerGroup
     from rl.resume import prepare_run_dir
     from rollout.io import TrajectoryFileError, read_trajectories
@@ -28,9 +27,7 @@ def train_on_dataset(cfg, data_path: str, stage: str) -> dict[str, Any]:
     if not data:
         raise TrajectoryFileError(f"training data {data_path} holds no trajectory")
     prepare_run_dir(cfg)   # refuses to resume a run of another config; saves this one's
-    if not ray.is_initialized():
-        ray.init(address=cfg.cluster.address or "local", include_dashboard=False,
-                 **({"num_cpus": max(2, cfg.trainer.num_workers)} if not cfg.cluster.address else {}))
+    init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus or max(2, cfg.trainer.num_workers))
     group = TrainerGroup(cfg)
     try:
         if cfg.trainer.checkpoint.resume == "auto":

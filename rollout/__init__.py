@@ -8,7 +8,8 @@ core.protocol (tasks need it too); commands run in sandbox/.
     tokens.py     token-exact sequences: generated ids kept verbatim, template tokens appended
     episode.py    one episode: generate -> parse -> run in a sandbox -> observe
     worker.py     (task, n) requests -> groups of trajectories; RolloutWorker Ray actor; metrics
-    engine/       the Engine seam; vllm (AsyncLLM in a Ray actor, weight updates), openai
+    engine/       the Engine seam and its one factory, make_engine; vllm (AsyncLLM in process or in a
+                  Ray actor, weight updates), openai; the WeightSync interface
     io.py         trajectory files (JSONL / Parquet), lossless
     teacher.py    the scripted expert teacher (an engine) and SFT demonstrations from it
 """

@@ -156,7 +156,7 @@ async def _loop(task, engine: Engine, tokenizer, fmt: ChatFormat, cfg, sandbox: 
                                         seed=None if seed is None else seed + turn_no)
         t0 = time.monotonic()
         try:
-            extra = {"messages": list(seq.messages)} if getattr(engine, "api", "") == "chat" else {}
+            extra = {"messages": list(seq.messages)} if engine.api == "chat" else {}
             gen = await engine.generate(list(seq.token_ids), sampling, **extra)
         except Exception as e:
             raise _Failed(f"engine: {type(e).__name__}: {e}") from None

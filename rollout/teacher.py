@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from rollout.engine.base import EngineError, Generation, Sampling
+from rollout.engine.base import EngineError, FixedWeights, Generation, Sampling
 from core.protocol import parse_observation
 from rollout.io import write_trajectories
 
@@ -53,7 +53,7 @@ def observations_in(messages: list[dict[str, str]]) -> list[tuple[int, str]]:
     return [o for o in parsed if o is not None]
 
 
-class ScriptedTeacher:
+class ScriptedTeacher(FixedWeights):
     """Engine whose turn k for a task is reference.commands[k], then the reference report.
 
     At most max_turns - 1 commands are played so the report always fits the turn cap. Several tasks

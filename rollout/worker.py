@@ -1,8 +1,9 @@
 """Rollout workers: (task, n) requests in, trajectories grouped by task out, plus metrics.
 
-`run_requests` is the plain in-process function; `RolloutWorker` is the Ray actor that wraps it
+`run_requests` is the plain in-process function; `RolloutWorker` is the Ray actor body that wraps it
 (one event loop running up to `rollout.episodes_per_worker` episodes at once, each in its own
-sandbox, all sharing one engine). Failed episodes come back marked (`error`), never dropped.
+sandbox, all sharing one engine); the Ray fan-out over such actors is cluster.rollout_pool.RolloutPool.
+Failed episodes come back marked (`error`), never dropped.
 """
 from __future__ import annotations
 
@@ -94,8 +95,8 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
 class RolloutWorker:
     """Ray actor body: holds a tokenizer and an engine client; runs requests on its own event loop.
 
-    Create with `ray.remote(RolloutWorker)` (see `start_workers`); `engine` is a RayEngine (its actor
-    handle travels to this actor) or any object with the engine seam's `generate`.
+    cluster.rollout_pool.RolloutPool starts and keeps these actors; `engine` is a RayEngine (its
+    actor handle travels to this actor) or any engine of the seam (rollout.engine.base.Engine).
     """
 
     def __init__(self, cfg_yaml: str, engine):
@@ -113,28 +114,3 @@ class RolloutWorker:
         metrics = summarize([t for g in groups for t in g])
         metrics["wall_s"] = time.monotonic() - t0
         return {"groups": groups, "metrics": metrics}
-
-
-def start_workers(cfg, engine, num_workers: int | None = None) -> list:
-    """Start `rollout.num_workers` RolloutWorker actors sharing `engine` (Ray must be initialised)."""
-    import ray
-    from omegaconf import OmegaConf
-    cls = ray.remote(num_cpus=0)(RolloutWorker)
-    yaml = OmegaConf.to_yaml(cfg)
-    return [cls.options(max_concurrency=4).remote(yaml, engine)
-            for _ in range(num_workers or cfg.rollout.num_workers)]
-
-
-async def run_on_workers(workers: list, requests: Sequence[tuple[Any, int]], seed: int | None = None
-                         ) -> tuple[list[list[Trajectory]], dict[str, Any]]:
-    """Split requests round-robin over worker actors; gather groups (request order) and merged metrics."""
-    shards: list[list[int]] = [[] for _ in workers]
-    for i in range(len(requests)):
-        shards[i % len(workers)].append(i)
-    results = await asyncio.gather(*(w.run.remote([requests[i] for i in idx], seed)
-                                     for w, idx in zip(workers, shards) if idx))
-    groups: list[list[Trajectory]] = [None] * len(requests)  # type: ignore[list-item]
-    for idx, res in zip([s for s in shards if s], results):
-        for i, g in zip(idx, res["groups"]):
-            groups[i] = g
-    return groups, summarize([t for g in groups for t in g])

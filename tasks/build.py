@@ -107,15 +107,12 @@ def build_corpus(entries: list[Entry], out: Path, *, address: str = "", jobs: in
     the runs that will train on the corpus): facts are kept only where that much output shows them."""
     import ray
 
+    from core.raycluster import init_ray
 
     out = Path(out).resolve()
     (out / "repos").mkdir(parents=True, exist_ok=True)
     (out / "COMPLETE").unlink(missing_ok=True)   # a rebuild in place is partial until it is written again
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        env = {k: v for k, v in os.environ.items() if k.startswith("TERMINUS_")}
-        ray.init(address=address or "local", num_cpus=None if address else jobs, include_dashboard=False,
-                 logging_level="ERROR", log_to_driver=False, runtime_env={"env_vars": env})
+    started_ray = init_ray(address, num_cpus=jobs, logging_level="ERROR", log_to_driver=False)
     try:
         remote = ray.remote(num_cpus=cpus_per_project, max_retries=0)(build_project_cached)
         pending = {remote.remote(e, str(out), observation_cap): e for e in entries}

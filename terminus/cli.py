@@ -44,25 +44,32 @@ def _model_build_tiny(args: argparse.Namespace) -> int:
 
 def _model_chat(args: argparse.Namespace) -> int:
     """Generate one reply from a chat prompt with a real vLLM engine (the smallest end-to-end check)."""
-    import os
+    import asyncio
+
+    from omegaconf import OmegaConf
 
     from core.model import resolve_model_path
+    from rollout.engine import Sampling, make_engine
+    from rollout.worker import load_tokenizer
 
     cfg = load_config(args.config, args.overrides)
-    path = str(resolve_model_path(cfg.model.path))
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, cfg.rollout.engine.kv_cache_space_gb))))
-    from transformers import AutoTokenizer
-    from vllm import LLM, SamplingParams
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    OmegaConf.update(cfg, "rollout.engine.kind", "vllm")   # the command tries the local model
+    tokenizer = load_tokenizer(str(resolve_model_path(cfg.model.path)))
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": args.message}], tokenize=False,
                                            add_generation_prompt=True)
-    llm = LLM(model=path, dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len,
-              enforce_eager=cfg.rollout.engine.enforce_eager, seed=cfg.seed)
-    out = llm.generate([prompt], SamplingParams(max_tokens=args.max_tokens, temperature=cfg.rollout.sampling.temperature,
-                                                seed=cfg.seed))[0].outputs[0]
+
+    async def reply():
+        engine = make_engine(cfg, tokenizer)
+        try:
+            return await engine.generate(tokenizer.encode(prompt, add_special_tokens=False),
+                                         Sampling(max_tokens=args.max_tokens, temperature=cfg.rollout.sampling.temperature,
+                                                  seed=cfg.seed))
+        finally:
+            await engine.close()
+
+    out = asyncio.run(reply())
     print(f"prompt: {prompt!r}")
-    print(f"reply ({len(out.token_ids)} tokens): {out.text!r}")
+    print(f"reply ({len(out.token_ids)} tokens): {tokenizer.decode(out.token_ids, skip_special_tokens=True)!r}")
     return 0
 
 

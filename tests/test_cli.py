@@ -106,6 +106,8 @@ CASES = {
                                       f"rollout.engine.base_url={DEAD}", "rollout.engine.max_retries=0"],
                                      ["127.0.0.1:9", "unreachable"]),
     "bad WANDB_MODE": (["train", "output_dir={t}/run"], ["WANDB_MODE='loud'"]),
+    "train with an endpoint engine": (["train", "rollout.engine.kind=openai", "output_dir={t}/run"],
+                                      ["training needs rollout.engine.kind=vllm"]),
     "compare without runs": (["compare", "{t}/a", "{t}/b"], ["summary.json not found"]),
 }
 

@@ -7,7 +7,8 @@ import ray
 
 from cluster.config import ClusterConfig, PoolConfig
 from cluster.local import LocalCluster
-from cluster.resources import PlacementError, bundles_for, make_layout
+from cluster.resources import PlacementError, bundles_for, make_layout, placement
+from core.raycluster import init_ray
 from terminus.config import ConfigError, load_config
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -35,6 +36,52 @@ def test_bundles_disaggregated_one_group_per_pool():
     assert b == {"rollout": [{"CPU": 1.0, "rollout_node": 0.5}] * 2, "trainer": [{"CPU": 1.0, "GPU": 2.0}]}
 
 
+def _taken(cfg, counts, bundle_group, index):
+    """What the actors placed in one bundle ask for, summed (the bundle must hold it)."""
+    total: dict[str, float] = {}
+    for actor, pool in (("engine", "rollout"), ("rollout", "rollout"), ("judge", "judge"), ("trainer", "trainer")):
+        if index < counts.get(pool, 0):
+            p = placement(cfg, counts, actor, index)
+            if p["group"] == bundle_group:
+                for k, v in [("CPU", p["num_cpus"]), ("GPU", p["num_gpus"]), *(p["resources"] or {}).items()]:
+                    total[k] = total.get(k, 0.0) + v
+    return {k: v for k, v in total.items() if v}
+
+
+def test_placement_gives_the_engine_the_gpu_and_the_rollout_worker_the_cpus():
+    """The training job's placement on a GPU layout, decided without a GPU: the vLLM engine takes its
+    rollout bundle's GPU share (colocated: half, next to the trainer), the rollout worker, which only
+    holds a tokenizer, the CPUs and custom resources; the judge its own pool's resources."""
+    cfg = ClusterConfig(layout="colocated", rollout=PoolConfig(num_cpus=1, num_gpus=1, resources={"rollout_node": 1}),
+                        trainer=PoolConfig(num_cpus=2, num_gpus=1), judge=PoolConfig(num_cpus=0.5))
+    counts = {"rollout": 2, "trainer": 2, "judge": 1}
+    assert placement(cfg, counts, "engine", 0) == {"group": "shared", "bundle": 0, "num_cpus": 0.0, "num_gpus": 0.5,
+                                                   "resources": None}
+    assert placement(cfg, counts, "rollout", 1) == {"group": "shared", "bundle": 1, "num_cpus": 1.0, "num_gpus": 0.0,
+                                                    "resources": {"rollout_node": 1.0}}
+    assert placement(cfg, counts, "trainer", 0)["num_gpus"] == 0.5
+    assert placement(cfg, counts, "judge", 0) == {"group": "shared", "bundle": 0, "num_cpus": 0.5, "num_gpus": 0.0,
+                                                  "resources": None}
+    for i, bundle in enumerate(bundles_for(cfg, counts)["shared"]):
+        assert _taken(cfg, counts, "shared", i) == bundle   # every bundle holds exactly what its actors take
+
+    dis = ClusterConfig(layout="disaggregated", rollout=PoolConfig(num_cpus=1, num_gpus=1),
+                        trainer=PoolConfig(num_cpus=1, num_gpus=2), judge=PoolConfig(num_cpus=1, num_gpus=1))
+    counts = {"rollout": 1, "trainer": 1, "judge": 2}
+    assert placement(dis, counts, "engine", 0) == {"group": "rollout", "bundle": 0, "num_cpus": 0.0, "num_gpus": 1.0,
+                                                   "resources": None}
+    assert placement(dis, counts, "rollout", 0)["num_gpus"] == 0.0
+    assert placement(dis, counts, "judge", 1) == {"group": "judge", "bundle": 1, "num_cpus": 1.0, "num_gpus": 1.0,
+                                                  "resources": None}
+    for group, bundles in bundles_for(dis, counts).items():
+        for i, bundle in enumerate(bundles):
+            assert _taken(dis, counts, group, i) == bundle
+    with pytest.raises(ValueError, match="engine actor 1 is outside the layout"):
+        placement(dis, counts, "engine", 1)
+    with pytest.raises(ValueError, match="unknown actor"):
+        placement(dis, counts, "teacher", 0)
+
+
 def test_layout_is_validated_by_config():
     with pytest.raises(ConfigError, match="cluster.layout"):
         load_config("tiny_cpu", ["cluster.layout=spread"])
@@ -57,7 +104,7 @@ def test_local_cluster_ports_never_overlap_across_nodes():
 @pytest.fixture(scope="module")
 def cluster():
     with LocalCluster(nodes=[{"rollout_node": 1}, {"trainer_node": 1}], cpus_per_node=1) as c:
-        ray.init(address=c.address, logging_level="ERROR")
+        init_ray(c.address, logging_level="ERROR")
         try:
             yield {n["Resources"].get("rollout_node") and "rollout" or n["Resources"].get("trainer_node") and "trainer"
                    or "head": n["NodeID"] for n in ray.nodes() if n["Alive"]}

@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    from core.raycluster import init_ray
+    init_ray(num_cpus=2, logging_level="ERROR")
     yield
     ray.shutdown()
 

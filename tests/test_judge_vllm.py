@@ -16,7 +16,9 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 @pytest.fixture(scope="module")
 def ray_local():
     import ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+    from core.raycluster import init_ray
+    init_ray(num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -10,6 +10,8 @@ import ray
 
 from cluster.pipeline import run_steps
 from cluster.rollout_pool import RolloutPool
+from core.raycluster import init_ray
+from rollout.engine import make_engine
 from tasks.types import Task
 from terminus.config import load_config
 from core.model import resolve_model_path
@@ -19,12 +21,10 @@ pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}})
+    init_ray(num_cpus=2, log_to_driver=False, env={"VLLM_CPU_KVCACHE_SPACE": "1"})
     cfg = load_config("tiny_cpu", ["model.dtype=float32", "rollout.sampling.max_tokens_per_turn=16",
                                    "rollout.episode.max_turns=2", "rollout.sandbox.command_timeout_s=10"])
-    from rollout.engine.vllm_engine import start_engine_actor
-    engine = start_engine_actor(cfg)
+    engine = make_engine(cfg, actor=True)
     pool = RolloutPool(cfg, engine, num_workers=1)
     repo = tmp_path_factory.mktemp("repo")
     (repo / "a.txt").write_text("hi\n")

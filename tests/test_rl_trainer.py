@@ -17,7 +17,8 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    from core.raycluster import init_ray
+    init_ray(num_cpus=4)
     yield
     ray.shutdown()
 
@@ -398,10 +399,10 @@ def test_partial_checkpoints_are_ignored(tmp_path):
 def test_exported_weights_reach_vllm_exactly(cluster, tok, tmp_path):
     """After an update and a sync, vLLM's logprobs equal the trainer's (float32, <= 1e-4)."""
     from rl import TrainerGroup
-    from rollout.engine.vllm_engine import start_engine_actor
+    from rollout.engine import make_engine
     cfg = config(tmp_path, "trainer.sft.epochs=1")
     g = TrainerGroup(cfg)
-    engine = start_engine_actor(cfg)
+    engine = make_engine(cfg, actor=True)
     try:
         data = demos(tok, 4)
         g.sft(data)
@@ -439,7 +440,7 @@ def test_grpo_raises_a_verifiable_reward_through_vllm(cluster, tok, tmp_path):
 
     from rl import TrainerGroup
     from rollout.engine.base import Sampling
-    from rollout.engine.vllm_engine import start_engine_actor
+    from rollout.engine import make_engine
     # top-2 sampling at T=1: vLLM's raw logprobs are the full softmax the trainer computes
     cfg = config(tmp_path, "trainer.grpo.lr=0.003", "trainer.grpo.micro_batch_size=16", "trainer.grpo.steps=6",
                  "trainer.optim.warmup_steps=0", "rollout.sampling.temperature=1.0",
@@ -447,7 +448,7 @@ def test_grpo_raises_a_verifiable_reward_through_vllm(cluster, tok, tmp_path):
     prompt = tok.apply_chat_template([{"role": "user", "content": "Say something."}], add_generation_prompt=True,
                                      tokenize=True, return_dict=False)
     g = TrainerGroup(cfg)
-    engine = start_engine_actor(cfg)
+    engine = make_engine(cfg, actor=True)
 
     def sample(seed: int, n: int = 32):
         return ray.get([engine.handle.generate.remote(prompt, Sampling(max_tokens=4, top_k=2, seed=seed * 1000 + i,

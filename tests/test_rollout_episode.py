@@ -107,6 +107,8 @@ def test_a_timeout_in_the_policys_own_command_is_a_judged_failure(tok, task):
     from terminus.config import load_config
 
     class Hangs:
+        api = "completions"
+
         async def generate(self, prompt_ids, sampling):
             ids = tok.encode("<command>sleep 8</command>", add_special_tokens=False)
             return Generation(token_ids=ids, logprobs=[-0.5] * len(ids), finish_reason="stop")
@@ -182,6 +184,8 @@ def test_a_turn_cut_at_its_token_budget_is_flagged(tok, task):
     from rollout.engine.base import Generation
 
     class CutFirst:   # the first turn runs out of tokens mid-command, the second reports
+        api = "completions"
+
         def __init__(self):
             self.budgets = []
 

@@ -1,6 +1,7 @@
 """CI's end-to-end rollout check: episodes of the tiny model through Ray actors (a vLLM engine
-actor + a rollout worker actor) in real bwrap sandboxes; token/mask/logprob invariants; then
-the weight update API against a transformers forward pass of the same weights.
+actor + the RolloutPool's worker actor, both placed in the layout's rollout bundle as the
+training job places them) in real bwrap sandboxes; token/mask/logprob invariants; then the
+weight update API against a transformers forward pass of the same weights.
 
 One engine actor for the module (vLLM start ~30 s here)."""
 import asyncio
@@ -21,16 +22,19 @@ def _tasks(k: int):
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}})
+    from cluster.resources import make_layout
+    from core.raycluster import init_ray
+    from rollout.engine import make_engine
+    init_ray(num_cpus=2, log_to_driver=False, env={"VLLM_CPU_KVCACHE_SPACE": "1"})
     cfg = load_config("tiny_cpu", ["model.dtype=float32", "rollout.sampling.constrain=protocol",
                                    "rollout.sampling.max_tokens_per_turn=48", "rollout.episode.max_turns=3",
                                    "rollout.sandbox.command_timeout_s=20"])
-    from rollout.engine.vllm_engine import start_engine_actor
-    engine = start_engine_actor(cfg)
+    layout = make_layout(cfg.cluster, {"rollout": 1})   # the driver's placement, CPU path
+    engine = make_engine(cfg, actor=True, options=layout.options("engine", 0))
     info = ray.get(engine.handle.info.remote())
-    yield cfg, engine, info
+    yield cfg, engine, info, layout
     engine.kill()
+    layout.remove()
     ray.shutdown()
 
 
@@ -46,21 +50,30 @@ def _spans(ids, mask):
 
 
 def test_engine_reports_memory_at_start(cluster):
-    _, _, info = cluster
+    _, _, info, layout = cluster
     assert info["device"] == "cpu" and info["memory"] == "VLLM_CPU_KVCACHE_SPACE=1 GiB"
     assert info["policy_version"] == 0
+    assert info["placement_group"] == layout.groups["shared"].id.hex()   # the engine runs in its bundle
 
 
 def test_episodes_through_ray_actors_are_token_exact(cluster, tok):
-    cfg, engine, _ = cluster
-    from rollout.worker import run_on_workers, start_workers
+    cfg, engine, _, layout = cluster
+    from cluster.rollout_pool import RolloutPool
     tasks = _tasks(3)
-    workers = start_workers(cfg, engine, num_workers=1)
+    pool = RolloutPool(cfg, engine, 1, placement=lambda i: layout.options("rollout", i))
+
+    async def both():
+        groups, metrics = await pool.run([(t, 3) for t in tasks], seed=7)
+        streamed = [(k, g) async for k, g in pool.stream([(t, 1) for t in tasks[:2]], seed=7)]
+        return groups, metrics, streamed
+
     try:
-        groups, metrics = asyncio.run(run_on_workers(workers, [(t, 3) for t in tasks], seed=7))
+        groups, metrics, streamed = asyncio.run(both())
     finally:
-        for w in workers:
-            ray.kill(w)
+        pool.shutdown()
+    # stream: one group per request as it finishes, request k seeded seed + k
+    assert sorted(k for k, _ in streamed) == [0, 1]
+    assert all(len(g) == 1 and g[0].task_id == tasks[k].id and g[0].error is None for k, g in streamed)
     assert [len(g) for g in groups] == [3] * len(tasks)
     trajs = [t for g in groups for t in g]
     assert metrics["episodes"] == len(trajs) and metrics["failed"] == 0, [t.error for t in trajs]
@@ -91,7 +104,7 @@ def test_episodes_through_ray_actors_are_token_exact(cluster, tok):
 def test_rollout_logprobs_match_a_scoring_pass(cluster, tok):
     """The trainer's mismatch check: logprobs of generated tokens == prompt_logprobs of the same ids."""
     from rollout.engine.base import Sampling
-    _, engine, _ = cluster
+    _, engine, _, _ = cluster
     prompt = tok.apply_chat_template([{"role": "user", "content": "List the files."}], tokenize=True,
                                      add_generation_prompt=True, return_dict=False)
     gen = ray.get(engine.handle.generate.remote(prompt, Sampling(max_tokens=32, seed=3, ignore_eos=True)))
@@ -106,7 +119,7 @@ def test_weight_update_matches_transformers(cluster, tok, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from core.model import save_hf_weights
-    _, engine, _ = cluster
+    _, engine, _, _ = cluster
     model = AutoModelForCausalLM.from_pretrained(str(resolve_model_path("tiny")), dtype=torch.float32)
     ids = tok.apply_chat_template(
         [{"role": "user", "content": "Run the tests."}, {"role": "assistant", "content": "<command>pytest -q</command>"}],

@@ -1,8 +1,10 @@
-"""The engine seam: token ids in, token ids + logprobs out. Backends: vllm (Ray actor), openai."""
+"""The engine seam: token ids in, token ids + logprobs out. Backends: vllm (in-process or a Ray
+actor), openai (an endpoint), and the scripted teacher (rollout.teacher)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 
 class EngineError(RuntimeError):
@@ -42,4 +44,54 @@ class Generation:
 
 @runtime_checkable
 class Engine(Protocol):
-    async def generate(self, prompt_ids: list[int], sampling: Sampling) -> Generation: ...
+    """What episodes, the driver and the trainer use of an engine; every backend has all of it."""
+
+    api: str
+    """"completions": generate from token ids (token-exact); "chat": generate also needs the
+    episode's messages (`messages=`), and ids are the tokenizer's encoding of the returned text."""
+
+    async def generate(self, prompt_ids: list[int], sampling: Sampling,
+                       messages: list[dict[str, str]] | None = None) -> Generation: ...
+
+    async def sleep(self) -> bool:
+        """Free device memory while a colocated trainer runs; True if it slept (False: nothing to free)."""
+        ...
+
+    async def wake_up(self) -> None:
+        """Take the memory back after `sleep` (a no-op when it did not sleep)."""
+        ...
+
+    async def update_weights(self, path: str, version: int) -> dict[str, Any]:
+        """Reload weights from an HF safetensors dir as policy `version` (the disk path of weight
+        sync). An engine whose weights cannot change raises EngineError."""
+        ...
+
+
+class WeightSync(Protocol):
+    """How trainer weights reach the engines: the one interface over rollout.engine.weight_transfer
+    (disk: an HF dir each engine reloads with `update_weights`; nccl / ipc: streamed through vLLM's
+    weight-transfer engine). rl.group.TrainerGroup implements it; the driver and the GRPO step
+    use only this."""
+
+    def init_weight_transfer(self, engines: Sequence[Engine]) -> None:
+        """Connect to the engines once, before the first push (a no-op for disk)."""
+        ...
+
+    def push_weights(self, engines: Sequence[Engine], version: int, path: str | Path) -> None:
+        """Give the engines the current weights as policy `version` (`path`: where disk writes them)."""
+        ...
+
+
+class FixedWeights:
+    """Engine methods for backends whose weights the trainer cannot change (an endpoint, the
+    scripted teacher): nothing to free, and a weight update is an error."""
+
+    async def sleep(self) -> bool:
+        return False
+
+    async def wake_up(self) -> None:
+        return None
+
+    async def update_weights(self, path: str, version: int) -> dict[str, Any]:
+        raise EngineError(f"{type(self).__name__} cannot take new weights: only rollout.engine.kind=vllm "
+                          "engines are trained")

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollout.engine.base import EngineError, Generation, Sampling
+from rollout.engine.base import EngineError, FixedWeights, Generation, Sampling
 
 
-class OpenAIEngine:
+class OpenAIEngine(FixedWeights):
     def __init__(self, client, *, api: str = "completions", tokenizer: Any = None):
         if api not in ("completions", "chat"):
             raise ValueError(f"rollout.engine.api must be 'completions' or 'chat', not {api!r}")

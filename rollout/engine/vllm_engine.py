@@ -1,5 +1,7 @@
 """The vLLM engine: one `AsyncLLM` serving every concurrent episode (continuous batching), usable
-in-process (`VLLMEngine`) or as a Ray actor (`VLLMEngineActor`, wrapped by `RayEngine`).
+in-process (`VLLMEngine`) or in a Ray actor (wrapped by `RayEngine`); both are built by
+rollout.engine.make_engine from the run config. `start_async_llm` is the one vLLM construction
+(the judge's engine uses it too).
 
 Weight update API (used by the trainer; stable):
     await actor.update_weights.remote(path, version)   # path: dir written by core.model.save_hf_weights
@@ -26,48 +28,73 @@ from rollout.engine.base import EngineError, Generation, Sampling
 log = logging.getLogger(__name__)
 
 
+def start_async_llm(model_path: str, *, kv_cache_space_gb: float, gpu_only: dict[str, Any] | None = None,
+                    **engine_args: Any) -> tuple[Any, dict[str, Any]]:
+    """The one vLLM construction, shared by the rollout engine and the judge engine (judge.vllm_judge):
+    an AsyncLLM for `model_path`, built where it will run (it spawns workers). Returns (llm, info).
+
+    On CPU vLLM reads its KV cache size (GiB, integer) from VLLM_CPU_KVCACHE_SPACE in the engine's
+    process, set here from `kv_cache_space_gb`, and the `gpu_only` arguments (memory fraction, sleep
+    mode, weight transfer) are left out. `engine_args` are vLLM's AsyncEngineArgs, given in full by
+    the caller from its config (no defaults here).
+    """
+    import torch
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(kv_cache_space_gb))))
+    from vllm import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    args = dict(engine_args, **(gpu_only or {})) if on_gpu else dict(engine_args)
+    started = time.monotonic()
+    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model_path, **args))
+    memory = (f"gpu_memory_utilization={args.get('gpu_memory_utilization', 'vLLM default')}" if on_gpu
+              else f"VLLM_CPU_KVCACHE_SPACE={os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB")
+    info = {"model": model_path, "device": "gpu" if on_gpu else "cpu", "memory": memory,
+            **{k: args[k] for k in ("dtype", "max_model_len", "max_num_seqs") if k in args},
+            "start_s": round(time.monotonic() - started, 1), "placement_group": _placement_group()}
+    log.warning("vLLM engine ready: %s", info)
+    return llm, info
+
+
+def _placement_group() -> str | None:
+    """The id of the placement group this process's Ray actor runs in (None outside one)."""
+    try:
+        import ray
+        return ray.get_runtime_context().get_placement_group_id() if ray.is_initialized() else None
+    except Exception:   # noqa: BLE001 - diagnostics only
+        return None
+
+
 class VLLMEngine:
-    """An AsyncLLM with the engine seam's methods. Build it where it will run (it spawns workers)."""
+    """An AsyncLLM with the engine seam's methods, built from the run config (model, seed and
+    rollout.engine). Build it where it will run (it spawns workers): in-process, or in a Ray actor
+    through rollout.engine.make_engine(cfg, actor=True)."""
 
-    def __init__(self, model_path: str, *, dtype: str = "bfloat16", max_model_len: int = 4096, seed: int = 0,
-                 kv_cache_space_gb: float = 1.0, gpu_memory_utilization: float = 0.85,
-                 tensor_parallel_size: int = 1, enforce_eager: bool = True, max_num_seqs: int = 128,
-                 logprobs_mode: str = "processed_logprobs", weight_transfer: str = "disk", block_size: int = 0):
-        import torch
-        self.on_gpu = torch.cuda.is_available()
-        if not self.on_gpu:
-            # vLLM CPU reads its KV cache size (GiB, integer) from the environment of the engine process.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(kv_cache_space_gb))))
-        from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
+    api = "completions"   # token ids in, token ids out
 
-        extra: dict[str, Any] = {}
-        if block_size:
-            extra["block_size"] = block_size
-        if self.on_gpu:
-            extra["gpu_memory_utilization"] = gpu_memory_utilization
-            if weight_transfer != "disk":
-                extra["weight_transfer_config"] = {"backend": weight_transfer}
+    def __init__(self, cfg):
+        from core.model import resolve_model_path
+        e = cfg.rollout.engine
+        gpu_only: dict[str, Any] = {
+            "gpu_memory_utilization": e.gpu_memory_utilization,
             # Colocated with the trainer, the engine frees its weights and KV cache while the trainer
             # runs (sleep level 1) and takes them back before generating again.
-            extra["enable_sleep_mode"] = True
-        args = AsyncEngineArgs(model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
-                               tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager,
-                               max_num_seqs=max_num_seqs, logprobs_mode=logprobs_mode, **extra)
-        started = time.monotonic()
-        self.llm = AsyncLLM.from_engine_args(args)
-        self.model_path = model_path
-        self.weight_transfer = weight_transfer
+            "enable_sleep_mode": True}
+        if e.weight_transfer != "disk":
+            gpu_only["weight_transfer_config"] = {"backend": e.weight_transfer}
+        self.model_path = str(resolve_model_path(cfg.model.path))
+        self.llm, self._info = start_async_llm(
+            self.model_path, kv_cache_space_gb=e.kv_cache_space_gb, gpu_only=gpu_only, dtype=cfg.model.dtype,
+            max_model_len=cfg.model.max_model_len, seed=cfg.seed, tensor_parallel_size=e.tensor_parallel_size,
+            enforce_eager=e.enforce_eager, max_num_seqs=e.max_num_seqs, logprobs_mode=e.logprobs_mode,
+            **({"block_size": e.block_size} if e.block_size else {}))
+        self.on_gpu = self._info["device"] == "gpu"
+        self.weight_transfer = e.weight_transfer
         self._version = 0
         self._ids = itertools.count()
         self._weights_lock = asyncio.Lock()   # one weight update at a time (see start_weight_update)
         self._update_started = 0.0
-        memory = (f"gpu_memory_utilization={gpu_memory_utilization}" if self.on_gpu
-                  else f"VLLM_CPU_KVCACHE_SPACE={os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB")
-        self._info = {"model": model_path, "device": "gpu" if self.on_gpu else "cpu", "memory": memory,
-                      "dtype": dtype, "max_model_len": max_model_len, "max_num_seqs": max_num_seqs,
-                      "start_s": round(time.monotonic() - started, 1)}
-        log.warning("vLLM engine ready: %s", self._info)
 
     # -- generation ---------------------------------------------------------------------------
     def _params(self, s: Sampling, **more: Any):
@@ -85,7 +112,7 @@ class VLLMEngine:
                               min_tokens=s.min_tokens, ignore_eos=s.ignore_eos, logprobs=0, detokenize=True,
                               **more)
 
-    async def generate(self, prompt_ids: list[int], sampling: Sampling) -> Generation:
+    async def generate(self, prompt_ids: list[int], sampling: Sampling, messages=None) -> Generation:
         version = self._version
         final = None
         try:
@@ -229,16 +256,9 @@ class VLLMEngine:
     def shutdown(self) -> None:
         self.llm.shutdown()
 
-
-def engine_kwargs(cfg) -> dict[str, Any]:
-    """VLLMEngine's arguments from a RunConfig (model + rollout.engine)."""
-    from core.model import resolve_model_path
-    e = cfg.rollout.engine
-    return dict(model_path=str(resolve_model_path(cfg.model.path)), dtype=cfg.model.dtype,
-                max_model_len=cfg.model.max_model_len, seed=cfg.seed, kv_cache_space_gb=e.kv_cache_space_gb,
-                gpu_memory_utilization=e.gpu_memory_utilization, tensor_parallel_size=e.tensor_parallel_size,
-                enforce_eager=e.enforce_eager, max_num_seqs=e.max_num_seqs, logprobs_mode=e.logprobs_mode,
-                weight_transfer=e.weight_transfer, block_size=e.block_size)
+    async def close(self) -> None:
+        """In-process: stop vLLM (the OpenAI engine's close closes its client)."""
+        self.shutdown()
 
 
 def check_weight_transfer(weight_transfer: str, gpus: bool) -> None:
@@ -249,18 +269,18 @@ def check_weight_transfer(weight_transfer: str, gpus: bool) -> None:
                          "use rollout.engine.weight_transfer=disk on CPU")
 
 
-def start_engine_actor(cfg, name: str | None = None):
-    """Start a VLLMEngine in a Ray actor (Ray must be initialised); returns a RayEngine client."""
+def start_actor(cfg, options: dict[str, Any] | None = None) -> "RayEngine":
+    """A VLLMEngine in a Ray actor (Ray must be initialised); use rollout.engine.make_engine.
+
+    `options` place it (cluster.resources Layout.options("engine", i): its placement-group bundle
+    and GPU share); without them it takes tensor_parallel_size GPUs when the cluster has any."""
     import ray
-    gpus = cluster_has_gpus()
-    check_weight_transfer(cfg.rollout.engine.weight_transfer, gpus)   # before anything loads
-    num_gpus = cfg.rollout.engine.tensor_parallel_size if gpus else 0
-    actor_cls = ray.remote(num_cpus=0, num_gpus=num_gpus)(VLLMEngine)
     opts: dict[str, Any] = {"max_concurrency": 1000}
-    if name:
-        opts["name"] = name
-    handle = actor_cls.options(**opts).remote(**engine_kwargs(cfg))
-    return RayEngine(handle)
+    if options is None:
+        opts.update(num_cpus=0, num_gpus=cfg.rollout.engine.tensor_parallel_size if cluster_has_gpus() else 0)
+    else:
+        opts.update(options)
+    return RayEngine(ray.remote(VLLMEngine).options(**opts).remote(cfg))
 
 
 def cluster_has_gpus() -> bool:
@@ -271,10 +291,12 @@ def cluster_has_gpus() -> bool:
 class RayEngine:
     """The engine seam over a VLLMEngine Ray actor: what episodes and workers hold."""
 
+    api = "completions"
+
     def __init__(self, handle):
         self.handle = handle
 
-    async def generate(self, prompt_ids: list[int], sampling: Sampling) -> Generation:
+    async def generate(self, prompt_ids: list[int], sampling: Sampling, messages=None) -> Generation:
         import ray
         try:
             return await self.handle.generate.remote(prompt_ids, sampling)

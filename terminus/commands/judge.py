@@ -50,14 +50,13 @@ def _make(args) -> int:
 
     from transformers import AutoTokenizer
 
-    from evaluation.validate import validate_sample
+    from evaluation.tasks_io import load_task_list
     from judge.calibrate import make_calibration
-    from tasks import load_tasks
     from terminus.config import load_config
     from core.model import resolve_model_path
 
     cfg = load_config(args.config, args.overrides)
-    tasks = [t for s in args.splits.split(",") if s for t in load_tasks(cfg.tasks, s, validate=validate_sample)]
+    tasks = [t for s in args.splits.split(",") if s for t in load_task_list(cfg, s)]
     tok = AutoTokenizer.from_pretrained(str(resolve_model_path(cfg.model.path)))
     examples = make_calibration(tasks, tok, cfg.rollout)
     out = Path(args.out)

@@ -79,11 +79,11 @@ async def _run(cfg, requests, out: str, seed: int) -> dict:
 
 async def _open_openai(cfg) -> tuple:
     """The endpoint engine and its tokenizer, once the endpoint answers (EndpointError otherwise)."""
-    from rollout.engine.openai_engine import OpenAIEngine
-    from rollout.worker import load_tokenizer
     from core.model import resolve_model_path
+    from rollout.engine import make_engine
+    from rollout.worker import load_tokenizer
     tokenizer = load_tokenizer(str(resolve_model_path(cfg.model.path)))
-    engine = OpenAIEngine.from_config(cfg, tokenizer)
+    engine = make_engine(cfg, tokenizer)
     try:
         await engine.client.check()
     except BaseException:
@@ -102,35 +102,24 @@ async def _run_openai(cfg, engine, tokenizer, requests, seed, record) -> None:
 
 
 async def _run_ray(cfg, requests, seed, record) -> None:
-    import os
-
     import ray
 
-    from rollout.engine.vllm_engine import start_engine_actor
-    from rollout.worker import start_workers
-    started = not ray.is_initialized()
-    if started:
-        if cfg.cluster.address:
-            ray.init(address=cfg.cluster.address)
-        else:
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    engine = start_engine_actor(cfg)
-    workers = start_workers(cfg, engine)
+    from cluster.rollout_pool import RolloutPool
+    from core.raycluster import init_ray
+    from rollout.engine import make_engine
+    started = init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus, log_to_driver=False)
+    engine = pool = None
     try:
+        engine = make_engine(cfg, actor=True)
+        pool = RolloutPool(cfg, engine, cfg.rollout.num_workers)
         print(f"engine: {await engine.info()}", file=sys.stderr)
         # One call per (task, n) so groups are written as they finish; workers take turns.
-        calls = [workers[i % len(workers)].run.remote([req], None if seed is None else seed + i)
-                 for i, req in enumerate(requests)]
-        for fut in asyncio.as_completed([_await(c) for c in calls]):
-            result = await fut
-            record(result["groups"][0])
+        async for _, group in pool.stream(requests, seed):
+            record(group)
     finally:
-        for w in workers:
-            ray.kill(w)
-        engine.kill()
+        if pool is not None:
+            pool.shutdown()
+        if engine is not None:
+            engine.kill()
         if started:
             ray.shutdown()
-
-
-async def _await(ref):
-    return await ref

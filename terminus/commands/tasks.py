@@ -42,9 +42,8 @@ def register(sub) -> None:
 
 
 def _list(args) -> int:
-    from evaluation.validate import validate_sample
-    from tasks import load_tasks
-    for t in load_tasks(args.corpus, args.split, validate=validate_sample):
+    from evaluation.tasks_io import corpus_tasks
+    for t in corpus_tasks(args.corpus, args.split):
         print(f"{t.id:40s} {t.language:11s} {t.category:11s} exit={t.ground_truth.exit_status}  {t.request}")
     return 0
 
@@ -52,10 +51,9 @@ def _list(args) -> int:
 def _show(args) -> int:
     from dataclasses import asdict
 
-    from evaluation.validate import validate_sample
-    from tasks import load_tasks
+    from evaluation.tasks_io import corpus_tasks
     for split in ("train", "validation", "test"):
-        for t in load_tasks(args.corpus, split, validate=validate_sample):
+        for t in corpus_tasks(args.corpus, split):
             if t.id == args.task_id:
                 print(json.dumps(asdict(t), indent=2))
                 return 0
@@ -118,16 +116,16 @@ def _validate(args) -> int:
 
     from sandbox.config import SandboxConfig
     from rollout.worker import load_tokenizer
-    from tasks import load_tasks
+    from evaluation.tasks_io import corpus_tasks
     from tasks.corpus import CorpusError, built_observation_cap
-    from evaluation.validate import sample_tasks, validate_sample, validate_tasks
+    from evaluation.validate import sample_tasks, validate_tasks
     from core.model import resolve_model_path
 
     splits = [args.split] if args.split else ["train", "validation", "test"]
     tasks = []
     for split in splits:
         try:
-            tasks += load_tasks(args.corpus, split, validate=validate_sample)
+            tasks += corpus_tasks(args.corpus, split)
         except CorpusError as e:   # an empty split is fine when validating every split
             if "is empty" not in str(e) or args.split:
                 raise
