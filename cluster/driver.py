@@ -38,7 +38,7 @@ from rl.group import TrainerGroup
 from rl.resume import prepare_run_dir
 from rollout.engine import make_engine
 from rollout.engine.vllm_engine import cluster_has_gpus
-from rollout.teacher import choose_demo_tasks, collect_demos
+from rollout.teacher import choose_demo_tasks, collect_demos, load_demos
 from rollout.worker import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,11 @@ async def _train(cfg) -> dict[str, Any]:
             run_sft = "sft" in cfg.trainer.stage and not resumed_in_grpo
             if engine is None:
                 engine = start_engine()
-            if run_sft:   # the scripted teacher needs no engine: it plays while vLLM starts
+            if run_sft and cfg.trainer.sft.data:   # a distilled (e.g. frontier-teacher) dataset
+                demos, m = load_demos(cfg.trainer.sft.data, tokenizer)
+                print(f"[sft] {m['demos_total']} trajectories from {cfg.trainer.sft.data}, "
+                      f"{m['demos_failed']} without a report (not trained on)", flush=True)
+            elif run_sft:   # the scripted teacher needs no engine: it plays while vLLM starts
                 demos, m = await collect_demos(cfg, demo_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")
                 print(f"[sft] {m['demos_total']} teacher demos, {m['demos_failed']} failed", flush=True)
             # Weight sync (disk, nccl or ipc by rollout.engine.weight_transfer) goes through the trainer's

@@ -68,6 +68,10 @@ class TinySpec:
     copy_circuit: bool = False  # layers 0-1 start as an induction (copy) circuit: `install_copy_circuit`
 
 
+# The embedded models by name: `model.path=tiny-copy` starts from the copy circuit (docs/experiments.md).
+TINY_SPECS = {TINY: TinySpec(), "tiny-copy": TinySpec(copy_circuit=True)}
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("TERMINUS_CACHE", Path.home() / ".cache" / "terminus"))
 
@@ -80,11 +84,12 @@ def tiny_model_dir(spec: TinySpec = TinySpec()) -> Path:
 
 
 def resolve_model_path(path: str) -> Path:
-    """The local directory of a model: 'tiny' builds (once) the embedded model; anything else must exist."""
-    if path == TINY:
-        d = tiny_model_dir()
+    """The local directory of a model: 'tiny' (or 'tiny-copy', the same with the copy circuit) builds
+    (once) the embedded model; anything else must exist."""
+    if path in TINY_SPECS:
+        d = tiny_model_dir(TINY_SPECS[path])
         if not (d / "config.json").exists():
-            build_tiny(d)
+            build_tiny(d, TINY_SPECS[path])
         return d
     p = Path(path).expanduser()
     if not p.exists():

@@ -148,17 +148,7 @@ def _progress(total: int, label: str):
 
 
 def load_sft_dataset(path: str | Path) -> list[Any]:
-    """The trajectories of a distilled dataset (for the trainer's SFT stage), provenance in metadata."""
-    from rollout.trajectory import Trajectory
-    out = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            traj = Trajectory.from_dict(row["trajectory"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}:{i}: not a distilled trajectory line ({type(e).__name__}: {e})") from None
-        traj.metadata["provenance"] = row.get("provenance", {})
-        out.append(traj)
-    return out
+    """The trajectories of a distilled dataset (for the trainer's SFT stage), provenance in metadata:
+    the one trajectory reader, which takes distilled lines as they are."""
+    from rollout.io import read_trajectories
+    return read_trajectories(path)

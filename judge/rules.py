@@ -76,6 +76,13 @@ def _named_tests(text: str) -> set[str]:
     return set(_TEST_NAME.findall(text)) | set(_QUOTED_NAME.findall(text))
 
 
+def answers_another_command(task: Task, text: str) -> bool:
+    """The report states exit statuses, and none is the task's: it reports on some other command."""
+    truth = task.ground_truth.exit_status
+    claimed = {int(n) for n in _EXIT_CLAIM.findall(text)}
+    return truth is not None and bool(claimed) and truth not in claimed
+
+
 def exact_facts(task: Task, traj: Trajectory) -> bool:
     """The report states every ground-truth fact, the right status, and no test name it never saw:
     the exact-fact accuracy of an evaluation (checked by code, whichever judge gave the reward)."""
@@ -146,7 +153,11 @@ def judge_rules(task: Task, traj: Trajectory) -> Verdict:
     fact_frac = sum(i.code for i in checkable) / len(checkable) if checkable else 1.0
     status = (report or {}).get("status", "")
     expected = expected_statuses(task)
-    status_ok = expected is None or status in expected
+    # A report whose exit statuses are all another command's (`make` fails with 2 where the tests exit 1)
+    # answers a different question: its status is no answer to this one. GRPO found that running `make`
+    # anywhere and reporting its failure faithfully paid (docs/experiments.md, "Wrong command, honest report").
+    other_command = answers_another_command(task, text)
+    status_ok = (expected is None or status in expected) and not other_command
     format_errors = sum(1 for t in traj.turns if t.action == "format_error")
 
     # -- failure modes ----------------------------------------------------------------------------------
@@ -181,7 +192,8 @@ def judge_rules(task: Task, traj: Trajectory) -> Verdict:
     else:
         # the answer to the request is its facts: a right status alone is a quarter of the credit
         completion = DimensionScore(_clip(0.5 + 1.5 * status_ok + 2.0 * fact_frac),
-                                    f"status {'matches' if status_ok else 'contradicts'} the ground truth; "
+                                    f"status {'matches' if status_ok else 'contradicts'} the ground truth"
+                                    f"{' (it reports another command: no exit status it states is the task' + chr(39) + 's)' if other_command else ''}; "
                                     f"{fact_frac:.0%} of the facts stated")
     dims["task_completion"] = completion
 

@@ -29,6 +29,10 @@ class SFTConfig:
     demo_fraction: float = positive(default=1.0, hi=1.0,
                                     help="share of each train project's tasks the teacher demonstrates (a "
                                          "seeded choice); the others are met only in GRPO rollouts")
+    data: str = field(default="", metadata={
+        "help": "a trajectory file (`terminus distill` or `terminus rollout` output, .jsonl or .parquet) to "
+                "SFT on instead of the scripted teacher's demonstrations; episodes that ended without a "
+                "report or with an error are kept out"})
     train_on_observations: bool = field(default=False, metadata={
         "help": "SFT also predicts the tool outputs (every token after the initial prompt, not only the "
                 "assistant's): a model trained from scratch learns to read and copy from outputs sooner; "

@@ -112,4 +112,7 @@ def preflight(cfg: DictConfig) -> None:
 
     check_resume(cfg)
     wandb_settings(cfg)
+    if cfg.trainer.sft.data and "sft" in cfg.trainer.stage:
+        from rollout.io import iter_trajectories
+        next(iter_trajectories(cfg.trainer.sft.data), None)   # missing or malformed: a UserError now
     resolve_model_path(cfg.model.path)

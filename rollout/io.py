@@ -86,9 +86,19 @@ def iter_trajectories(path: str | Path) -> Iterator[Trajectory]:
             if not line.strip():
                 continue
             try:
-                yield Trajectory.from_dict(json.loads(line))
+                yield _from_line(json.loads(line))
             except (TypeError, ValueError, AttributeError) as e:   # bad JSON, or JSON of another shape
                 raise TrajectoryFileError(f"{path}:{n}: not a trajectory record ({type(e).__name__}: {e})") from None
+
+
+def _from_line(row: dict) -> Trajectory:
+    """A trajectory line: a bare trajectory (`terminus rollout`, eval files) or a distilled one,
+    `{"trajectory": ..., "provenance": ...}` (`terminus distill`), its provenance kept in metadata."""
+    if isinstance(row, dict) and "trajectory" in row and "token_ids" not in row:
+        traj = Trajectory.from_dict(row["trajectory"])
+        traj.metadata["provenance"] = row.get("provenance", {})
+        return traj
+    return Trajectory.from_dict(row)
 
 
 def _arrow_type(name: str):

@@ -159,3 +159,22 @@ async def collect_demos(cfg, tasks: list, pool, tokenizer, out: Path) -> tuple[l
     good = [t for t in demos if t.error is None and t.finish_reason == "report"]
     metrics.update(demos_total=len(demos), demos_failed=len(demos) - len(good))
     return good, metrics
+
+
+def load_demos(path: str | Path, tokenizer) -> tuple[list, dict]:
+    """SFT demonstrations from a trajectory file (`trainer.sft.data`: what `terminus distill` writes, a
+    frontier teacher's episodes, provenance in metadata) instead of the scripted teacher's. Episodes
+    without a report or with an error are counted, not trained on. Token ids must be the student's:
+    the episode loop tokenizes with the configured model, so distill with the same `model.path`."""
+    from core.errors import UserError
+    from rollout.io import read_trajectories
+
+    demos = read_trajectories(path)
+    vocab = len(tokenizer)
+    foreign = [t.task_id for t in demos if t.token_ids and max(t.token_ids) >= vocab]
+    if foreign:
+        raise UserError(f"trainer.sft.data={path}: {len(foreign)} trajectories (e.g. {foreign[0]}) hold token ids "
+                        f"beyond the student's vocabulary ({vocab}): they were tokenized for another model; "
+                        f"run `terminus distill` with the student's model.path")
+    good = [t for t in demos if t.error is None and t.finish_reason == "report" and t.token_ids]
+    return good, {"demos_total": len(demos), "demos_failed": len(demos) - len(good)}

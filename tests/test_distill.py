@@ -11,6 +11,7 @@ import pytest
 
 from tasks.types import Fact, GroundTruth, ReferenceSolution, Task
 from evaluation.distill import dedup_key, load_sft_dataset
+from rollout.teacher import load_demos
 from evaluation.tasks_io import write_task_list
 from core.net import free_port
 from core.testing.openai_server import Reply, ScriptedOpenAIServer
@@ -126,7 +127,7 @@ def test_distill_bad_input_fails_before_work(setup):
     assert not out.exists()
 
 
-def test_distill_with_scripted_teacher_default(setup):
+def test_distill_with_scripted_teacher_default(setup, tok):
     """The embedded default teacher (cluster's scripted expert) replays reference solutions for real."""
     tasks, tmp = setup
     out = tmp / "scripted.jsonl"
@@ -142,6 +143,27 @@ def test_distill_with_scripted_teacher_default(setup):
     assert "7 passed, 1 failed: test_edge" in obs      # the command really ran in the sandbox
     loaded = load_sft_dataset(out)
     assert len(loaded) == 3 and all(t.report and t.metadata["provenance"]["verdict"]["score"] >= 0.7 for t in loaded)
+    # `terminus train trainer.sft.data=FILE` trains on exactly these (rollout.teacher.load_demos)
+    demos, counts = load_demos(out, tok)
+    assert counts == {"demos_total": 3, "demos_failed": 0}
+    assert [d.token_ids for d in demos] == [t.token_ids for t in loaded] and demos[0].metadata["provenance"]
+
+
+def test_sft_data_from_another_models_tokenizer_or_a_missing_file_is_a_user_error(tmp_path, tok):
+    """Token ids beyond the student's vocabulary were tokenized for another model: refused with the fix;
+    a missing trainer.sft.data stops `terminus train` before Ray starts (one line, exit 2)."""
+    from core.errors import UserError
+    from rollout.trajectory import Trajectory
+    foreign = Trajectory(task_id="t1", messages=[], token_ids=[1, 150_000], response_mask=[0, 1],
+                         logprobs=[0.0, 0.0], turns=[], report={"status": "success"}, finish_reason="report")
+    path = tmp_path / "foreign.jsonl"
+    path.write_text(json.dumps({"trajectory": foreign.to_dict(), "provenance": {}}) + "\n")
+    with pytest.raises(UserError, match="beyond the student's vocabulary"):
+        load_demos(path, tok)
+    r = subprocess.run([TERMINUS, "train", "-c", "tiny_cpu", f"output_dir={tmp_path / 'run'}",
+                        f"trainer.sft.data={tmp_path / 'missing.jsonl'}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "missing.jsonl" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 def test_distill_embedded_default_on_generated_corpus(tmp_path):

@@ -208,3 +208,21 @@ def test_rules_judge_rewards_substance_over_form():
     assert rules_reward(traj(run, empty)) < 0.5 * rules_reward(traj(run, GOOD))
     assert hollow.dimensions["concision"].score < good.dimensions["concision"].score   # short, but says nothing
     assert wrong.dimensions["faithfulness"].score < hollow.dimensions["faithfulness"].score == 4.0
+
+
+def test_rules_judge_gives_no_status_credit_for_another_commands_failure():
+    """GRPO's hack on the generated corpus: run `make` whatever the project, and report its failure
+    faithfully. The status 'error' matches a failing task, but the exit status it states (2) is not the
+    task's (1): that report answers another question, and earns less than an honest one without facts."""
+    task = make_task()
+    make = [("make", 2, "make: *** No targets specified and no makefile found.  Stop.\n")]
+    other = {"status": "error", "summary": "`make` fails (exit 2): No targets.", "details": "Exit status 2."}
+    honest = {"status": "failure", "summary": "The tests fail.", "details": "Exit status 1."}
+    hack = judge_rules(task, traj(make, other))
+    assert "another command" in hack.dimensions["task_completion"].rationale
+    assert hack.dimensions["task_completion"].score == 0.5      # no status credit, no facts
+    assert rules_reward(traj(make, other)) < rules_reward(traj([("python -m pytest -q", 1, OUT)], honest))
+    # the same report on a task whose command does exit 2 keeps its status credit
+    build = Task(id="t1", language="c", category="build", project="p", repo_dir="/x", request="Build it.",
+                 ground_truth=GroundTruth(exit_status=2, facts=[]))
+    assert judge_rules(build, traj(make, other)).dimensions["task_completion"].score == 4.0

@@ -37,7 +37,7 @@ def _copy_accuracy(model_dir: Path) -> float:
 def test_tiny_model_copies_what_it_saw_before_any_training(tmp_path):
     """The copy circuit (core.model.install_copy_circuit): the embedded model continues a span it saw
     earlier in its context, as a pretrained LM does; the same random model without it never does."""
-    assert _copy_accuracy(build_tiny(tmp_path / "copier", TinySpec(copy_circuit=True))) > 0.8
+    assert _copy_accuracy(resolve_model_path("tiny-copy")) > 0.8
     assert _copy_accuracy(build_tiny(tmp_path / "plain", TinySpec(copy_circuit=False))) < 0.05
 
 

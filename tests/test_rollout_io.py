@@ -65,3 +65,16 @@ def test_files_written_before_turns_had_cut_off_still_load(tmp_path, suffix):
     back = read_trajectories(path)[0]
     assert [u.cut_off for u in back.turns] == [False, False]
     assert back.turns[0] == t.turns[0]
+
+
+def test_distilled_lines_read_as_trajectories_with_their_provenance(tmp_path):
+    """One trajectory file format: what `terminus distill` writes ({"trajectory", "provenance"} lines),
+    `train-offline` and SFT read, provenance kept; bare and distilled lines may share a file."""
+    import json
+    path = tmp_path / "sft.jsonl"
+    provenance = {"teacher": "openai:big@http://h/v1", "verdict_reward": 0.9}
+    path.write_text(json.dumps({"trajectory": _traj(1).to_dict(), "provenance": provenance}) + "\n"
+                    + _traj(2).to_json() + "\n")
+    first, second = read_trajectories(path)
+    assert first.metadata["provenance"] == provenance and first.token_ids == _traj(1).token_ids
+    assert second == _traj(2)
