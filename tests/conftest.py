@@ -26,3 +26,12 @@ def tok():
 
     from core.model import resolve_model_path
     return AutoTokenizer.from_pretrained(str(resolve_model_path("tiny")))
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_wandb_service():
+    """A W&B run in the test process starts a W&B service and exports WANDB_SERVICE; a training
+    subprocess started later would join that service, and a run it was killed in would still be
+    'in use' there when the test resumes it. Each test's subprocesses get a service of their own."""
+    yield
+    os.environ.pop("WANDB_SERVICE", None)

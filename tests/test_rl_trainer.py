@@ -145,7 +145,7 @@ def test_a_rank_needs_only_the_trainer_and_model_sections(tok, tmp_path):
 
     from rl.algos import loss_normaliser, pad_batch, tempered, token_logprobs
     from rl.worker import GRPOStep, TrainerWorker
-    from terminus.net import free_port
+    from core.net import free_port
 
     if dist.is_initialized():
         pytest.skip("a process group already exists in this process")
