@@ -145,10 +145,3 @@ def _record(task, trajs, verdicts, teacher: SubagentSpec, cfg, threshold: float,
 def _progress(total: int, label: str):
     from tqdm import tqdm
     return tqdm(total=total, desc=f"distill {label}", unit="task")
-
-
-def load_sft_dataset(path: str | Path) -> list[Any]:
-    """The trajectories of a distilled dataset (for the trainer's SFT stage), provenance in metadata:
-    the one trajectory reader, which takes distilled lines as they are."""
-    from rollout.io import read_trajectories
-    return read_trajectories(path)

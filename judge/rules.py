@@ -76,6 +76,9 @@ def _named_tests(text: str) -> set[str]:
     return set(_TEST_NAME.findall(text)) | set(_QUOTED_NAME.findall(text))
 
 
+OTHER_COMMAND_NOTE = " (it reports another command: no exit status it states is the task's)"
+
+
 def answers_another_command(task: Task, text: str) -> bool:
     """The report states exit statuses, and none is the task's: it reports on some other command."""
     truth = task.ground_truth.exit_status
@@ -193,7 +196,7 @@ def judge_rules(task: Task, traj: Trajectory) -> Verdict:
         # the answer to the request is its facts: a right status alone is a quarter of the credit
         completion = DimensionScore(_clip(0.5 + 1.5 * status_ok + 2.0 * fact_frac),
                                     f"status {'matches' if status_ok else 'contradicts'} the ground truth"
-                                    f"{' (it reports another command: no exit status it states is the task' + chr(39) + 's)' if other_command else ''}; "
+                                    f"{OTHER_COMMAND_NOTE if other_command else ''}; "
                                     f"{fact_frac:.0%} of the facts stated")
     dims["task_completion"] = completion
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tasks.types import Fact, GroundTruth, ReferenceSolution, Task
-from evaluation.distill import dedup_key, load_sft_dataset
+from evaluation.distill import dedup_key
+from rollout.io import read_trajectories
 from rollout.teacher import load_demos
 from evaluation.tasks_io import write_task_list
 from core.net import free_port
@@ -141,7 +142,7 @@ def test_distill_with_scripted_teacher_default(setup, tok):
     assert kept["t-count"]["provenance"]["teacher"]["kind"] == "scripted"
     obs = kept["t-count"]["trajectory"]["turns"][0]["observation"]
     assert "7 passed, 1 failed: test_edge" in obs      # the command really ran in the sandbox
-    loaded = load_sft_dataset(out)
+    loaded = read_trajectories(out)
     assert len(loaded) == 3 and all(t.report and t.metadata["provenance"]["verdict"]["score"] >= 0.7 for t in loaded)
     # `terminus train trainer.sft.data=FILE` trains on exactly these (rollout.teacher.load_demos)
     demos, counts = load_demos(out, tok)
@@ -175,4 +176,4 @@ def test_distill_embedded_default_on_generated_corpus(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     stats = json.loads(r.stdout[:r.stdout.rindex("}") + 1])
     assert stats["tasks"] == 2 and stats["episodes"] == 2 and stats["episode_errors"] == 0
-    assert stats["kept"] >= 1 and len(load_sft_dataset(out)) == stats["kept"]
+    assert stats["kept"] >= 1 and len(read_trajectories(out)) == stats["kept"]
