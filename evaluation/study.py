@@ -111,13 +111,13 @@ async def run_main_agent(task: StudyTask, condition: str, client: Any, sandbox_c
         async with await open_sandbox(sandbox_cfg, task.repo_dir) as sb:
             for _ in range(max_steps):
                 resp = await client.chat(messages, tools=tools, max_tokens=max_tokens)
-                usage = resp.get("usage") or {}
-                res.input_tokens += int(usage.get("prompt_tokens") or 0)
-                res.output_tokens += int(usage.get("completion_tokens") or 0)
+                if resp.usage is not None:
+                    res.input_tokens += resp.usage.prompt_tokens
+                    res.output_tokens += resp.usage.completion_tokens
                 res.steps += 1
-                msg = resp["choices"][0]["message"]
-                content = msg.get("content") or ""
-                calls = msg.get("tool_calls") or []
+                msg = resp.choices[0].message
+                content = msg.content or ""
+                calls = [c.model_dump() for c in msg.tool_calls or []]
                 if reports:
                     later_text.append(content + " " + " ".join(c["function"].get("arguments", "") for c in calls))
                 messages.append({"role": "assistant", "content": content,

@@ -75,9 +75,9 @@ async def preflight(spec: SubagentSpec, cfg: Any) -> None:
     if spec.kind == "hf":
         check_hf_dir(spec.path)
     elif spec.kind == "openai":
-        from core.openai_api import EndpointError, OpenAIClient
-        client = OpenAIClient(spec.base_url, spec.model, api_key_env=cfg.rollout.engine.api_key_env,
-                              timeout_s=10.0, max_retries=0)
+        from core.openai_api import Endpoint, EndpointError
+        client = Endpoint(spec.base_url, spec.model, api_key_env=cfg.rollout.engine.api_key_env,
+                          timeout_s=10.0, max_retries=0)
         try:
             await client.check()
         except EndpointError as e:

@@ -29,15 +29,19 @@ class JudgeConfig:
     requests_per_minute: int = at_least(0, default=0, help="0 = unlimited")
     tokens_per_minute: int = at_least(0, default=0, help="0 = unlimited")
     request_timeout_s: float = positive(default=120.0)
-    max_retries: int = at_least(0, default=4)
+    max_retries: int = at_least(0, default=4, help="openai backend: the SDK's retries (backoff, Retry-After)")
     samples: int = at_least(1, default=1, help="k-sample voting per trajectory")
     temperature: float = in_range(0.0, 2.0, default=0.0)
     max_tokens: int = at_least(16, default=1024)
     max_model_len: int = at_least(512, default=8192, help="vllm backend: context of the judge engine")
     kv_cache_space_gb: float = positive(default=1.0, help="vllm backend on CPU: KV cache (GiB)")
-    rationale_max_chars: int = at_least(8, default=160, help="vllm backend: bound of each rationale string "
-                                        "in the guided-decoding schema (keeps verdicts within max_tokens)")
-    json_mode: bool = True           # openai backend: send response_format={"type": "json_object"}
+    rationale_max_chars: int = at_least(8, default=160, help="LLM backends: bound of each rationale string "
+                                        "in the verdict schema (keeps verdicts within max_tokens)")
+    response_format: str = one_of("json_schema", "json_object", "text", default="json_schema",
+                                  help="openai backend: json_schema sends the verdict schema (strict structured "
+                                       "outputs); json_object or text for endpoints without them")
+    invalid_verdict_retries: int = at_least(0, default=2, help="LLM backends: asks again after a reply that "
+                                            "fails the verdict schema; then the trajectory is unjudgeable")
     cache_dir: str = ""              # default: <run dir>/judge_cache
     weights: dict[str, float] = field(default_factory=_default_weights)
     penalties: dict[str, float] = field(default_factory=_default_penalties)

@@ -1,10 +1,13 @@
-"""LLM judging: the judge prompt, the verdict JSON schema, the strict parser, k-sample aggregation,
-and the OpenAI-compatible backend (the vLLM backend in judge/vllm_judge.py reuses all but the client)."""
+"""LLM judging: the judge prompt, the verdict as a pydantic model (its JSON schema for decoders, its
+validation for replies), k-sample aggregation, and the OpenAI-compatible backend (the vLLM backend in judge/vllm_judge.py reuses all but the client)."""
 from __future__ import annotations
 
+import functools
 import json
 import statistics
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, create_model
 
 from judge.rubric import DIMENSIONS, FAILURE_MODES, MAX_SCORE
 from judge.rules import report_text, task_items
@@ -20,28 +23,49 @@ class VerdictParseError(ValueError):
     pass
 
 
+def _text(text_max: int) -> Any:
+    """A rationale/evidence string. For decoders the schema bounds it by a pattern: xgrammar (vLLM's guided
+    decoding) does not support a pattern together with maxLength, and without a bound a random model writes
+    until max_tokens. Validation cuts a longer string instead of rejecting the verdict."""
+    return Annotated[str, AfterValidator(lambda s: s[:text_max]),
+                     WithJsonSchema({"type": "string", "pattern": f"^[^\\x00-\\x1f\"\\\\]{{0,{text_max}}}$"})]
+
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+@functools.lru_cache(maxsize=64)
+def verdict_model(n_items: int, text_max: int = RATIONALE_MAX) -> type[BaseModel]:
+    """The pydantic model of the verdict an LLM judge returns: every dimension scored 0..MAX_SCORE with a
+    rationale, every failure mode flagged with evidence, one yes/no per ground-truth item (does the report
+    state it?). Its JSON schema is what endpoints decode against (response_format, guided decoding); the
+    same model validates the reply."""
+    text = _text(text_max)
+    score = create_model("DimensionScore", __config__=_STRICT,
+                         score=(int, Field(ge=0, le=MAX_SCORE)), rationale=(text, ...))
+    flag = create_model("FailureFlag", __config__=_STRICT, flag=(bool, ...), evidence=(text, ...))
+    dims = create_model("Dimensions", __config__=_STRICT, **{c.name: (score, ...) for c in DIMENSIONS})
+    fails = create_model("FailureModes", __config__=_STRICT, **{c.name: (flag, ...) for c in FAILURE_MODES})
+    return create_model("LLMVerdict", __config__=_STRICT, dimensions=(dims, ...), failure_modes=(fails, ...),
+                        items=(list[bool], Field(min_length=n_items, max_length=n_items)))
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """The schema without $ref and titles: the plain form every decoder (xgrammar, OpenAI strict) accepts."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
+        return {k: _inline(v, defs) for k, v in node.items() if k not in ("title", "$defs")}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
 def verdict_schema(n_items: int, text_max: int = RATIONALE_MAX) -> dict[str, Any]:
-    """The JSON schema of an LLM verdict (used for guided decoding and for strict parsing).
-    `text_max` bounds each rationale/evidence string, hence the verdict's length in tokens."""
-    # The length bound lives in the pattern: xgrammar (vLLM's guided decoding) does not support a
-    # pattern together with maxLength, and without a bound a random model writes until max_tokens.
-    text = {"type": "string", "pattern": f"^[^\\x00-\\x1f\"\\\\]{{0,{text_max}}}$"}
-    dim = {"type": "object", "properties": {"score": {"type": "integer", "minimum": 0, "maximum": MAX_SCORE},
-                                            "rationale": text},
-           "required": ["score", "rationale"], "additionalProperties": False}
-    fail = {"type": "object", "properties": {"flag": {"type": "boolean"}, "evidence": text},
-            "required": ["flag", "evidence"], "additionalProperties": False}
-    return {
-        "type": "object",
-        "properties": {
-            "dimensions": {"type": "object", "properties": {c.name: dim for c in DIMENSIONS},
-                           "required": [c.name for c in DIMENSIONS], "additionalProperties": False},
-            "failure_modes": {"type": "object", "properties": {c.name: fail for c in FAILURE_MODES},
-                              "required": [c.name for c in FAILURE_MODES], "additionalProperties": False},
-            "items": {"type": "array", "items": {"type": "boolean"}, "minItems": n_items, "maxItems": n_items},
-        },
-        "required": ["dimensions", "failure_modes", "items"], "additionalProperties": False,
-    }
+    """The JSON schema of verdict_model(n_items, text_max). `text_max` bounds each rationale/evidence string,
+    hence the verdict's length in tokens."""
+    schema = verdict_model(n_items, text_max).model_json_schema()
+    return _inline(schema, schema.get("$defs", {}))
 
 
 def _cut(s: str, n: int) -> str:
@@ -82,7 +106,7 @@ def render_prompt(task: Task, traj: Trajectory) -> list[dict[str, str]]:
 
 
 def _extract_json(text: str) -> Any:
-    """Strict: the reply must be a JSON object, optionally inside a ``` fence."""
+    """The reply must be a JSON object, optionally inside a ``` fence."""
     s = text.strip()
     if s.startswith("```"):
         s = s.strip("`")
@@ -93,31 +117,25 @@ def _extract_json(text: str) -> Any:
         raise VerdictParseError(f"the judge reply is not JSON ({e.msg} at char {e.pos}): {text[:200]!r}") from None
 
 
-def parse_verdict(text: str, task: Task, traj: Trajectory, judge: str) -> Verdict:
-    """Parse and validate an LLM reply against the schema's meaning; raise VerdictParseError on anything off.
+def parse_verdict(text: str, task: Task, traj: Trajectory, judge: str, text_max: int = RATIONALE_MAX) -> Verdict:
+    """Parse an LLM reply and validate it with verdict_model; raise VerdictParseError naming what is off.
     Task items carry both the LLM's answer and the programmatic check."""
-    data = _extract_json(text)
-    if not isinstance(data, dict):
-        raise VerdictParseError(f"the judge reply is JSON but not an object: {text[:200]!r}")
-    dims, fails = data.get("dimensions"), data.get("failure_modes")
-    if not isinstance(dims, dict) or not isinstance(fails, dict):
-        raise VerdictParseError("the judge reply lacks 'dimensions' or 'failure_modes' objects")
+    try:
+        reply = verdict_model(len(task.ground_truth.facts), text_max).model_validate(_extract_json(text))
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'reply'}: {err['msg']}" for err in e.errors()[:3])
+        raise VerdictParseError(f"the verdict does not match the schema ({e.error_count()} error(s)): {problems}") \
+            from None
     out = Verdict(judge=judge)
     for c in DIMENSIONS:
-        d = dims.get(c.name)
-        score = d.get("score") if isinstance(d, dict) else None
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= MAX_SCORE:
-            raise VerdictParseError(f"dimension '{c.name}': score must be a number in 0..{MAX_SCORE}, got {d!r}")
-        out.dimensions[c.name] = DimensionScore(float(score), str(d.get("rationale", ""))[:RATIONALE_MAX])
+        d = getattr(reply.dimensions, c.name)
+        out.dimensions[c.name] = DimensionScore(float(d.score), d.rationale)
     for c in FAILURE_MODES:
-        f = fails.get(c.name)
-        if not isinstance(f, dict) or not isinstance(f.get("flag"), bool):
-            raise VerdictParseError(f"failure mode '{c.name}': needs a boolean 'flag', got {f!r}")
-        out.failures[c.name] = FailureFlag(f["flag"], str(f.get("evidence", ""))[:RATIONALE_MAX])
-    answers = data.get("items") or []
+        f = getattr(reply.failure_modes, c.name)
+        out.failures[c.name] = FailureFlag(f.flag, f.evidence)
     out.items = task_items(task, report_text(traj) if traj.report else "")
-    for item, ans in zip(out.items, answers if isinstance(answers, list) else []):
-        item.llm = bool(ans) if isinstance(ans, bool) else None
+    for item, ans in zip(out.items, reply.items):
+        item.llm = ans
     return out
 
 
@@ -151,50 +169,63 @@ def aggregate(verdicts: list[Verdict], judge: str) -> Verdict:
 
 
 class OpenAIJudge:
-    """Any OpenAI-compatible endpoint via the shared client. JSON mode when `json_mode`; otherwise, or when the
-    endpoint ignores it, the strict parser; one repair retry on a malformed reply, then unjudgeable."""
+    """Any OpenAI-compatible endpoint (core.openai_api.Endpoint). The verdict schema goes out as a strict
+    `response_format` JSON schema (`cfg.response_format`: json_schema, else json_object or text for
+    endpoints without structured outputs); the reply is validated by the same model. An invalid reply is
+    answered with what was wrong and asked again, at most `cfg.invalid_verdict_retries` times, then the
+    trajectory is unjudgeable. Endpoint retries (429, 5xx, timeouts) are the SDK's."""
 
-    def __init__(self, cfg, client=None, json_mode: bool = True):
-        from core.openai_api import OpenAIClient
+    def __init__(self, cfg, client=None):
+        from core.openai_api import Endpoint
         self.cfg = cfg
-        self.client = client or OpenAIClient(cfg.base_url, cfg.model_name, api_key_env=cfg.api_key_env,
-                                             timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries,
-                                             max_concurrency=cfg.max_concurrency,
-                                             requests_per_minute=cfg.requests_per_minute,
-                                             tokens_per_minute=cfg.tokens_per_minute)
-        self.json_mode = json_mode
-        self.retries_itself = True  # the shared client's timeouts + backoff; the pool only bounds the total
+        self.client = client or Endpoint.from_config(cfg, cfg.model_name)
+        self.retries_itself = True  # the SDK's timeouts + backoff; the pool only bounds the total
         self.name = f"openai:{cfg.model_name}"
+
+    def response_format(self, n_items: int) -> dict[str, Any] | None:
+        if self.cfg.response_format == "json_schema":
+            return {"type": "json_schema", "json_schema": {
+                "name": "verdict", "strict": True, "schema": verdict_schema(n_items, self.cfg.rationale_max_chars)}}
+        if self.cfg.response_format == "json_object":
+            return {"type": "json_object"}
+        return None
 
     async def _one(self, task: Task, traj: Trajectory) -> Verdict:
         from core.openai_api import EndpointError, message_text
         messages = render_prompt(task, traj)
         params: dict[str, Any] = {"temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
-        if self.json_mode:
-            params["response_format"] = {"type": "json_object"}
+        if (fmt := self.response_format(len(task.ground_truth.facts))) is not None:
+            params["response_format"] = fmt
+        invalid = 0
         try:
-            text = message_text(await self.client.chat(messages, **params))
-            try:
-                return parse_verdict(text, task, traj, self.name)
-            except VerdictParseError as e:
-                repair = messages + [{"role": "assistant", "content": text},
-                                     {"role": "user", "content": f"That reply was invalid: {e}. Answer again with "
-                                                                 "only the JSON object described above."}]
-                text = message_text(await self.client.chat(repair, **params))
+            while True:
+                text = message_text(await self.client.chat(messages, **params))
                 try:
-                    return parse_verdict(text, task, traj, self.name)
-                except VerdictParseError as e2:
-                    return Verdict.unjudgeable(self.name, f"malformed_json: {e2}")
+                    v = parse_verdict(text, task, traj, self.name, self.cfg.rationale_max_chars)
+                    v.invalid_replies = invalid
+                    return v
+                except VerdictParseError as e:
+                    invalid += 1
+                    if invalid > self.cfg.invalid_verdict_retries:
+                        v = Verdict.unjudgeable(self.name, f"malformed_json: {e}")
+                        v.invalid_replies = invalid
+                        return v
+                    messages = messages + [
+                        {"role": "assistant", "content": text},
+                        {"role": "user", "content": f"That reply was invalid: {e}. Answer again with only the "
+                                                    "JSON object described above."}]
         except EndpointError as e:
-            return Verdict.unjudgeable(self.name, f"endpoint_error: {e}")
+            v = Verdict.unjudgeable(self.name, f"endpoint_error: {e}")
+            v.invalid_replies = invalid
+            return v
 
     async def judge(self, task: Task, trajectory: Trajectory) -> Verdict:
         import asyncio
         verdicts = await asyncio.gather(*[self._one(task, trajectory) for _ in range(self.cfg.samples)])
         good = [v for v in verdicts if v.ok]
-        if not good:
-            return verdicts[0]
-        return aggregate(good, self.name)
+        out = aggregate(good, self.name) if good else verdicts[0]
+        out.invalid_replies = sum(v.invalid_replies for v in verdicts)
+        return out
 
     async def close(self) -> None:
         await self.client.close()

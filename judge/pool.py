@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import json
 import os
-import random
 import statistics
 import tempfile
 import time
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from judge.config import JudgeConfig
-from judge.ratelimit import RateLimiter
 from judge.rubric import check_weights, reward, rubric_hash
 from judge.types import Judge, Verdict
 from rollout.trajectory import Trajectory
@@ -42,7 +40,7 @@ def make_judge(cfg: JudgeConfig, layout=None) -> Judge:
         return RulesJudge()
     if cfg.backend == "openai":
         from judge.llm import OpenAIJudge
-        return OpenAIJudge(cfg, json_mode=cfg.json_mode)
+        return OpenAIJudge(cfg)
     from judge.vllm_judge import VLLMJudge
     return VLLMJudge(cfg, layout=layout)
 
@@ -79,14 +77,6 @@ def cache_key(cfg: JudgeConfig, task: Task, traj: Trajectory) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def estimate_tokens(cfg: JudgeConfig, task: Task, traj: Trajectory) -> int:
-    """Tokens one judge request may use, for the tokens-per-minute limit: the rendered prompt (about 4
-    characters a token) plus the completion budget, per sample."""
-    from judge.llm import render_prompt
-    chars = sum(len(m["content"]) for m in render_prompt(task, traj))
-    return (chars // 4 + cfg.max_tokens) * cfg.samples
-
-
 class JudgePool:
     def __init__(self, cfg: JudgeConfig, run_dir: str | Path | None = None, judge: Judge | None = None,
                  layout=None):
@@ -101,7 +91,6 @@ class JudgePool:
         self._counts: Counter = Counter()
         self._unjudgeable: Counter = Counter()
         self._latencies: list[float] = []
-        self.limiter = RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute)
 
     @property
     def judge(self) -> Judge:
@@ -110,25 +99,19 @@ class JudgePool:
         return self._judge
 
     async def _call(self, task: Task, traj: Trajectory) -> Verdict:
-        """One backend call with a per-request timeout and retries (exponential backoff + jitter) for
-        exceptions; the HTTP client retries HTTP errors itself, so this covers local engines."""
-        last = ""
+        """One backend call, never retried here: endpoint errors are retried by the `openai` SDK (it sees the
+        status and Retry-After), invalid verdicts by the LLM judge; a local engine's failure (a crashed
+        actor) does not heal on a retry. A timeout or an exception marks the trajectory unjudgeable."""
         timeout = self.cfg.request_timeout_s
-        if getattr(self.judge, "retries_itself", False):  # the HTTP client times out and retries each request
-            timeout *= 2 * (self.cfg.max_retries + 2) * self.cfg.samples  # an outer bound only (incl. a repair)
-        tokens = estimate_tokens(self.cfg, task, traj) if self.cfg.tokens_per_minute > 0 else 0
-        for attempt in range(self.cfg.max_retries + 1):
-            await self.limiter.acquire(tokens)   # every attempt is a billed request
-            try:
-                return await asyncio.wait_for(self.judge.judge(task, traj), timeout)
-            except asyncio.TimeoutError:
-                last = f"timeout: no verdict within {self.cfg.request_timeout_s:g} s"
-            except Exception as e:  # a crashed engine/actor: retry, then mark
-                last = f"judge_error: {type(e).__name__}: {e}"
-            self._counts["retries"] += 1
-            if attempt < self.cfg.max_retries:
-                await asyncio.sleep(random.uniform(0, min(30.0, 0.5 * 2 ** attempt)))
-        return Verdict.unjudgeable(getattr(self.judge, "name", self.cfg.backend), last)
+        if getattr(self.judge, "retries_itself", False):  # the SDK times out and retries each request
+            timeout *= 2 * (self.cfg.max_retries + 2) * (self.cfg.invalid_verdict_retries + 1)  # an outer bound
+        try:
+            return await asyncio.wait_for(self.judge.judge(task, traj), timeout)
+        except asyncio.TimeoutError:
+            reason = f"timeout: no verdict within {timeout:g} s"
+        except Exception as e:  # a crashed engine/actor
+            reason = f"judge_error: {type(e).__name__}: {e}"
+        return Verdict.unjudgeable(getattr(self.judge, "name", self.cfg.backend), reason)
 
     async def judge_one(self, task: Task | None, traj: Trajectory) -> Verdict:
         if task is None:
@@ -146,6 +129,7 @@ class JudgePool:
             v = await self._call(task, traj)
             v.latency_s = round(time.monotonic() - started, 4)
         self._latencies.append(v.latency_s)
+        self._counts["invalid_verdicts"] += v.invalid_replies
         if v.ok:
             v.reward = round(reward({k: d.score for k, d in v.dimensions.items()},
                                     {k: f.flag for k, f in v.failures.items()}, self.cfg.weights,
@@ -180,6 +164,12 @@ class JudgePool:
                     await client.close()
         return asyncio.run(run())
 
+    @property
+    def rate_limit_wait_s(self) -> float:
+        """Time spent waiting for the endpoint's per-minute budget (core.ratelimit; openai backend only)."""
+        client = getattr(self._judge, "client", None)
+        return client.limiter.waited_s if client is not None else 0.0
+
     def metrics(self) -> dict[str, Any]:
         lat = self._latencies
         return {
@@ -187,8 +177,8 @@ class JudgePool:
             "judge/unjudgeable": sum(self._unjudgeable.values()),
             **{f"judge/unjudgeable/{r}": n for r, n in sorted(self._unjudgeable.items())},
             "judge/cache_hits": self._counts["cache_hits"],
-            "judge/retries": self._counts["retries"],
-            "judge/rate_limit_wait_s": round(self.limiter.waited_s, 3),
+            "judge/invalid_verdicts": self._counts["invalid_verdicts"],
+            "judge/rate_limit_wait_s": round(self.rate_limit_wait_s, 3),
             "judge/latency_mean_s": round(statistics.fmean(lat), 4) if lat else 0.0,
             "judge/latency_max_s": round(max(lat), 4) if lat else 0.0,
         }

@@ -43,6 +43,7 @@ class Verdict:
     agreement: float | None = None              # fraction of sample fields agreeing with the aggregate
     latency_s: float = 0.0
     cached: bool = False
+    invalid_replies: int = 0                    # LLM replies that failed the verdict schema (each was retried)
 
     @property
     def ok(self) -> bool:

@@ -16,7 +16,7 @@ from rollout.engine.openai_engine import OpenAIEngine
 from rollout.io import read_trajectories
 from tasks.types import Task
 from core.model import resolve_model_path
-from core.openai_api import OpenAIClient
+from core.openai_api import Endpoint
 from core.net import free_port
 
 VENV_BIN = os.path.dirname(sys.executable)
@@ -68,7 +68,7 @@ def test_completions_are_token_exact(server, tok):
                                      add_generation_prompt=True, return_dict=False)
 
     async def go():
-        client = OpenAIClient(base_url, "tiny", timeout_s=60, max_retries=2, max_concurrency=8)
+        client = Endpoint(base_url, "tiny", timeout_s=60, max_retries=2, max_concurrency=8)
         engine = OpenAIEngine(client)
         try:
             plain = await engine.generate(prompt, Sampling(max_tokens=16, seed=1, ignore_eos=True, min_tokens=16))

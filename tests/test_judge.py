@@ -155,7 +155,8 @@ def test_openai_backend_retry_and_mark(tmp_path):
               Reply(content=_llm_json(), delay_s=5.0), Reply(content=_llm_json(1))]    # hang, then ok
     with ScriptedOpenAIServer(script) as srv:
         cfg = JudgeConfig(backend="openai", base_url=srv.base_url, model_name="scripted-model", max_retries=3,
-                          request_timeout_s=1.0, max_concurrency=1, cache_dir=str(tmp_path / "c"))
+                          request_timeout_s=1.0, max_concurrency=1, cache_dir=str(tmp_path / "c"),
+                          invalid_verdict_retries=1)
         pool = JudgePool(cfg)
         results = []
         for i in range(4):
@@ -165,7 +166,6 @@ def test_openai_backend_retry_and_mark(tmp_path):
             results.append(t)
         assert results[0].reward == pytest.approx(1.0) and len(srv.requests) >= 3
         assert results[0].verdict["judge"] == "openai:scripted-model"
-        assert srv.requests[0]["response_format"] == {"type": "json_object"}
         assert results[1].reward is not None and results[1].verdict["failures"]["hallucination"]["flag"]
         assert "invalid" in srv.requests[4]["messages"][-1]["content"]
         assert results[2].reward is None and results[2].verdict["reason"].startswith("malformed_json")
@@ -174,12 +174,59 @@ def test_openai_backend_retry_and_mark(tmp_path):
         pool.score({"t1": task}, [results[0]])  # cached: no request
         assert len(srv.requests) == n and pool.metrics()["judge/cache_hits"] == 1
         assert pool.metrics()["judge/unjudgeable/malformed_json"] == 1
+        assert pool.metrics()["judge/invalid_verdicts"] == 3   # 1 repaired + 2 for the unjudgeable one
     # The endpoint down for good: marked, never a silent 0.
     cfg = JudgeConfig(backend="openai", base_url="http://127.0.0.1:9/v1", model_name="m", max_retries=1,
                       request_timeout_s=1.0)
     t = ladder()[0]
     JudgePool(cfg).score({"t1": task}, [t])
     assert t.reward is None and t.verdict["reason"].startswith("endpoint_error")
+
+
+def _openai_pool(srv, tmp_path, **kw) -> JudgePool:
+    return JudgePool(JudgeConfig(backend="openai", base_url=srv.base_url, model_name=srv.model, max_retries=0,
+                                 request_timeout_s=5.0, cache_dir=str(tmp_path / "c"), **kw))
+
+
+def test_openai_judge_sends_the_verdict_schema_and_retries_an_invalid_verdict(tmp_path):
+    from core.testing.openai_server import Reply, ScriptedOpenAIServer
+    task, t = make_task(), ladder()[0]
+    # Valid JSON, wrong verdict: 2 item answers for 3 ground-truth facts (the schema says exactly 3).
+    with ScriptedOpenAIServer([Reply(content=_llm_json(4, n=2)), Reply(content=_llm_json(4))]) as srv:
+        pool = _openai_pool(srv, tmp_path)
+        pool.score({"t1": task}, [t])
+    assert t.reward == pytest.approx(1.0) and len(srv.requests) == 2
+    fmt = srv.requests[0]["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    assert fmt["json_schema"]["schema"] == verdict_schema(3)       # the same schema the vLLM judge decodes with
+    assert "items" in srv.requests[1]["messages"][-1]["content"]    # the repair names what was wrong
+    m = pool.metrics()
+    assert m["judge/invalid_verdicts"] == 1 and m["judge/judged"] == 1 and m["judge/unjudgeable"] == 0
+
+
+def test_openai_judge_masks_a_trajectory_with_only_invalid_verdicts(tmp_path):
+    from core.testing.openai_server import Reply, ScriptedOpenAIServer
+    task, t = make_task(), ladder()[0]
+    bad = [_llm_json(7), _llm_json(3, n=4), '{"dimensions": {}}']   # score out of 0..4, 4 items, missing keys
+    with ScriptedOpenAIServer([Reply(content=b) for b in bad] + [Reply(content=_llm_json())]) as srv:
+        pool = _openai_pool(srv, tmp_path, invalid_verdict_retries=2, response_format="json_object")
+        pool.score({"t1": task}, [t])
+    assert len(srv.requests) == 3                                   # 1 + invalid_verdict_retries, then masked
+    assert srv.requests[0]["response_format"] == {"type": "json_object"}
+    assert t.reward is None and t.verdict["reason"].startswith("malformed_json")
+    m = pool.metrics()
+    assert m["judge/unjudgeable/malformed_json"] == 1 and m["judge/invalid_verdicts"] == 3
+
+
+def test_verdict_model_validates_what_the_schema_says():
+    task, t = make_task(), ladder()[1]
+    assert parse_verdict(_llm_json(), task, t, "x").dimensions["concision"].score == 3.0
+    long = _llm_json().replace('"rationale": "ok"', '"rationale": "' + "r" * 500 + '"')
+    assert len(parse_verdict(long, task, t, "x", text_max=40).dimensions["concision"].rationale) == 40
+    for bad in (_llm_json(n=2), _llm_json().replace('"score": 3', '"score": 2.5'),
+                _llm_json().replace('"flag": false', '"flag": "no"'), _llm_json()[:-1] + ', "extra": 1}'):
+        with pytest.raises(VerdictParseError, match="does not match the schema"):
+            parse_verdict(bad, task, t, "x")
 
 
 def test_rules_judge_flags_an_invented_quoted_test_name():

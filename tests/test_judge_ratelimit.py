@@ -1,5 +1,5 @@
-"""The judge pool's per-minute limits: requests and tokens in a sliding 60 s window, on a fake clock
-(so the test takes no real minute), and through the pool with the real rules judge."""
+"""The per-minute limits (core.ratelimit): requests and tokens in a sliding 60 s window, on a fake clock
+(so the test takes no real minute), and through the judge pool with the OpenAI judge on loopback."""
 from __future__ import annotations
 
 import asyncio
@@ -7,9 +7,10 @@ import asyncio
 import pytest
 
 from judge.config import JudgeConfig
-from judge.pool import JudgePool, estimate_tokens
-from judge.ratelimit import RateLimiter
-from test_judge import ladder, make_task  # tests/ is on sys.path
+from core.ratelimit import RateLimiter
+from judge.llm import render_prompt
+from judge.pool import JudgePool
+from test_judge import _llm_json, ladder, make_task  # tests/ is on sys.path
 
 
 class FakeTime:
@@ -57,18 +58,23 @@ def test_tokens_per_minute_and_oversized_request():
     asyncio.run(go())
 
 
-def test_pool_applies_the_limit_to_each_request():
-    cfg = JudgeConfig(backend="rules", requests_per_minute=3, tokens_per_minute=10**9)
-    pool = JudgePool(cfg)
-    ft = FakeTime()
-    pool.limiter = RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute, clock=ft.clock, sleep=ft.sleep)
+def test_openai_judge_applies_the_limit_to_each_request(tmp_path):
+    from core.testing.openai_server import Reply, ScriptedOpenAIServer
     trajs = ladder()[:5]
     for i, t in enumerate(trajs):
         t.messages = [{"role": "user", "content": f"episode {i}"}]
-    pool.score({"t1": make_task()}, trajs)
-    assert all(t.reward is not None for t in trajs)
+    with ScriptedOpenAIServer([Reply(content=_llm_json()) for _ in trajs]) as srv:
+        cfg = JudgeConfig(backend="openai", base_url=srv.base_url, model_name=srv.model, max_tokens=100,
+                          requests_per_minute=3, tokens_per_minute=10**9, cache_dir=str(tmp_path))
+        pool = JudgePool(cfg)
+        ft = FakeTime()
+        pool.judge.client.limiter = RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute, clock=ft.clock,
+                                                sleep=ft.sleep)
+        pool.score({"t1": make_task()}, trajs)
+    assert all(t.reward is not None for t in trajs) and len(srv.requests) == 5
     assert ft.sleeps and ft.now >= 60.0        # 5 requests at 3/minute: two waited for the next minute
     assert pool.metrics()["judge/rate_limit_wait_s"] == pytest.approx(ft.now)
-    # The token estimate covers the rendered prompt and the completion budget of every sample.
-    one = estimate_tokens(JudgeConfig(max_tokens=100), make_task(), trajs[0])
-    assert one > 100 and estimate_tokens(JudgeConfig(max_tokens=100, samples=3), make_task(), trajs[0]) == 3 * one
+    # The token estimate covers the rendered prompt (about 4 characters a token) and the completion budget.
+    spent = [n for _, n in pool.judge.client.limiter._events]   # the requests still in the window
+    assert spent and all(n > 100 + len(render_prompt(make_task(), trajs[0])[1]["content"]) // 4
+                                   for n in spent)

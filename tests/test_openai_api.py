@@ -1,10 +1,11 @@
-"""The shared OpenAI-compatible client against a real HTTP server on loopback with scripted answers."""
+"""core.openai_api.Endpoint (the `openai` SDK + our rate limit + EndpointError) against a real HTTP server on
+loopback with scripted answers: what the SDK must do for us (Retry-After, retries, timeouts, extra_body)."""
 import asyncio
 import time
 
 import pytest
 
-from core.openai_api import EndpointError, OpenAIClient, backoff_delay, message_text
+from core.openai_api import Endpoint, EndpointError, message_text
 from core.testing.openai_server import Reply, ScriptedOpenAIServer
 
 
@@ -13,39 +14,61 @@ def run(coro):
 
 
 async def _chat(srv, **kw):
-    async with OpenAIClient(srv.base_url, srv.model, api_key="k", backoff_base_s=0.01, **kw) as c:
-        r = await c.chat([{"role": "user", "content": "hi"}], max_tokens=8)
-        return r, c.stats
+    async with Endpoint(srv.base_url, srv.model, api_key="k", **kw) as c:
+        return await c.chat([{"role": "user", "content": "hi"}], max_tokens=8)
 
 
 def test_answer_and_request_recorded():
     with ScriptedOpenAIServer([Reply(content="hello")]) as srv:
-        r, stats = run(_chat(srv))
+        r = run(_chat(srv))
     assert message_text(r) == "hello"
     assert srv.requests[0]["messages"][0]["content"] == "hi" and srv.requests[0]["max_tokens"] == 8
-    assert stats["requests"] == 1 and stats["retries"] == 0
+    assert srv.requests[0]["model"] == srv.model
 
 
-def test_429_and_500_are_retried_then_succeed():
-    with ScriptedOpenAIServer([Reply(status=429, headers={"Retry-After": "0.05"}), Reply(status=500),
-                               Reply(content="ok")]) as srv:
-        r, stats = run(_chat(srv))
-    assert message_text(r) == "ok"
-    assert stats["retries"] == 2 and len(srv.requests) == 3
+def test_429_retry_after_is_honoured():
+    # The SDK's own first backoff is at most 0.5 s: a wait of 1.5 s can only come from Retry-After.
+    with ScriptedOpenAIServer([Reply(status=429, headers={"Retry-After": "1.5"}), Reply(content="ok")]) as srv:
+        t = time.monotonic()
+        r = run(_chat(srv))
+        waited = time.monotonic() - t
+    assert message_text(r) == "ok" and len(srv.requests) == 2
+    assert 1.4 <= waited < 5
 
 
-def test_hang_times_out_and_retries():
+def test_500_is_retried_then_surfaces_as_endpoint_error():
+    with ScriptedOpenAIServer([Reply(status=500)] * 3 + [Reply(content="never")]) as srv:
+        with pytest.raises(EndpointError, match=r"HTTP 500: .*scripted HTTP 500") as e:
+            run(_chat(srv, max_retries=2))
+        assert len(srv.requests) == 3          # 1 + max_retries, then our error (the 4th answer is never asked)
+    assert e.value.status == 500 and srv.base_url in str(e.value)
+
+
+def test_500_then_success():
+    with ScriptedOpenAIServer([Reply(status=500), Reply(content="ok")]) as srv:
+        assert message_text(run(_chat(srv))) == "ok"
+
+
+def test_timeout_is_enforced():
     with ScriptedOpenAIServer([Reply(content="late", delay_s=5), Reply(content="ok")]) as srv:
         t = time.monotonic()
-        r, stats = run(_chat(srv, timeout_s=0.5))
-    assert message_text(r) == "ok" and stats["retries"] == 1
-    assert time.monotonic() - t < 4
+        assert message_text(run(_chat(srv, timeout_s=0.5))) == "ok"   # the hang timed out, the retry answered
+        assert time.monotonic() - t < 4
+    with ScriptedOpenAIServer([Reply(content="late", delay_s=5)]) as srv:
+        t = time.monotonic()
+        with pytest.raises(EndpointError, match=r"no answer within 0.5 s"):
+            run(_chat(srv, timeout_s=0.5, max_retries=0))
+        assert time.monotonic() - t < 3
 
 
-def test_exhausted_retries_raise_clear_error():
-    with ScriptedOpenAIServer([Reply(status=500)] * 3) as srv:
-        with pytest.raises(EndpointError, match=r"failed after 3 attempt\(s\): HTTP 500"):
-            run(_chat(srv, max_retries=2))
+def test_extra_body_reaches_the_server():
+    async def go(srv):
+        async with Endpoint(srv.base_url, srv.model) as c:
+            await c.chat([{"role": "user", "content": "x"}], max_tokens=4,
+                         extra_body={"top_k": 20, "structured_outputs": {"regex": "a+"}})
+    with ScriptedOpenAIServer([Reply(content="a")]) as srv:
+        run(go(srv))
+    assert srv.requests[0]["top_k"] == 20 and srv.requests[0]["structured_outputs"] == {"regex": "a+"}
 
 
 def test_non_retryable_status_fails_at_once():
@@ -55,15 +78,18 @@ def test_non_retryable_status_fails_at_once():
     assert e.value.status == 400 and len(srv.requests) == 1
 
 
-def test_malformed_body_is_retried():
-    with ScriptedOpenAIServer([Reply(raw_body="{not json"), Reply(content="ok")]) as srv:
-        r, _ = run(_chat(srv))
-    assert message_text(r) == "ok"
+def test_malformed_body_is_a_clear_error():
+    with ScriptedOpenAIServer([Reply(raw_body="{not json")]) as srv:
+        with pytest.raises(EndpointError, match="not JSON"):
+            run(_chat(srv))
+    with ScriptedOpenAIServer([Reply(raw_body='{"no": "choices"}')]) as srv:
+        with pytest.raises(EndpointError, match="malformed chat-completions response"):
+            message_text(run(_chat(srv)))
 
 
 def test_unreachable_and_unknown_model_are_clear():
     async def check(url, model):
-        async with OpenAIClient(url, model, timeout_s=2) as c:
+        async with Endpoint(url, model, timeout_s=2, max_retries=0) as c:
             await c.check()
 
     with ScriptedOpenAIServer([]) as srv:
@@ -72,18 +98,20 @@ def test_unreachable_and_unknown_model_are_clear():
         run(check(srv.base_url, srv.model))
     with pytest.raises(EndpointError, match="unreachable"):
         run(check(srv.base_url, "x"))  # server is gone now
+    with pytest.raises(EndpointError, match="unreachable"):  # also through chat, after the SDK's retries
+        run(_chat(srv, max_retries=1))
 
 
 def test_tool_calls_are_returned():
     with ScriptedOpenAIServer([Reply(content=None, tool_calls=[{"name": "terminal", "arguments": {"cmd": "ls"}}])]) as srv:
-        r, _ = run(_chat(srv))
-    call = r["choices"][0]["message"]["tool_calls"][0]
-    assert call["function"]["name"] == "terminal" and '"cmd": "ls"' in call["function"]["arguments"]
+        r = run(_chat(srv))
+    call = r.choices[0].message.tool_calls[0]
+    assert call.function.name == "terminal" and '"cmd": "ls"' in call.function.arguments
 
 
 def test_request_rate_limit_blocks_past_the_budget():
     async def burst(srv):
-        async with OpenAIClient(srv.base_url, srv.model, requests_per_minute=2) as c:
+        async with Endpoint(srv.base_url, srv.model, requests_per_minute=2) as c:
             await asyncio.gather(*(c.chat([{"role": "user", "content": "x"}]) for _ in range(2)))
             with pytest.raises(asyncio.TimeoutError):  # the third must wait for the window to roll
                 await asyncio.wait_for(c.chat([{"role": "user", "content": "x"}]), timeout=0.5)
@@ -93,6 +121,16 @@ def test_request_rate_limit_blocks_past_the_budget():
         assert len(srv.requests) == 2
 
 
-def test_backoff_is_bounded_and_honours_retry_after():
-    assert backoff_delay(0, base_s=1, retry_after=3.0) == 3.0
-    assert all(0 <= backoff_delay(a, base_s=1, cap_s=4) <= min(4, 2 ** a) for a in range(8))
+def test_closed_endpoint_works_again_in_a_new_event_loop():
+    async def one(c):
+        return message_text(await c.chat([{"role": "user", "content": "x"}]))
+
+    with ScriptedOpenAIServer([Reply(content="a"), Reply(content="b")]) as srv:
+        c = Endpoint(srv.base_url, srv.model)
+        for want in ("a", "b"):
+            async def go():
+                try:
+                    return await one(c)
+                finally:
+                    await c.close()
+            assert run(go()) == want

@@ -10,7 +10,7 @@ from rollout.engine.openai_engine import OpenAIEngine
 from rollout.episode import run_episode
 from rollout.worker import run_requests, summarize
 from tasks.types import Task
-from core.openai_api import OpenAIClient
+from core.openai_api import Endpoint
 from core.testing.openai_server import Reply, ScriptedOpenAIServer
 
 REPORT = "<report><status>success</status><summary>file says hello</summary><details>exit 0</details></report>"
@@ -35,7 +35,7 @@ def _cfg(**episode):
 
 def _run(srv, tok, task, cfg, retries=0, timeout=10.0):
     async def go():
-        client = OpenAIClient(srv.base_url, srv.model, timeout_s=timeout, max_retries=retries)
+        client = Endpoint(srv.base_url, srv.model, timeout_s=timeout, max_retries=retries)
         try:
             return await run_episode(task, OpenAIEngine(client, api="chat", tokenizer=tok), tok, cfg)
         finally:
@@ -137,7 +137,7 @@ def test_setup_failure_and_worker_groups(tok, task, tmp_path):
         return Reply("<command>cat setup.txt</command>")
 
     async def go(srv):
-        client = OpenAIClient(srv.base_url, srv.model, timeout_s=10, max_retries=0)
+        client = Endpoint(srv.base_url, srv.model, timeout_s=10, max_retries=0)
         try:
             return await run_requests([(good, 3), (bad, 2)], OpenAIEngine(client, api="chat", tokenizer=tok),
                                       tok, _cfg(), max_concurrent=4)

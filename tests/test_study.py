@@ -12,7 +12,7 @@ from rollout.config import RolloutConfig
 from rollout.engine.openai_engine import OpenAIEngine
 from evaluation.study import (StudyTask, episode_subagent, report_used, run_study, study_table,
                                        summarize)
-from core.openai_api import OpenAIClient
+from core.openai_api import Endpoint
 from core.testing.openai_server import Reply, ScriptedOpenAIServer
 
 CHECK_PY = "import sys\nprint('FAILED test_parse_header: expected 3, got 4')\nprint('1 failed, 7 passed')\nsys.exit(1)\n"
@@ -69,8 +69,8 @@ def test_study_with_and_without_subagent(tok, repo):
     before = sorted(p.name for p in repo.iterdir())
 
     async def go(main_url, sub_url):
-        main = OpenAIClient(main_url, "main", max_retries=0, timeout_s=10)
-        sub = OpenAIClient(sub_url, "sub", max_retries=0, timeout_s=10)
+        main = Endpoint(main_url, "main", max_retries=0, timeout_s=10)
+        sub = Endpoint(sub_url, "sub", max_retries=0, timeout_s=10)
         try:
             runner = episode_subagent(OpenAIEngine(sub, api="chat", tokenizer=tok), tok, rollout)
             return await run_study(tasks, main, rollout.sandbox, runner)

@@ -5,7 +5,7 @@ are scripted, so tests can exercise what a frontier API does in practice: good a
 tool calls, malformed JSON, 429 with Retry-After, 500, and hangs.
 
     with ScriptedOpenAIServer([Reply(content="hi"), Reply(status=429), Reply(delay_s=30)]) as srv:
-        client = OpenAIClient(srv.base_url, model=srv.model)
+        client = Endpoint(srv.base_url, srv.model)
 """
 from __future__ import annotations
 

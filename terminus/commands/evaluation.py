@@ -121,7 +121,7 @@ def _study(args) -> int:
     from evaluation import study
     from core.errors import UserError
     from evaluation.subagents import SubagentError, open_subagent, parse_subagent, preflight
-    from core.openai_api import OpenAIClient
+    from core.openai_api import Endpoint
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     bad = [c for c in conditions if c not in study.CONDITIONS]
     if bad or not conditions:
@@ -135,9 +135,7 @@ def _study(args) -> int:
     async def go():
         await preflight(main, cfg)
         await preflight(sub, cfg)
-        e = cfg.rollout.engine
-        client = OpenAIClient(main.base_url, main.model, api_key_env=e.api_key_env, timeout_s=e.request_timeout_s,
-                              max_retries=e.max_retries, requests_per_minute=e.requests_per_minute)
+        client = Endpoint.from_config(cfg.rollout.engine, main.model, base_url=main.base_url)
         try:
             async with open_subagent(sub, cfg, tasks=tasks) as (engine, tokenizer):
                 runner = study.episode_subagent(engine, tokenizer, cfg.rollout)

@@ -1,4 +1,5 @@
-"""A sliding-window rate limit on judge requests: at most N requests and T tokens in any 60 s.
+"""A sliding-window rate limit on endpoint requests: at most N requests and T tokens in any 60 s.
+It is the project's one rate limiter; core.openai_api.Endpoint applies it to every call.
 
 Frontier APIs bill and throttle per minute; staying under their limits is cheaper than collecting
 429s and backing off. `acquire(tokens)` waits (never drops) until the request fits the window. A
