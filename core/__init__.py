@@ -5,7 +5,8 @@
     files.py        write_json_atomic: write then rename, so a killed job never leaves half a file
     model.py        model paths, the cache root and the embedded tiny Qwen3 model
     net.py          free_port
-    openai_api.py   the shared OpenAI-compatible client (retries, timeouts, rate limits)
+    openai_api.py   Endpoint: every OpenAI-compatible endpoint through the `openai` SDK (retries, timeouts)
+    ratelimit.py    the one per-minute rate limiter (requests and tokens) of every endpoint
     raycluster.py   init_ray: the one way to start a local Ray or join a cluster
     protocol.py     the subagent protocol: prompts, messages, the turn parser (docs/protocol.md)
     tracking.py     experiment tracking: W&B, console, metrics.jsonl

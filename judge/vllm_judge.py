@@ -2,7 +2,8 @@
 
 On CPU the engine needs `structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True}`
 (see PLATFORM.md: otherwise a random model pads with whitespace until max_tokens), and the schema
-bounds every string (judge.llm.verdict_schema). The pool adds timeouts and retries around `judge`.
+bounds every string. The schema is judge.llm.verdict_schema, derived from the same pydantic model
+that validates the OpenAI judge's replies (docs/rubric.md). The pool adds a timeout around `judge`.
 """
 from __future__ import annotations
 
@@ -87,12 +88,12 @@ class VLLMJudge:
         good, errors = [], []
         for text, finish in outs:
             try:
-                good.append(parse_verdict(text, task, trajectory, self.name))
+                good.append(parse_verdict(text, task, trajectory, self.name, self.cfg.rationale_max_chars))
             except VerdictParseError as e:
                 errors.append(f"{e} (finish_reason={finish})")
-        if not good:
-            return Verdict.unjudgeable(self.name, f"malformed_json: {errors[0]}")
-        return aggregate(good, self.name)
+        out = aggregate(good, self.name) if good else Verdict.unjudgeable(self.name, f"malformed_json: {errors[0]}")
+        out.invalid_replies = len(errors)
+        return out
 
     async def close(self) -> None:
         import ray

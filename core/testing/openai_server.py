@@ -1,23 +1,21 @@
 """A scripted OpenAI-compatible server on loopback, for tests of code that talks to LLM endpoints.
 
-It is a real aiohttp HTTP server speaking the chat-completions protocol; only the *answers*
-are scripted, so tests can exercise what a frontier API does in practice: good answers,
-tool calls, malformed JSON, 429 with Retry-After, 500, and hangs.
+It is a real HTTP server (the standard library's, one thread per connection) speaking the
+chat-completions protocol; only the *answers* are scripted, so tests can exercise what a frontier
+API does in practice: good answers, tool calls, malformed JSON, 429 with Retry-After, 500, and hangs.
 
     with ScriptedOpenAIServer([Reply(content="hi"), Reply(status=429), Reply(delay_s=30)]) as srv:
         client = Endpoint(srv.base_url, srv.model)
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Union
-
-from aiohttp import web
 
 from core.net import free_port
 
@@ -44,34 +42,33 @@ class ScriptedOpenAIServer:
         self.port = port or free_port()
         self.requests: list[dict[str, Any]] = []
         self._queue = list(script) if isinstance(script, list) else None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._ready = threading.Event()
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def _next(self, body: dict[str, Any]) -> Reply:
-        if self._queue is None:
-            return self.script(body)  # type: ignore[operator]
-        if not self._queue:
-            return Reply(status=500, raw_body='{"error": "script exhausted"}')
-        return self._queue.pop(0)
+        with self._lock:
+            self.requests.append(body)
+            if self._queue is None:
+                return self.script(body)  # type: ignore[operator]
+            if not self._queue:
+                return Reply(status=500, raw_body='{"error": "script exhausted"}')
+            return self._queue.pop(0)
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.requests.append(body)
+    def _chat(self, body: dict[str, Any]) -> tuple[int, dict[str, str], str]:
+        """(status, headers, body text) of the answer to one chat-completions request."""
         reply = self._next(body)
         if reply.delay_s:
-            await asyncio.sleep(reply.delay_s)
+            time.sleep(reply.delay_s)
         if reply.raw_body is not None:
-            return web.Response(status=reply.status, text=reply.raw_body, headers=reply.headers,
-                                content_type="application/json")
+            return reply.status, reply.headers, reply.raw_body
         if reply.status != 200:
             err = {"error": {"message": f"scripted HTTP {reply.status}", "type": "scripted", "code": reply.status}}
-            return web.json_response(err, status=reply.status, headers=reply.headers)
+            return reply.status, reply.headers, json.dumps(err)
         message: dict[str, Any] = {"role": "assistant", "content": reply.content}
         if reply.tool_calls:
             message["tool_calls"] = [
@@ -83,56 +80,62 @@ class ScriptedOpenAIServer:
                  "completion_tokens": reply.completion_tokens if reply.completion_tokens is not None
                  else len(reply.content or "") // 4}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return web.json_response({
+        return 200, reply.headers, json.dumps({
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", self.model),
             "choices": [{"index": 0, "message": message,
                          "finish_reason": "tool_calls" if reply.tool_calls else "stop"}],
             "usage": usage,
-        }, headers=reply.headers)
+        })
 
-    async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
 
-    async def start_async(self) -> "ScriptedOpenAIServer":
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, shutdown_timeout=1.0).start()
-        return self
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"   # keep-alive, as the SDK's connection pool expects
 
-    async def stop_async(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+            def _send(self, status: int, headers: dict[str, str], text: str) -> None:
+                data = text.encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True   # the client gave up (its timeout): nobody to answer
 
-    # Sync use (pytest without an event loop): serve from a background thread.
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    return self._send(404, {}, json.dumps({"error": {"message": f"no route {self.path}"}}))
+                self._send(*server._chat(json.loads(raw or b"{}")))
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") != "/v1/models":
+                    return self._send(404, {}, json.dumps({"error": {"message": f"no route {self.path}"}}))
+                self._send(200, {}, json.dumps({"object": "list",
+                                                "data": [{"id": server.model, "object": "model"}]}))
+
+            def log_message(self, *args: Any) -> None:   # no access log on stderr
+                pass
+
+        return Handler
+
     def __enter__(self) -> "ScriptedOpenAIServer":
-        def serve() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self.start_async())
-            self._ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, daemon=True)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self._httpd.daemon_threads = True   # a scripted hang does not hold up the test's exit
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
         self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("scripted OpenAI server did not start")
         return self
 
     def __exit__(self, *exc) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        asyncio.run_coroutine_threadsafe(self.stop_async(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
             self._thread.join(10)
-
-    async def __aenter__(self) -> "ScriptedOpenAIServer":
-        return await self.start_async()
-
-    async def __aexit__(self, *exc) -> None:
-        await self.stop_async()
