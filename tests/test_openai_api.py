@@ -37,10 +37,11 @@ def test_429_retry_after_is_honoured():
 
 
 def test_500_is_retried_then_surfaces_as_endpoint_error():
-    with ScriptedOpenAIServer([Reply(status=500)] * 3 + [Reply(content="never")]) as srv:
+    # max_retries=1, not the SDK's default of 2: the third answer is never asked for.
+    with ScriptedOpenAIServer([Reply(status=500)] * 2 + [Reply(content="never")]) as srv:
         with pytest.raises(EndpointError, match=r"HTTP 500: .*scripted HTTP 500") as e:
-            run(_chat(srv, max_retries=2))
-        assert len(srv.requests) == 3          # 1 + max_retries, then our error (the 4th answer is never asked)
+            run(_chat(srv, max_retries=1))
+        assert len(srv.requests) == 2
     assert e.value.status == 500 and srv.base_url in str(e.value)
 
 
