@@ -14,6 +14,7 @@ one error type: when the SDK gives up, `EndpointError` names the URL, the status
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from typing import Any
 
@@ -105,7 +106,7 @@ class Endpoint:
             except openai.APIConnectionError as e:
                 raise EndpointError(f"endpoint {self.base_url} is unreachable ({e.__cause__ or e}); "
                                     "check the URL and that the server is running") from None
-            except ValueError as e:   # a 200 whose body is not JSON
+            except json.JSONDecodeError as e:   # a 200 whose body is not JSON
                 raise EndpointError(f"{what} at {self.base_url}: the answer is not JSON ({e})") from None
 
     async def check(self) -> None:

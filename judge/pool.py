@@ -106,10 +106,12 @@ class JudgePool:
         if getattr(self.judge, "retries_itself", False):  # the SDK times out and retries each request
             timeout *= 2 * (self.cfg.max_retries + 2) * (self.cfg.invalid_verdict_retries + 1)  # an outer bound
         try:
+            if (ready := getattr(self.judge, "ready", None)) is not None:
+                await ready()   # a local engine's start-up, outside the request's timeout
             return await asyncio.wait_for(self.judge.judge(task, traj), timeout)
         except asyncio.TimeoutError:
             reason = f"timeout: no verdict within {timeout:g} s"
-        except Exception as e:  # a crashed engine/actor
+        except Exception as e:  # an engine/actor that failed to start or crashed
             reason = f"judge_error: {type(e).__name__}: {e}"
         return Verdict.unjudgeable(getattr(self.judge, "name", self.cfg.backend), reason)
 

@@ -50,6 +50,9 @@ class JudgeEngine:
             raise RuntimeError("vLLM returned no output")
         return [(o.text, o.finish_reason or "abort") for o in final.outputs]
 
+    def ready(self) -> bool:
+        return True   # answers once __init__ (the engine start-up) is done
+
     def shutdown(self) -> None:
         self.llm.shutdown()
 
@@ -79,6 +82,14 @@ class VLLMJudge:
                 opts.update(layout.options("judge", i))
             self.actors.append(actor.options(**opts).remote(cfg))
         self._next = itertools.cycle(self.actors)
+        self._started = False
+
+    async def ready(self) -> None:
+        """Wait until every engine has started (minutes on a busy CPU): start-up is not a request's time."""
+        if not self._started:
+            import asyncio
+            await asyncio.gather(*(a.ready.remote() for a in self.actors))
+            self._started = True
 
     async def judge(self, task: Task, trajectory: Trajectory) -> Verdict:
         messages = render_prompt(task, trajectory)
