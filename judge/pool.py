@@ -31,7 +31,7 @@ from tasks.types import Task
 
 # Config keys that change what a verdict says (throughput knobs and paths do not).
 _VERDICT_KEYS = ("backend", "model_path", "base_url", "model_name", "samples", "temperature", "max_tokens",
-                 "weights", "penalties")
+                 "response_format", "rationale_max_chars", "weights", "penalties")
 
 
 def make_judge(cfg: JudgeConfig, layout=None) -> Judge:
