@@ -51,13 +51,15 @@ class ClusterSpec:
 def context_budget(cfg) -> dict[str, int]:
     """The longest episode the config allows, in tokens, against the context it gets.
 
-    prompt (system prompt + a request allowance) + max_turns x (observation cap in tokens + framing +
-    max_tokens_per_turn) vs min(rollout.episode.max_context_tokens, model.max_model_len), the
-    limit the episode loop applies (rollout/episode.py)."""
+    prompt (system prompt + a request allowance) + max_turns replies of max_tokens_per_turn + an
+    observation (the cap in tokens, with framing) after every turn but the last, against
+    min(rollout.episode.max_context_tokens, model.max_model_len), the limit the episode loop
+    applies (rollout/episode.py)."""
     r = cfg.rollout
     prompt = math.ceil((len(system_prompt(r.episode.max_turns).encode()) + REQUEST_BYTES) / BYTES_PER_TOKEN)
     observation = math.ceil(r.sandbox.output_limit_bytes / BYTES_PER_TOKEN) + TURN_FRAMING_TOKENS
-    need = prompt + r.episode.max_turns * (observation + r.sampling.max_tokens_per_turn)
+    turns = r.episode.max_turns
+    need = prompt + turns * r.sampling.max_tokens_per_turn + (turns - 1) * observation
     return {"prompt": prompt, "observation": observation, "turn": r.sampling.max_tokens_per_turn,
             "turns": r.episode.max_turns, "need": need,
             "context": min(r.episode.max_context_tokens, cfg.model.max_model_len)}
@@ -70,9 +72,9 @@ def check_context(cfg) -> dict[str, int]:
                  else "rollout.episode.max_context_tokens")
         raise ConfigError(
             f"an episode can need {b['need']} tokens (prompt {b['prompt']} + rollout.episode.max_turns="
-            f"{b['turns']} x (rollout.sandbox.output_limit_bytes={cfg.rollout.sandbox.output_limit_bytes} as "
-            f"{b['observation']} tokens at {BYTES_PER_TOKEN:g} bytes/token with framing + "
-            f"rollout.sampling.max_tokens_per_turn={b['turn']})) but {limit} allows {b['context']}; "
+            f"{b['turns']} x rollout.sampling.max_tokens_per_turn={b['turn']} + {b['turns'] - 1} observations of "
+            f"rollout.sandbox.output_limit_bytes={cfg.rollout.sandbox.output_limit_bytes}, {b['observation']} "
+            f"tokens each at {BYTES_PER_TOKEN:g} bytes/token with framing) but {limit} allows {b['context']}; "
             f"raise model.max_model_len and rollout.episode.max_context_tokens, or lower one of the three "
             f"per-turn keys")
     return b
@@ -247,6 +249,13 @@ def make_plan(cfg, shape: ModelShape, spec: ClusterSpec) -> Plan:
     if idle and cfg.cluster.layout == "disaggregated":
         notes.append(f"{idle:g} GPUs of rollout bundles 1..{counts['rollout'] - 1} hold no engine and stay idle "
                      f"(rollout workers run sandboxes on CPUs); set cluster.rollout.num_gpus per engine only")
+    e = cfg.rollout.engine
+    if gpus and e.tensor_parallel_size > cfg.cluster.rollout.num_gpus:
+        raise ConfigError(f"rollout.engine.tensor_parallel_size={e.tensor_parallel_size} needs that many GPUs in the "
+                          f"engine's bundle, and cluster.rollout.num_gpus={cfg.cluster.rollout.num_gpus:g}; set "
+                          f"cluster.rollout.num_gpus={e.tensor_parallel_size}")
+    if cfg.judge.backend == "vllm" and cfg.cluster.judge.num_gpus:
+        notes.append("the judge's vLLM engines (judge.backend=vllm) are placed but their memory is not estimated")
     cases = trainer_cases(cfg, shape)
     gpu_bytes = spec.gpu_memory_gib * GiB
     engine = engine_memory(cfg, shape, gpu_bytes) if gpus else None
@@ -318,8 +327,8 @@ def render(plan: Plan, cfg, shape: ModelShape) -> str:
            f"hidden {shape.hidden_size}, {shape.num_attention_heads} heads / {shape.num_key_value_heads} KV heads, "
            f"vocab {shape.vocab_size}"]
     c = plan.context
-    out.append(f"context: prompt {c['prompt']} + {c['turns']} turns x (observation {c['observation']} + reply "
-               f"{c['turn']}) = {c['need']} tokens <= {c['context']}")
+    out.append(f"context: prompt {c['prompt']} + {c['turns']} replies x {c['turn']} + {c['turns'] - 1} observations "
+               f"x {c['observation']} = {c['need']} tokens <= {c['context']}")
     out.append("placement (actor: node, GPUs):")
     by_kind: dict[str, list[str]] = {}
     for actor, i, node, g in plan.actors:

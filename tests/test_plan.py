@@ -74,7 +74,8 @@ def test_context_budget_counts_turns_observations_and_prompt():
     b = context_budget(cfg)
     prompt = math.ceil((len(system_prompt(2).encode()) + 2048) / BYTES_PER_TOKEN)
     assert b["prompt"] == prompt and b["observation"] == 1000 + 32
-    assert b["need"] == prompt + 2 * (1032 + 100) and b["context"] == 81920
+    # two replies, one observation between them (none after the last turn)
+    assert b["need"] == prompt + 2 * 100 + 1 * 1032 and b["context"] == 65536
 
 
 def _plan(overrides=(), **spec):
@@ -89,7 +90,7 @@ def test_qwen3_4b_fits_one_node_of_8():
     assert len(trainers) == 7 and engine == [("engine", 0, 0, 1.0)]
     assert {a[2] for a in plan.actors} == {0}
     assert 40 * 2**30 < plan.gpu_peaks["trainer"] < 72 * 2**30
-    assert plan.engine.kv_tokens > 81920
+    assert plan.engine.kv_tokens > 65536
 
 
 def test_qwen3_4b_on_two_nodes_of_8():
@@ -117,6 +118,7 @@ def test_colocated_16_gpus_shares_gpu0_between_engine_and_trainer():
     (["trainer.sft.micro_batch_tokens=65536"], {}, "trainer.sft.micro_batch_tokens"),
     (["trainer.pad_free=false"], {}, "grpo \\(8 full-length rollouts\\)"),
     (["rollout.engine.gpu_memory_utilization=0.1"], {}, "rollout.engine.gpu_memory_utilization=0.1"),
+    (["rollout.engine.tensor_parallel_size=2"], {}, "cluster.rollout.num_gpus=2"),
     (["model.max_model_len=300000", "rollout.episode.max_context_tokens=300000"], {}, "max_position_embeddings"),
     ([], {"gpu_memory_gib": 40}, "a trainer rank at the"),
 ])
@@ -141,3 +143,39 @@ def test_dry_run_cli(capsys):
     assert main(["train", "-c", "qwen3_4b", "--dry-run", "model.max_model_len=32768"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("terminus: error: an episode can need") and "rollout.episode.max_turns=10" in err
+
+
+def test_the_pure_placement_agrees_with_ray_on_fake_gpus():
+    """A real Ray cluster of 2 nodes x 8 logical GPUs (and a CPU head): the 4B layout the plan places
+    on 2 x 8 is placed by Ray the same way (8 GPUs a node), and the one it rejects Ray cannot place."""
+    import ray
+
+    from cluster.local import LocalCluster
+    from cluster.resources import make_layout
+    from core.raycluster import init_ray
+
+    overrides = ["trainer.num_workers=15", "cluster.placement_timeout_s=20"]
+    with LocalCluster(nodes=[{}, {}], cpus_per_node=16, gpus_per_node=8) as c:
+        init_ray(c.address, logging_level="ERROR")
+        try:
+            cfg = load_config("qwen3_4b", overrides)
+            plan = make_plan(cfg, QWEN3_4B, ClusterSpec(nodes=2, gpus=16))
+            layout = make_layout(cfg.cluster, plan.counts)
+            try:
+                gpu_nodes = {n["NodeID"]: 0.0 for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")}
+                for group, pg in layout.groups.items():
+                    table = ray.util.placement_group_table(pg)
+                    for i, node in table["bundles_to_node_id"].items():
+                        if table["bundles"][i].get("GPU"):   # CPU-only bundles (the judge) may use the head
+                            gpu_nodes[node] += table["bundles"][i]["GPU"]
+            finally:
+                layout.remove()
+            planned = sorted(sum(a[3] for a in plan.actors if a[2] == n) for n in (0, 1))
+            assert sorted(gpu_nodes.values()) == planned == [8.0, 8.0]
+            too_many = load_config("qwen3_4b", ["trainer.num_workers=16", "cluster.placement_timeout_s=5"])
+            with pytest.raises(PlacementError):
+                make_plan(too_many, QWEN3_4B, ClusterSpec(nodes=2, gpus=16))
+            with pytest.raises(PlacementError):
+                make_layout(too_many.cluster, {"rollout": 1, "trainer": 16, "judge": 1})
+        finally:
+            ray.shutdown()
