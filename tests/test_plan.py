@@ -143,6 +143,9 @@ def test_dry_run_cli(capsys):
     assert main(["train", "-c", "qwen3_4b", "--dry-run", "model.max_model_len=32768"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("terminus: error: an episode can need") and "rollout.episode.max_turns=10" in err
+    # the checks the job makes at its start run too
+    assert main(["train", "-c", "qwen3_4b", "--dry-run", "rollout.sampling.top_p=0.9"]) == 2
+    assert "rollout.sampling.top_p=0.9 with a GRPO stage" in capsys.readouterr().err
 
 
 def test_the_pure_placement_agrees_with_ray_on_fake_gpus():

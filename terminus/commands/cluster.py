@@ -23,10 +23,15 @@ def _train(args: argparse.Namespace) -> int:
     from terminus.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    if args.dry_run:
+    if args.dry_run:   # every check the job makes before it starts, but model.path need not be here
+        from cluster.driver import check_engine_kind
         from cluster.plan import ClusterSpec, make_plan, render
         from core.model import model_shape
+        from rl.config import check_grpo_sampling
 
+        check_engine_kind(cfg)
+        if "grpo" in cfg.trainer.stage:
+            check_grpo_sampling(cfg)
         shape = model_shape(cfg.model.path)
         spec = ClusterSpec(nodes=args.nodes, gpus=args.gpus, gpu_memory_gib=args.gpu_memory_gib)
         print(render(make_plan(cfg, shape, spec), cfg, shape))
