@@ -44,6 +44,7 @@ SMALL = ModelShape(vocab_size=1024, hidden_size=128, intermediate_size=256, num_
 FULL = PUBLISHED_SHAPES["Qwen3-4B-Instruct-2507"]
 # Dense bf16 peak FLOP/s by device name (vendor datasheets, SXM parts).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
+BROADCAST_TIMEOUT_S = 240.0   # building a 4B model on each side and the transfer take well under this
 TRAINED_FRACTION = 0.5   # of each sequence's positions: the rest is prompt and tool output, no logits
 
 
@@ -241,8 +242,10 @@ def ipc_sender(args: argparse.Namespace, queue, done) -> None:
     tensors that way) and keep them alive until it has copied them."""
     import torch
     tensors = [p.detach() for _, p in _named(build_model(FULL, "cuda", torch.bfloat16))]
+    sums = _checksums(tensors)
     torch.cuda.synchronize()
-    queue.put((tensors, _checksums(tensors)))
+    queue.put("ready")                # the receiver's clock starts here: handles, then the copies
+    queue.put((tensors, sums))
     done.get()
 
 
@@ -250,6 +253,7 @@ def ipc_receiver(args: argparse.Namespace, queue, done, out) -> None:
     import torch
     meta = build_model(FULL, "meta", torch.bfloat16)
     mine = [torch.empty(p.shape, dtype=torch.bfloat16, device="cuda") for _, p in _named(meta)]
+    queue.get()   # "ready": the sender has built its weights
     t = time.perf_counter()
     theirs, sums = queue.get()
     for dst, src in zip(mine, theirs):
@@ -261,34 +265,46 @@ def ipc_receiver(args: argparse.Namespace, queue, done, out) -> None:
     done.put(True)
 
 
+def _first(out, procs, timeout_s: float) -> dict:
+    """The first result the processes put, or an error after timeout_s (a hung NCCL init); then
+    the processes are joined, and killed if they hang."""
+    import queue
+    try:
+        result = out.get(timeout=timeout_s)
+    except queue.Empty:
+        result = {"error": f"no result within {timeout_s:.0f} s"}
+    for p in procs:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+    return result
+
+
 def run_broadcast(args: argparse.Namespace, ctx) -> dict:
     import torch
     gpus = 0 if args.small else torch.cuda.device_count()
-    out = ctx.SimpleQueue()
+    out = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=broadcast_rank, args=(r, port, args, min(r, max(gpus - 1, 0)), out))
              for r in (0, 1)]
     for p in procs:
         p.start()
-    result = out.get()
-    for p in procs:
-        p.join(timeout=60)
-        if p.is_alive():
-            p.kill()
+    result = _first(out, procs, BROADCAST_TIMEOUT_S)
     where = "gloo, CPU" if args.small else ("cuda:0 -> cuda:1" if gpus > 1 else "both on cuda:0")
     if "error" in result:
         print(f"[broadcast] NCCL ({where}) failed: {result['error']}", flush=True)
         if gpus != 1:
             return result
         print("[broadcast] one GPU: timing the same-GPU path, CUDA IPC handles, instead", flush=True)
-        queue, done, out = ctx.SimpleQueue(), ctx.SimpleQueue(), ctx.SimpleQueue()   # no stale errors
+        queue, done, out = ctx.SimpleQueue(), ctx.SimpleQueue(), ctx.Queue()   # no stale errors
         procs = [ctx.Process(target=ipc_sender, args=(args, queue, done)),
                  ctx.Process(target=ipc_receiver, args=(args, queue, done, out))]
         for p in procs:
             p.start()
-        result = out.get()
-        for p in procs:
-            p.join(timeout=60)
+        result = _first(out, procs, BROADCAST_TIMEOUT_S)
+        if "error" in result:
+            print(f"[broadcast] CUDA IPC failed: {result['error']}", flush=True)
+            return result
         where = "cuda:0 -> cuda:0"
     gb = result["bytes"] / 1e9
     result["gb_per_s"] = gb / result["seconds"]
