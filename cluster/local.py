@@ -40,10 +40,12 @@ def _bindable(port: int) -> bool:
 
 class LocalCluster:
     def __init__(self, nodes: list[dict[str, float]] = (), *, head_resources: dict[str, float] | None = None,
-                 cpus_per_node: int = 1, dashboard: bool = False, start_timeout_s: float = 90.0):
+                 cpus_per_node: int = 1, gpus_per_node: int = 0, dashboard: bool = False,
+                 start_timeout_s: float = 90.0):
         self.nodes = list(nodes)
         self.head_resources = head_resources or {"head_node": 1}
         self.cpus = cpus_per_node
+        self.gpus = gpus_per_node   # on each worker node (not the head): logical, Ray needs no device for them
         self.dashboard = dashboard
         self.timeout = start_timeout_s
         # Short path: Ray's unix socket paths must stay under ~107 characters.
@@ -99,7 +101,7 @@ class LocalCluster:
         self._run(head)
         for res in self.nodes:
             self._run(["start", "--address", self.address, "--node-ip-address", "127.0.0.1",
-                       "--num-cpus", str(self.cpus), "--num-gpus", "0", "--resources", json.dumps(res),
+                       "--num-cpus", str(self.cpus), "--num-gpus", str(self.gpus), "--resources", json.dumps(res),
                        "--disable-usage-stats", *self._node_ports()])
         self._wait_nodes(1 + len(self.nodes))
         return self

@@ -72,6 +72,82 @@ class TinySpec:
 TINY_SPECS = {TINY: TinySpec(), "tiny-copy": TinySpec(copy_circuit=True)}
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """What memory and FLOP estimates need of a decoder-only Qwen3-style model (config.json's keys)."""
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+
+    @classmethod
+    def from_config(cls, c: dict) -> "ModelShape":
+        """From an HF config.json's dict (head_dim defaults to hidden / heads, as in transformers)."""
+        return cls(vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
+                   intermediate_size=c["intermediate_size"], num_hidden_layers=c["num_hidden_layers"],
+                   num_attention_heads=c["num_attention_heads"],
+                   num_key_value_heads=c.get("num_key_value_heads", c["num_attention_heads"]),
+                   head_dim=c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
+                   tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
+                   max_position_embeddings=c.get("max_position_embeddings", 0))
+
+    @property
+    def layer_params(self) -> int:
+        """One decoder layer: q/k/v/o projections (no bias), q/k RMSNorms, two RMSNorms, the SwiGLU MLP."""
+        h, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        return h * q + 2 * h * kv + q * h + 2 * self.head_dim + 2 * h + 3 * h * self.intermediate_size
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def num_params(self) -> int:
+        """Parameters as `sum(p.numel() for p in model.parameters())` counts them (a tied head once)."""
+        head = 0 if self.tie_word_embeddings else self.embedding_params
+        return self.embedding_params + self.num_hidden_layers * self.layer_params + self.hidden_size + head
+
+    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
+        """KV cache of one token over all layers (a K and a V vector per KV head)."""
+        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_bytes
+
+
+# Published shapes, so a plan (`terminus train --dry-run`) needs no download: the model directory's
+# basename -> its config.json's figures (huggingface.co/Qwen/Qwen3-4B-Instruct-2507, config.json).
+PUBLISHED_SHAPES = {
+    "Qwen3-4B-Instruct-2507": ModelShape(vocab_size=151936, hidden_size=2560, intermediate_size=9728,
+                                         num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+                                         head_dim=128, tie_word_embeddings=True,
+                                         max_position_embeddings=262144),
+}
+
+
+def model_shape(path: str) -> ModelShape:
+    """The shape of model.path without loading weights: the embedded tiny spec, a local config.json,
+    or (no directory here, e.g. planning a cluster run) a published shape by the directory's name."""
+    if path in TINY_SPECS:
+        s = TINY_SPECS[path]
+        return ModelShape(vocab_size=s.vocab_size, hidden_size=s.hidden_size,
+                          intermediate_size=s.intermediate_size, num_hidden_layers=s.num_hidden_layers,
+                          num_attention_heads=s.num_attention_heads, num_key_value_heads=s.num_key_value_heads,
+                          head_dim=s.head_dim, tie_word_embeddings=True,
+                          max_position_embeddings=s.max_position_embeddings)
+    config = Path(path).expanduser() / "config.json"
+    if config.is_file():
+        return ModelShape.from_config(json.loads(config.read_text()))
+    name = Path(path).name
+    if name in PUBLISHED_SHAPES:
+        return PUBLISHED_SHAPES[name]
+    raise ModelPathError(f"model.path '{path}' has no config.json here and '{name}' is not a known published "
+                         f"shape ({', '.join(PUBLISHED_SHAPES)}): copy the model's config.json there, or plan "
+                         f"with a path whose last part names a known shape")
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("TERMINUS_CACHE", Path.home() / ".cache" / "terminus"))
 

@@ -23,6 +23,19 @@ def _train(args: argparse.Namespace) -> int:
     from terminus.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if args.dry_run:   # every check the job makes before it starts, but model.path need not be here
+        from cluster.driver import check_engine_kind
+        from cluster.plan import ClusterSpec, make_plan, render
+        from core.model import model_shape
+        from rl.config import check_grpo_sampling
+
+        check_engine_kind(cfg)
+        if "grpo" in cfg.trainer.stage:
+            check_grpo_sampling(cfg)
+        shape = model_shape(cfg.model.path)
+        spec = ClusterSpec(nodes=args.nodes, gpus=args.gpus, gpu_memory_gib=args.gpu_memory_gib)
+        print(render(make_plan(cfg, shape, spec), cfg, shape))
+        return 0
     preflight(cfg)
     train(cfg)   # user errors reach terminus.cli.main
     return 0
@@ -116,6 +129,12 @@ def register(sub) -> None:
     if "train" not in sub.choices:
         t = sub.add_parser("train", help="train end to end (SFT then GRPO, by trainer.stage) on this machine / Ray")
         add_config_args(t)
+        t.add_argument("--dry-run", action="store_true",
+                       help="load and check the config, print the placement, per-GPU memory estimates and the "
+                            "context budget for the cluster below (cluster/plan.py); start nothing")
+        t.add_argument("--nodes", type=int, default=1, help="--dry-run: nodes of the cluster (default 1)")
+        t.add_argument("--gpus", type=int, default=8, help="--dry-run: GPUs in all, split over the nodes (default 8)")
+        t.add_argument("--gpu-memory-gib", type=float, default=80.0, help="--dry-run: memory of one GPU (default 80)")
         t.set_defaults(func=_train)
 
     cmp = sub.add_parser("compare", help="run-to-run noise: held-out rewards of several runs of one config (seeds)")
