@@ -79,6 +79,11 @@ def inputs(tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")
     (model / "model.safetensors").write_text("")
+    (model / "tokenizer.json").write_text("{}")
+    no_tok = tmp_path / "no_tokenizer"   # a model directory someone copied without its tokenizer
+    no_tok.mkdir()
+    (no_tok / "config.json").write_text("{}")
+    (no_tok / "model.safetensors").write_text("")
     return tmp_path
 
 
@@ -100,6 +105,10 @@ CASES = {
     "missing trajectory file": (["train-offline", "--stage", "sft", "--data", "{t}/none.jsonl",
                                  "model.path={t}/model", "output_dir={t}/run"], ["none.jsonl' does not exist"]),
     "bad model path": (["train", "model.path={t}/no_model", "output_dir={t}/run"], ["no_model' does not exist"]),
+    "model without a tokenizer": (["train", "model.path={t}/no_tokenizer", "output_dir={t}/run"],
+                                  ["no_tokenizer' has no tokenizer files", "tokenizer.json", "build-tiny"]),
+    "rollout with a model without a tokenizer": (["rollout", "--tasks", "{t}/tasks.jsonl", "--out", "{t}/o.jsonl",
+                                                  "model.path={t}/no_tokenizer"], ["has no tokenizer files"]),
     "unreachable subagent": (["eval", "--tasks", "{t}/tasks.jsonl", "-s", f"openai:m@{DEAD}"],
                              ["127.0.0.1:9", "unreachable"]),
     "unreachable main agent": (["study", "--tasks", "{t}/tasks.jsonl", "--main", f"openai:m@{DEAD}"],
