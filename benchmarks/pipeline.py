@@ -101,7 +101,7 @@ async def run(cfg, steps: int) -> tuple[dict[int, list[dict]], int]:
             cfg.trainer.grpo.max_staleness = staleness
             # Continue the policy versions of the previous mode, so staleness is measured correctly.
             version = int(getattr(trainer, "version", 0))
-            records = await run_grpo(cfg, tasks, pool, engine, trainer, judge, run_dir, 0, version)
+            records = await run_grpo(cfg, tasks, pool, [engine], trainer, judge, run_dir, 0, version)
             out[staleness] = _rows([dict(step=r.step, **r.metrics) for r in records], records)
     finally:
         pool.shutdown()

@@ -3,9 +3,10 @@ then GRPO (cluster/grpo.py: generate -> judge -> advantages -> update -> sync ->
 with held-out evaluation every K steps), either stage alone by `trainer.stage`.
 
 Wiring only: each part lives in its package and is imported here plainly. This module places them
-on the cluster (cluster.resources: the vLLM engine, built by rollout.engine.make_engine, takes its
-rollout bundle's GPUs, the rollout workers its CPUs, the judge pool the judge bundles), keeps
-rollout workers alive (cluster.rollout_pool), runs the
+on the cluster (cluster.resources: the `rollout.engine.num_engines` vLLM engines, built by
+rollout.engine.make_engine, take rollout bundles 0..N-1's GPUs, the rollout workers the CPUs, the
+judge pool the judge bundles), keeps rollout workers alive and spreads them over the engines
+(cluster.rollout_pool), runs the
 teacher's demonstrations (rollout.teacher), the SFT stage, the GRPO stage (cluster.grpo, on the
 step schedule of cluster.pipeline) and the held-out evaluations (evaluation.heldout), and measures
 the job's peak memory (cluster.memory).
@@ -13,6 +14,7 @@ the job's peak memory (cluster.memory).
 Held-out evaluation (mean judged reward on tasks.eval_split, several passes to measure the noise)
 runs on the untrained model, after SFT and after GRPO; the job writes summary.json, metrics.jsonl,
 a W&B run (offline by default) and rewards.png into output_dir, and prints its peak memory.
+summary.json's `engines` says, per engine, how many requests it served and its final policy version.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Any
 
 from cluster.grpo import report_eval, run_grpo
 from cluster.memory import PeakMemory
-from cluster.resources import cpus_needed, make_layout
+from cluster.resources import check_engines, cpus_needed, make_layout
 from cluster.rollout_pool import RolloutPool
 from core.errors import ConfigError
 from core.files import write_json_atomic
@@ -44,8 +46,15 @@ from rollout.worker import load_tokenizer
 log = logging.getLogger(__name__)
 
 
-def check_engine_kind(cfg) -> None:
-    """Training pushes the trainer's weights into the engine: only a vLLM engine takes them."""
+def layout_counts(cfg) -> dict[str, int]:
+    """Actors per pool of the training job's layout (cluster.resources)."""
+    return {"rollout": cfg.rollout.num_workers, "trainer": cfg.trainer.num_workers, "judge": cfg.judge.num_workers}
+
+
+def check_engines_config(cfg) -> None:
+    """Training pushes the trainer's weights into the engines: only vLLM engines take them, and each
+    of the rollout.engine.num_engines engines needs a rollout bundle."""
+    check_engines(cfg.rollout.engine.num_engines, layout_counts(cfg))
     if cfg.rollout.engine.kind != "vllm":
         raise ConfigError(f"rollout.engine.kind={cfg.rollout.engine.kind}: training needs rollout.engine.kind=vllm "
                           "(the trainer's weights are loaded into the engine after each update, and an "
@@ -62,15 +71,14 @@ async def _train(cfg) -> dict[str, Any]:
     # One event loop for the whole job: the judge pool's limits and the engine client live in it.
     # Trainer calls block (they wait on the ranks), so they run in threads.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")   # keep the console to the job's progress
-    check_engine_kind(cfg)           # fail fast, before anything is written or started
+    check_engines_config(cfg)        # fail fast, before anything is written or started
     run_dir = prepare_run_dir(cfg)   # refuses to resume a run of another config; saves this one's
     if "grpo" in cfg.trainer.stage:
         check_grpo_sampling(cfg)
     ev = cfg.trainer.eval
     train_tasks = load_task_list(cfg, cfg.tasks.train_split)
     eval_tasks = load_task_list(cfg, cfg.tasks.eval_split) if ev.enabled else []
-    counts = {"rollout": cfg.rollout.num_workers, "trainer": cfg.trainer.num_workers,
-              "judge": cfg.judge.num_workers}
+    counts = layout_counts(cfg)
     demo_tasks, undemonstrated = choose_demo_tasks(train_tasks, cfg.trainer.sft.demo_fraction, cfg.seed)
     grpo_tasks = undemonstrated if cfg.trainer.grpo.tasks == "undemonstrated" else train_tasks
     if not grpo_tasks:
@@ -88,30 +96,36 @@ async def _train(cfg) -> dict[str, Any]:
         layout = make_layout(cfg.cluster, counts)
         model_path = str(resolve_model_path(cfg.model.path))
         tokenizer = load_tokenizer(model_path)
-        # The engine takes rollout bundle 0's GPU share, the workers the CPUs (cluster.resources.placement).
+        # Engine i takes rollout bundle i's GPU share, the workers the CPUs (cluster.resources.placement);
+        # worker i runs its episodes on engine i % num_engines (the pool spreads them).
         pool = RolloutPool(cfg, None, cfg.rollout.num_workers, placement=lambda i: layout.options("rollout", i))
         judge = JudgePool(cfg.judge, run_dir=run_dir, layout=layout)
 
-        def start_engine():
-            options = layout.options("engine", 0)
-            if cluster_has_gpus() and not options["num_gpus"]:
-                raise ConfigError("the cluster has GPUs but the vLLM engine's bundle has none: set "
-                                  "cluster.rollout.num_gpus (the engine takes its rollout bundle's GPUs)")
-            return make_engine(cfg, tokenizer, actor=True, options=options)
+        def start_engines() -> list:
+            """The rollout.engine.num_engines engines; their actors start loading at once, side by side."""
+            engines = []
+            for i in range(cfg.rollout.engine.num_engines):
+                options = layout.options("engine", i)
+                if cluster_has_gpus() and not options["num_gpus"]:
+                    raise ConfigError("the cluster has GPUs but the vLLM engine's bundle has none: set "
+                                      "cluster.rollout.num_gpus (each engine takes its rollout bundle's GPUs)")
+                engines.append(make_engine(cfg, tokenizer, actor=True, options=options))
+            return engines
 
-        engine = trainer = None
+        engines: list = []
+        trainer = None
         try:
-            # Without GPUs the engine starts (~30 s of imports and profiling) while the trainer sets up;
+            # Without GPUs the engines start (~30 s of imports and profiling) while the trainer sets up;
             # on GPUs after it, so that vLLM sizes its memory with the trainer's share already taken.
             if not cluster_has_gpus():
-                engine = start_engine()
+                engines = start_engines()
             trainer = await asyncio.to_thread(TrainerGroup, cfg, layout=layout)
             start_step, start_version = (await asyncio.to_thread(trainer.resume_point)
                                          if cfg.trainer.checkpoint.resume == "auto" else (0, 0))
             resumed_in_grpo = trainer.stage == "grpo"
             run_sft = "sft" in cfg.trainer.stage and not resumed_in_grpo
-            if engine is None:
-                engine = start_engine()
+            if not engines:
+                engines = start_engines()
             if run_sft and cfg.trainer.sft.data:   # a distilled (e.g. frontier-teacher) dataset
                 demos, m = load_demos(cfg.trainer.sft.data, tokenizer)
                 print(f"[sft] {m['demos_total']} trajectories from {cfg.trainer.sft.data}, "
@@ -119,12 +133,14 @@ async def _train(cfg) -> dict[str, Any]:
             elif run_sft:   # the scripted teacher needs no engine: it plays while vLLM starts
                 demos, m = await collect_demos(cfg, demo_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")
                 print(f"[sft] {m['demos_total']} teacher demos, {m['demos_failed']} failed", flush=True)
+            # The engines are up before any episode runs on them: an episode's timeout must not count their start.
+            await asyncio.gather(*(e.info() for e in engines))
             # Weight sync (disk, nccl or ipc by rollout.engine.weight_transfer) goes through the trainer's
             # WeightSync interface (rollout.engine.base): init_weight_transfer once, push_weights per sync.
-            await asyncio.to_thread(trainer.init_weight_transfer, [engine])
-            if resumed_in_grpo:   # the engine starts from the base weights: give it the checkpoint's
-                await asyncio.to_thread(trainer.push_weights, [engine], start_version, run_dir / "weights" / "resumed")
-            pool.set_engine(engine)
+            await asyncio.to_thread(trainer.init_weight_transfer, engines)
+            if resumed_in_grpo:   # the engines start from the base weights: give them the checkpoint's
+                await asyncio.to_thread(trainer.push_weights, engines, start_version, run_dir / "weights" / "resumed")
+            pool.set_engine(engines)
 
             async def held_out(stage: str, repeats: int = 0) -> None:
                 """Evaluate a stage on the held-out split, and on the held-out family when configured."""
@@ -147,22 +163,25 @@ async def _train(cfg) -> dict[str, Any]:
                 sft = await asyncio.to_thread(trainer.sft, demos)
                 summary["sft"] = sft
                 await asyncio.to_thread(trainer.save_checkpoint, trainer.sft_step)
-                await asyncio.to_thread(trainer.push_weights, [engine], 0, run_dir / "weights" / "sft")
+                await asyncio.to_thread(trainer.push_weights, engines, 0, run_dir / "weights" / "sft")
                 wall["sft"] = loop.time() - t0
                 await held_out("sft")
             if "grpo" in cfg.trainer.stage:
                 t0 = loop.time()
-                records = await run_grpo(cfg, grpo_tasks, pool, engine, trainer, judge, run_dir,
+                records = await run_grpo(cfg, grpo_tasks, pool, engines, trainer, judge, run_dir,
                                          start_step, start_version, eval_tasks)
                 summary["grpo"] = [dict(step=r.step, **r.metrics) for r in records]
                 wall["grpo"] = loop.time() - t0
                 await held_out("grpo")
             if cfg.trainer.checkpoint.export_hf:
                 summary["final_hf"] = str(await asyncio.to_thread(trainer.export_hf, run_dir / "hf"))
+            # what each engine served and which weights it holds (every engine gets every update)
+            summary["engines"] = [{k: info[k] for k in ("requests", "policy_version")}
+                                  for info in await asyncio.gather(*(e.info() for e in engines))]
         finally:
             pool.shutdown()
-            if engine is not None:
-                engine.kill()
+            for e in engines:
+                e.kill()
             if trainer is not None:
                 trainer.shutdown()
             layout.remove()

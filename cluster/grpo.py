@@ -4,8 +4,8 @@
     2. judge       score them; with dynamic sampling, rounds of replacement tasks (1-2 again) while
                    fewer than tasks_per_step groups are informative (rl.dynamic_sampling)
     3. advantages  group-relative advantages of the judged rewards (rl.algos, in trainer.grpo_step)
-    4. update      one optimizer step on the trainer group (a colocated engine sleeps meanwhile)
-    5. sync        push the new weights to the engine
+    4. update      one optimizer step on the trainer group (colocated engines sleep meanwhile)
+    5. sync        push the new weights to every engine
     6. log         the step record's metrics and the sample table; held-out evaluation every eval_every
     7. checkpoint  every trainer.checkpoint.every steps, and after the last
 
@@ -27,9 +27,10 @@ from rl.dynamic_sampling import replacement_order, sample_groups
 from rollout.worker import summarize
 
 
-async def run_grpo(cfg, tasks, pool, engine, trainer, judge, run_dir: Path, start_step: int = 0,
+async def run_grpo(cfg, tasks, pool, engines: list, trainer, judge, run_dir: Path, start_step: int = 0,
                    start_version: int = 0, eval_tasks: list | None = None) -> list[StepRecord]:
-    """GRPO steps [start_step, trainer.grpo.steps) on `tasks`; one StepRecord per step."""
+    """GRPO steps [start_step, trainer.grpo.steps) on `tasks`; one StepRecord per step. `engines`: the
+    policy's engines (the pool's), all slept, woken and synced together."""
     g = cfg.trainer.grpo
     tasks_by_id = {t.id: t for t in tasks}
 
@@ -68,21 +69,20 @@ async def run_grpo(cfg, tasks, pool, engine, trainer, judge, run_dir: Path, star
         # the sample table shows what the policy did, trained on or not
         return Batch([t for grp in groups for t in grp], metrics, drawn)
 
-    # Colocated on GPU in sync mode the engine sleeps while the trainer holds the devices
-    # (with one-step off-policy generation overlaps training, so it stays awake).
+    # Colocated on GPU in sync mode the engines sleep while the trainer holds the devices
+    # (with one-step off-policy generation overlaps training, so they stay awake).
     sleep = cfg.cluster.layout == "colocated" and cfg.cluster.sleep_engines and g.max_staleness == 0
 
     async def train(step: int, trajectories: list, version: int) -> dict:
-        slept = sleep and await engine.sleep()
+        slept = await asyncio.gather(*(e.sleep() for e in engines)) if sleep else []
         # 3. advantages + 4. update: trainer.grpo_step computes the group advantages, then steps
         metrics = await asyncio.to_thread(trainer.grpo_step, trajectories, version)
-        if slept:
-            await engine.wake_up()
+        await asyncio.gather(*(e.wake_up() for e, s in zip(engines, slept) if s))
         return metrics
 
     async def sync(version: int) -> None:
         # 5. sync
-        await asyncio.to_thread(trainer.push_weights, [engine], version, run_dir / "weights" / "latest")
+        await asyncio.to_thread(trainer.push_weights, engines, version, run_dir / "weights" / "latest")
 
     async def after_step(rec: StepRecord) -> None:
         # 6. log: the update's metrics, then the step's rollout/judge metrics, then the times so far.

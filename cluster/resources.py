@@ -13,6 +13,7 @@ Two layouts, chosen by `cluster.layout`:
 
 Callers ask `Layout.options(actor, i)` for the `.options(...)` kwargs of actor i; `placement` is the
 same decision as a pure function (which bundle, which resources), so it is tested without a GPU.
+The `rollout.engine.num_engines` vLLM engines take rollout bundles 0..N-1 (`check_engines`).
 """
 from __future__ import annotations
 
@@ -62,6 +63,17 @@ def bundles_for(cfg, counts: Mapping[str, int]) -> dict[str, list[dict[str, floa
 def cpus_needed(cfg, counts: Mapping[str, int]) -> float:
     """Logical CPUs the layout's placement groups reserve in total."""
     return sum(b.get("CPU", 0.0) for bundles in bundles_for(cfg, counts).values() for b in bundles)
+
+
+def check_engines(num_engines: int, counts: Mapping[str, int]) -> None:
+    """Engine i runs in rollout bundle i (`placement`): a layout holds at most one engine per rollout
+    worker. Raises PlacementError naming both keys (pure: checked before Ray starts)."""
+    workers = int(counts.get("rollout", 0))
+    if num_engines > workers:
+        raise PlacementError(
+            f"rollout.engine.num_engines={num_engines} cannot be placed with rollout.num_workers={workers}: each "
+            f"vLLM engine runs in a rollout worker's bundle (engine i in bundle i), so num_engines can be at most "
+            f"rollout.num_workers; set rollout.num_workers={num_engines} or rollout.engine.num_engines={workers}")
 
 
 # Actors placed by a layout -> the pool whose bundles they use. A rollout bundle holds two actors:

@@ -1,6 +1,9 @@
 """A pool of rollout worker actors that survives worker deaths: the one rollout fan-out over Ray
 (the training job, `terminus rollout`, the benchmarks).
 
+The pool serves one engine or several (`rollout.engine.num_engines` vLLM engines): worker i sends its
+episodes to engine i % len(engines), so requests spread over the workers spread over the engines.
+
 `RolloutPool.run(requests)` shards (task, n) requests over the workers. If a worker actor dies
 mid-step (killed, OOM, node lost), its shard is rerun on a freshly started replacement actor, so
 the step still returns one group of n trajectories per request, in request order.
@@ -25,33 +28,38 @@ class RolloutPoolError(RuntimeError):
 
 
 class RolloutPool:
-    """Owns `num_workers` RolloutWorker actors; `placement(i)` gives actor i's `.options(...)`."""
+    """Owns `num_workers` RolloutWorker actors; `placement(i)` gives actor i's `.options(...)`.
 
-    def __init__(self, cfg, engine, num_workers: int, placement: Callable[[int], dict] | None = None,
+    `engines`: one engine, a list of engines (worker i uses engine i % len), or None (no actors
+    until `set_engine`)."""
+
+    def __init__(self, cfg, engines, num_workers: int, placement: Callable[[int], dict] | None = None,
                  max_restarts: int = 3):
         import ray
         from omegaconf import OmegaConf
 
         self._cls = ray.remote(RolloutWorker)
         self._yaml = OmegaConf.to_yaml(cfg)
-        self.engine = engine
+        self.engines = _as_list(engines)
         self.placement = placement or (lambda i: {"num_cpus": 0})
         self.max_restarts = max_restarts
         self.restarts = 0
         self.num_workers = num_workers
         # No engine yet (set_engine gives one): no actors either, rather than start some to kill them
-        self.workers = [self._start(i) for i in range(num_workers)] if engine is not None else []
+        self.workers = [self._start(i) for i in range(num_workers)] if self.engines else []
 
     def _start(self, i: int):
-        return self._cls.options(max_concurrency=4, **self.placement(i)).remote(self._yaml, self.engine)
+        return self._cls.options(max_concurrency=4, **self.placement(i)).remote(
+            self._yaml, self.engines[i % len(self.engines)])
 
-    def set_engine(self, engine) -> None:
-        """Use another engine (e.g. the teacher for SFT demos, then the policy): fresh actors hold it."""
+    def set_engine(self, engines) -> None:
+        """Use other engines (e.g. the teacher for SFT demos, then the policy's): fresh actors hold them."""
         import ray
 
-        if engine is self.engine and self.workers:
-            return   # the same engine (new weights reach its actors through it): keep the actors
-        self.engine = engine
+        engines = _as_list(engines)
+        if self.workers and len(engines) == len(self.engines) and all(a is b for a, b in zip(engines, self.engines)):
+            return   # the same engines (new weights reach their actors through them): keep the actors
+        self.engines = engines
         for w in self.workers:
             ray.kill(w)
         self.workers = [self._start(i) for i in range(self.num_workers)]
@@ -119,3 +127,9 @@ class RolloutPool:
         for w in self.workers:
             ray.kill(w)
         self.workers = []
+
+
+def _as_list(engines) -> list:
+    if engines is None:
+        return []
+    return list(engines) if isinstance(engines, (list, tuple)) else [engines]

@@ -161,7 +161,8 @@ def tiny_model_dir(spec: TinySpec = TinySpec()) -> Path:
 
 def resolve_model_path(path: str) -> Path:
     """The local directory of a model: 'tiny' (or 'tiny-copy', the same with the copy circuit) builds
-    (once) the embedded model; anything else must exist."""
+    (once) the embedded model; anything else must be an HF model directory (config.json, weights and
+    tokenizer files), else a ModelPathError says what is missing (before anything loads it)."""
     if path in TINY_SPECS:
         d = tiny_model_dir(TINY_SPECS[path])
         if not (d / "config.json").exists():
@@ -178,7 +179,17 @@ def resolve_model_path(path: str) -> Path:
                              f"(config.json, *.safetensors, tokenizer.json).")
     if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
         raise ModelPathError(f"model path '{p}' has no weights (*.safetensors): expected a Hugging Face model directory.")
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelPathError(
+            f"model path '{p}' has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}): copy the tokenizer "
+            f"of the model it comes from into it (tokenizer.json and tokenizer_config.json, or vocab.json and "
+            f"merges.txt), or, for the embedded tiny model, write one with its tokenizer: "
+            f"`terminus model build-tiny --out {p}`")
     return p
+
+
+# Any one of these lets transformers' AutoTokenizer load a directory (fast, sentencepiece, BPE vocab).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 def _corpus_files(limit_bytes: int) -> list[Path]:

@@ -54,20 +54,14 @@ def parse_subagent(text: str, default_model: str = "tiny") -> SubagentSpec:
 
 
 def check_hf_dir(path: str) -> Path:
-    """The resolved checkpoint dir; SubagentError when it is missing or not a HF model dir."""
+    """The resolved checkpoint dir; SubagentError when it is missing or not a complete HF model dir
+    (core.model.resolve_model_path names what is missing)."""
     from core.model import ModelPathError, resolve_model_path
     try:
-        resolved = Path(resolve_model_path(path))
+        return Path(resolve_model_path(path))
     except ModelPathError as e:
-        raise SubagentError(f"checkpoint not found: {e}") from None
-    if not resolved.is_dir():
-        raise SubagentError(f"checkpoint {path!r} not found ({resolved} is not a directory); pass a Hugging Face "
-                            "model dir, e.g. the trainer's export runs/NAME/checkpoints/step_N/hf")
-    has_tokenizer = any((resolved / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
-    if not (resolved / "config.json").exists() or not any(resolved.glob("*.safetensors")) or not has_tokenizer:
-        raise SubagentError(f"checkpoint {resolved} is not a complete Hugging Face model dir: it needs config.json, "
-                            "*.safetensors weights and the tokenizer files (copy them from the base model)")
-    return resolved
+        raise SubagentError(f"checkpoint {path!r} not found or incomplete: {e} (the trainer's export is "
+                            "runs/NAME/hf)") from None
 
 
 async def preflight(spec: SubagentSpec, cfg: Any) -> None:

@@ -79,6 +79,11 @@ def inputs(tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")
     (model / "model.safetensors").write_text("")
+    (model / "tokenizer.json").write_text("{}")
+    no_tok = tmp_path / "no_tokenizer"   # a model directory someone copied without its tokenizer
+    no_tok.mkdir()
+    (no_tok / "config.json").write_text("{}")
+    (no_tok / "model.safetensors").write_text("")
     return tmp_path
 
 
@@ -90,13 +95,20 @@ CASES = {
     "split given as --tasks": (["rollout", "--tasks", "validation", "--out", "{t}/o.jsonl"], ["--split validation"]),
     "malformed task file": (["eval", "--tasks", "{t}/bad_tasks.jsonl"], ["bad_tasks.jsonl:1: not a Task record"]),
     "bad corpus directory": (["distill", "tasks.corpus={t}/no_corpus"], ["no_corpus does not exist", "tasks build"]),
-    "bad corpus for tasks list": (["tasks", "list", "--corpus", "{t}/no_corpus"], ["no_corpus does not exist"]),
+    "bad corpus for tasks list": (["tasks", "list", "tasks.corpus={t}/no_corpus"], ["no_corpus does not exist"]),
+    "bad corpus directory for tasks validate": (["tasks", "validate", "{t}/no_corpus"], ["no_corpus does not exist"]),
+    "tasks build of a built corpus": (["tasks", "build", "tasks.corpus={t}/repo"], ["is a corpus directory",
+                                                                                  "--manifest"]),
     "malformed trajectory file": (["train-offline", "--stage", "sft", "--data", "{t}/bad_traj.jsonl",
                                    "model.path={t}/model", "output_dir={t}/run"],
                                   ["bad_traj.jsonl:1: not a trajectory record"]),
     "missing trajectory file": (["train-offline", "--stage", "sft", "--data", "{t}/none.jsonl",
                                  "model.path={t}/model", "output_dir={t}/run"], ["none.jsonl' does not exist"]),
     "bad model path": (["train", "model.path={t}/no_model", "output_dir={t}/run"], ["no_model' does not exist"]),
+    "model without a tokenizer": (["train", "model.path={t}/no_tokenizer", "output_dir={t}/run"],
+                                  ["no_tokenizer' has no tokenizer files", "tokenizer.json", "build-tiny"]),
+    "rollout with a model without a tokenizer": (["rollout", "--tasks", "{t}/tasks.jsonl", "--out", "{t}/o.jsonl",
+                                                  "model.path={t}/no_tokenizer"], ["has no tokenizer files"]),
     "unreachable subagent": (["eval", "--tasks", "{t}/tasks.jsonl", "-s", f"openai:m@{DEAD}"],
                              ["127.0.0.1:9", "unreachable"]),
     "unreachable main agent": (["study", "--tasks", "{t}/tasks.jsonl", "--main", f"openai:m@{DEAD}"],
@@ -106,6 +118,9 @@ CASES = {
                                       f"rollout.engine.base_url={DEAD}", "rollout.engine.max_retries=0"],
                                      ["127.0.0.1:9", "unreachable"]),
     "bad WANDB_MODE": (["train", "output_dir={t}/run"], ["WANDB_MODE='loud'"]),
+    "more engines than rollout workers": (["train", "rollout.engine.num_engines=3", "rollout.num_workers=2",
+                                           "output_dir={t}/run"],
+                                          ["num_engines=3 cannot be placed", "rollout.num_workers=2"]),
     "train with an endpoint engine": (["train", "rollout.engine.kind=openai", "output_dir={t}/run"],
                                       ["training needs rollout.engine.kind=vllm"]),
     "compare without runs": (["compare", "{t}/a", "{t}/b"], ["summary.json not found"]),
@@ -146,7 +161,38 @@ def test_every_config_command_takes_dash_c_and_task_commands_take_split_and_task
     for name in ("train", "train-offline", "submit", "rollout", "eval", "distill", "serve", "study"):
         opts = sub[name]._option_string_actions
         assert "-c" in opts and "--config" in opts, name
+    tasks = sub["tasks"]._subparsers._group_actions[0].choices
+    for name in ("list", "show", "build", "validate"):
+        opts = tasks[name]._option_string_actions
+        assert "-c" in opts and "--config" in opts and "--corpus" not in opts, name
     for name in ("rollout", "eval", "distill", "study"):
         opts = sub[name]._option_string_actions
         assert {"--split", "--tasks", "--limit"} <= set(opts), name
         assert opts["--tasks"].dest == opts["--tasks-file"].dest == "tasks_file"   # the old spelling still works
+
+
+def test_tasks_commands_select_the_corpus_by_config(tmp_path, capsys):
+    """tasks.corpus from an override, a config file or a leading CORPUS argument: the same corpus each way;
+    the default is the default config's (tiny_cpu: generated), not another one."""
+    import shutil
+
+    from tasks import load_tasks
+    from tasks.corpus import ensure_builtin
+    want = [t.id for t in load_tasks("builtin", "validation")]
+
+    def listed(*argv) -> list[str]:
+        assert main(["tasks", "list", "--split", "validation", *argv]) == 0
+        return [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+
+    assert listed("tasks.corpus=builtin") == want
+    assert listed("builtin") == want
+    mine = tmp_path / "mine"                     # a corpus directory of one's own
+    shutil.copytree(ensure_builtin(), mine)
+    (tmp_path / "mine.yaml").write_text(f"tasks:\n  corpus: {mine}\n")
+    assert listed("-c", str(tmp_path / "mine.yaml")) == want
+    assert listed(str(mine)) == want
+    assert main(["tasks", "show", want[0], "-c", str(tmp_path / "mine.yaml")]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == want[0]
+    assert main(["tasks", "show", want[0], "tasks.corpus=generated", "tasks.generated.train_variants=8",
+                 "tasks.generated.eval_variants=3"]) == 2     # not in the generated corpus
+    assert f"no task '{want[0]}' in corpus generated" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The embedded tiny model: deterministic build, Qwen3 chat format, clear path errors, real vLLM generation."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,15 @@ def test_missing_or_wrong_model_path_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelPathError, match="has no config.json"):
         resolve_model_path(str(tmp_path / "empty"))
+    # the tiny model's files without its tokenizer: named before transformers tries to load it
+    bare = tmp_path / "bare"
+    shutil.copytree(resolve_model_path("tiny"), bare)
+    for f in bare.glob("tokenizer*"):
+        f.unlink()
+    with pytest.raises(ModelPathError, match=rf"model path '{bare}' has no tokenizer files.*build-tiny --out {bare}"):
+        resolve_model_path(str(bare))
+    (bare / "vocab.json").write_text("{}")   # a BPE vocabulary (with merges.txt) is a tokenizer too
+    assert resolve_model_path(str(bare)) == bare
 
 
 def test_cli_reports_bad_model_path_without_traceback(tmp_path):

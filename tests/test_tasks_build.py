@@ -64,8 +64,9 @@ def test_a_killed_build_resumes_and_an_unchanged_rebuild_is_free(tmp_path):
     manifest.write_text("".join(json.dumps({"name": e.name, "ecosystem": "local", "version": "0", "language": "python",
                                             "test_command": e.test_command, "path": e.path}) + "\n" for e in entries))
     out = tmp_path / "corpus"
+    # the observation cap is the config's, like every other setting of a command
     cmd = [sys.executable, "-m", "terminus.cli", "tasks", "build", "--manifest", str(manifest), "--out", str(out),
-           "--jobs", "1"]
+           "--jobs", "1", "rollout.sandbox.output_limit_bytes=8192"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list((out / ".projects").glob("*.json"))) < 1:
@@ -80,6 +81,8 @@ def test_a_killed_build_resumes_and_an_unchanged_rebuild_is_free(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (out / "COMPLETE").exists() and "reusing the projects an earlier build finished" in r.stdout
+    assert "observation cap 8192 bytes" in r.stdout
+    assert json.loads((out / "corpus.json").read_text())["observation_cap"] == 8192
     for e in entries:
         line = next(ln for ln in r.stdout.splitlines() if f"{e.key}:" in ln)
         assert ("cached" in line) == (f"local-{e.name}" in finished), line

@@ -87,6 +87,26 @@ def test_train_end_to_end_then_kill_and_resume(tmp_path):
     assert all(r["table"] == "grpo/samples" and r["task_id"] and r["finish_reason"] for r in rows)
 
 
+@pytest.mark.slow
+def test_two_engines_share_the_episodes_and_both_get_the_new_weights(tmp_path):
+    """rollout.engine.num_engines=2: two vLLM engines (rollout bundles 0 and 1), two rollout workers,
+    one GRPO step of 2 tasks (one per worker, so one per engine), then a weight sync to both."""
+    run = tmp_path / "run"
+    env = dict(os.environ, WANDB_MODE="disabled", VLLM_LOGGING_LEVEL="WARNING", VLLM_CPU_KVCACHE_SPACE="1")
+    cmd = [sys.executable, "-m", "terminus.cli", "train", "-c", "tiny_cpu", f"output_dir={run}",
+           "rollout.engine.num_engines=2", "rollout.num_workers=2", "trainer.stage=grpo", "trainer.grpo.steps=1",
+           "trainer.grpo.tasks_per_step=2", "trainer.grpo.rollouts_per_task=2", "trainer.grpo.max_staleness=0",
+           "trainer.grpo.dynamic_sampling_max_extra=0", "trainer.eval.enabled=false",
+           "trainer.checkpoint.export_hf=false", "rollout.episode.max_turns=2", "rollout.sampling.max_tokens_per_turn=32",
+           "tasks.generated.train_variants=8", "tasks.generated.eval_variants=3", "trainer.sft.demo_fraction=0.5"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    engines = json.loads((run / "summary.json").read_text())["engines"]
+    assert len(engines) == 2, engines
+    assert all(e["requests"] >= 2 for e in engines), engines          # each served its worker's 2 episodes
+    assert [e["policy_version"] for e in engines] == [1, 1], engines  # the step's update reached both
+
+
 def test_compare_evals_by_hand():
     from evaluation.heldout import compare_evals
     evals = {"untrained": {"reward_mean": -0.3, "reward_sem": 0.0},

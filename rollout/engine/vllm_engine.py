@@ -93,6 +93,7 @@ class VLLMEngine:
         self.weight_transfer = e.weight_transfer
         self._version = 0
         self._ids = itertools.count()
+        self.requests = 0     # generations served (the driver reports them per engine)
         self._weights_lock = asyncio.Lock()   # one weight update at a time (see start_weight_update)
         self._update_started = 0.0
 
@@ -128,6 +129,7 @@ class VLLMEngine:
         lps = [float(step[t].logprob) for t, step in zip(ids, o.logprobs or [])]
         if len(lps) != len(ids):
             raise EngineError(f"vLLM returned {len(ids)} tokens but {len(lps)} logprobs")
+        self.requests += 1
         return Generation(token_ids=ids, logprobs=lps, finish_reason=o.finish_reason or "abort",
                           stop_reason=o.stop_reason, policy_version=version)
 
@@ -251,7 +253,7 @@ class VLLMEngine:
         await self.llm.reset_prefix_cache()
 
     async def info(self) -> dict[str, Any]:
-        return dict(self._info, policy_version=self._version)
+        return dict(self._info, policy_version=self._version, requests=self.requests)
 
     def shutdown(self) -> None:
         self.llm.shutdown()

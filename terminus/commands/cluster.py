@@ -51,7 +51,8 @@ def _submit(args: argparse.Namespace) -> int:
         if not args.config:
             from core.errors import UserError
             raise UserError("submit needs -c/--config NAME_OR_FILE (or --entrypoint for any other command)")
-        load_config(args.config, args.overrides)  # fail here, not minutes later on the cluster
+        from cluster.driver import check_engines_config
+        check_engines_config(load_config(args.config, args.overrides))  # fail here, not minutes later on the cluster
         entrypoint = jobs.train_entrypoint(args.config, args.overrides, python=args.python)
     job_id = jobs.submit(entrypoint, address=args.address, env=_env_pairs(args.env), submission_id=args.job_id)
     print(job_id, flush=True)

@@ -1,49 +1,68 @@
-"""`terminus tasks list|show|build|validate`: look at a corpus, build one, or check it through episodes."""
+"""`terminus tasks list|show|build|validate`: look at a corpus, build one, or check it through episodes.
+
+Like every config command they take `-c/--config` and `key=value` overrides; the corpus is the
+config's `tasks.corpus` (and `tasks.generated`, `tasks.cache_dir`)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("tasks", help="list, show or build task corpora")
+    from terminus.commands.args import add_config_args
+
+    p = sub.add_parser("tasks", help="list, show, build or validate the task corpus of a config (tasks.corpus)")
     tsub = p.add_subparsers(dest="tasks_cmd", required=True)
-    ls = tsub.add_parser("list", help="one line per task of a split")
-    ls.add_argument("--corpus", default="builtin", help="'builtin', 'generated' (default settings) or a corpus directory")
+    corpus = ("CORPUS (builtin, generated or a corpus directory) before the overrides is short for "
+              "tasks.corpus=CORPUS")
+    ls = tsub.add_parser("list", help="one line per task of a split of tasks.corpus", description=corpus)
+    add_config_args(ls)
     ls.add_argument("--split", default="train", choices=("train", "validation", "test"))
     ls.set_defaults(func=_list)
-    show = tsub.add_parser("show", help="a task in full (request, ground truth, reference)")
+    show = tsub.add_parser("show", help="a task of tasks.corpus in full (request, ground truth, reference)")
     show.add_argument("task_id")
-    show.add_argument("--corpus", default="builtin")
+    add_config_args(show)
     show.set_defaults(func=_show)
-    build = tsub.add_parser("build", help="build the built-in corpus (or, with --manifest, a corpus of real "
-                            "projects) and summarize it")
-    build.add_argument("--out", default="", help="output directory (built-in default: ~/.cache/terminus/tasks)")
-    build.add_argument("--manifest", default="", help="JSONL manifest of real projects (tasks/manifests/default.jsonl)")
+    build = tsub.add_parser("build", help="build tasks.corpus (builtin or generated), or with --manifest a corpus "
+                            "of real projects, and summarize it")
+    add_config_args(build)
+    build.add_argument("--out", default="", help="output directory (builtin/generated default: tasks.cache_dir, "
+                       "else ~/.cache/terminus/tasks; required with --manifest)")
+    build.add_argument("--manifest", default="", help="JSONL manifest of real projects (tasks/manifests/default.jsonl); "
+                       "facts are kept where rollout.sandbox.output_limit_bytes of output shows them")
     build.add_argument("--jobs", type=int, default=2, help="projects built at once by a local build (its Ray's CPUs)")
     build.add_argument("--address", default="", help="Ray cluster to build on (e.g. 10.0.0.1:6379); every node "
                        "must see --out at the same path. Default: a private local Ray")
     build.add_argument("--cpus-per-project", type=float, default=1.0, help="Ray CPUs each project's build reserves")
-    build.add_argument("--observation-cap", type=int, default=0,
-                       help="bytes of output an episode shows per command (rollout.sandbox.output_limit_bytes "
-                            "of the runs that will train on the corpus); facts must be visible within it "
-                            "(default 16384)")
     build.set_defaults(func=_build)
-    val = tsub.add_parser("validate", help="replay reference solutions through the episode path and check that "
-                          "every recorded fact is reproduced")
-    val.add_argument("corpus", help="a corpus directory, 'generated' or 'builtin'")
+    val = tsub.add_parser("validate", help="replay the reference solutions of tasks.corpus through the episode path "
+                          "and check that every recorded fact is reproduced", description=corpus)
+    add_config_args(val)
     val.add_argument("--sample", type=int, default=0, help="validate N tasks drawn at random (default: all)")
     val.add_argument("--seed", type=int, default=0)
     val.add_argument("--split", default="", choices=("", "train", "validation", "test"), help="default: every split")
     val.add_argument("--jobs", type=int, default=2, help="episodes run at once")
     val.add_argument("--observation-cap", type=int, default=0,
-                     help="episode output cap (default: the corpus's, from corpus.json, else 16384)")
+                     help="episode output cap (default: the corpus's, from corpus.json; generated: "
+                          "tasks.generated.observation_cap; else 16384)")
     val.add_argument("--command-timeout", type=float, default=300.0, help="seconds per command")
     val.set_defaults(func=_validate)
 
 
+def _config(args):
+    """The command's config; a leading CORPUS (no '=') among the overrides is tasks.corpus=CORPUS, so
+    `terminus tasks validate ~/corpus/mine` reads as it always did."""
+    from terminus.config import load_config
+
+    overrides = list(args.overrides)
+    if overrides and "=" not in overrides[0]:
+        overrides.append(f"tasks.corpus={Path(overrides.pop(0)).expanduser()}")
+    return load_config(args.config, overrides)
+
+
 def _list(args) -> int:
     from evaluation.tasks_io import corpus_tasks
-    for t in corpus_tasks(args.corpus, args.split):
+    for t in corpus_tasks(_config(args).tasks, args.split):
         print(f"{t.id:40s} {t.language:11s} {t.category:11s} exit={t.ground_truth.exit_status}  {t.request}")
     return 0
 
@@ -52,28 +71,42 @@ def _show(args) -> int:
     from dataclasses import asdict
 
     from evaluation.tasks_io import corpus_tasks
+    cfg = _config(args)
     for split in ("train", "validation", "test"):
-        for t in corpus_tasks(args.corpus, split):
+        for t in corpus_tasks(cfg.tasks, split):
             if t.id == args.task_id:
                 print(json.dumps(asdict(t), indent=2))
                 return 0
     from core.errors import UserError
-    raise UserError(f"no task {args.task_id!r} in corpus {args.corpus}; `terminus tasks list` shows the ids")
+    raise UserError(f"no task {args.task_id!r} in corpus {cfg.tasks.corpus}; `terminus tasks list` shows the ids")
 
 
 def _build(args) -> int:
+    cfg = _config(args)
     if args.manifest:
-        return _build_manifest(args)
-    from tasks.corpus import ensure_builtin
-    path = ensure_builtin(args.out)
-    print(f"built-in corpus: {path}")
-    print((path / "corpus.json").read_text())
+        return _build_manifest(args, cfg.rollout.sandbox.output_limit_bytes)
+    from omegaconf import OmegaConf
+
+    from core.errors import UserError
+    from evaluation.validate import validate_sample
+    from tasks.corpus import ensure_builtin, ensure_generated
+    cache = args.out or cfg.tasks.cache_dir
+    if cfg.tasks.corpus == "builtin":
+        path = ensure_builtin(cache)
+    elif cfg.tasks.corpus == "generated":
+        path = ensure_generated(OmegaConf.to_object(cfg.tasks.generated), cache, validate=validate_sample)
+    else:
+        raise UserError(f"tasks.corpus={cfg.tasks.corpus} is a corpus directory, which is built already: build one "
+                        f"from real projects with --manifest FILE --out DIR, or pick tasks.corpus=builtin|generated")
+    print(f"{cfg.tasks.corpus} corpus: {path}")
+    summary = path / "corpus.json"
+    print(summary.read_text() if summary.is_file() else
+          ", ".join(f"{s}: {len((path / f'{s}.jsonl').read_text().splitlines())} tasks"
+                    for s in ("train", "validation", "test")))
     return 0
 
 
-def _build_manifest(args) -> int:
-    from pathlib import Path
-
+def _build_manifest(args, observation_cap: int) -> int:
     from tasks.build import build_corpus, summary_table
     from tasks.manifest import load_manifest
     if not args.out:
@@ -86,9 +119,9 @@ def _build_manifest(args) -> int:
     out = Path(args.out).expanduser().resolve()
     if (out / ".projects").is_dir():
         print(f"{out}: reusing the projects an earlier build finished (unchanged manifest line and builder)")
-    cap = {"observation_cap": args.observation_cap} if args.observation_cap else {}
+    print(f"observation cap {observation_cap} bytes (rollout.sandbox.output_limit_bytes of the config)", flush=True)
     outcomes = build_corpus(entries, out, address=args.address, jobs=args.jobs, cpus_per_project=args.cpus_per_project,
-                            progress=lambda s: print(s, flush=True), **cap)
+                            observation_cap=observation_cap, progress=lambda s: print(s, flush=True))
     summary = json.loads((out / "corpus.json").read_text())
     print(summary_table(summary))
     print(summary_line(summary))
@@ -112,7 +145,6 @@ def summary_line(summary: dict) -> str:
 
 def _validate(args) -> int:
     import asyncio
-    from pathlib import Path
 
     from sandbox.config import SandboxConfig
     from rollout.worker import load_tokenizer
@@ -121,18 +153,19 @@ def _validate(args) -> int:
     from evaluation.validate import sample_tasks, validate_tasks
     from core.model import resolve_model_path
 
+    tc = _config(args).tasks
     splits = [args.split] if args.split else ["train", "validation", "test"]
     tasks = []
     for split in splits:
         try:
-            tasks += corpus_tasks(args.corpus, split)
+            tasks += corpus_tasks(tc, split)
         except CorpusError as e:   # an empty split is fine when validating every split
             if "is empty" not in str(e) or args.split:
                 raise
-    recorded = built_observation_cap(Path(args.corpus))
-    if args.corpus == "generated":
-        from tasks.config import GeneratedConfig
-        recorded = GeneratedConfig().observation_cap
+    if tc.corpus in ("builtin", "generated"):
+        recorded = tc.generated.observation_cap if tc.corpus == "generated" else 0
+    else:
+        recorded = built_observation_cap(Path(tc.corpus))
     cfg = SandboxConfig(output_limit_bytes=args.observation_cap or recorded or SandboxConfig().output_limit_bytes,
                         command_timeout_s=args.command_timeout)
     chosen = sample_tasks(tasks, args.sample, args.seed)
