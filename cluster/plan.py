@@ -235,19 +235,17 @@ def make_plan(cfg, shape: ModelShape, spec: ClusterSpec) -> Plan:
               "judge": cfg.judge.num_workers}
     nodes = pack(cfg, counts, spec)
     actors = []
-    for actor, n in (("engine", 1), ("rollout", counts["rollout"]), ("judge", counts["judge"]),
+    for actor, n in (("engine", cfg.rollout.engine.num_engines), ("rollout", counts["rollout"]), ("judge", counts["judge"]),
                      ("trainer", counts["trainer"])):
         for i in range(n):
             p = placement(cfg.cluster, counts, actor, i)
             actors.append((actor, i, nodes[p["group"]][p["bundle"]], p["num_gpus"]))
     gpus = spec.gpus > 0 and any(a[3] for a in actors)
     notes: list[str] = []
-    if cfg.rollout.engine.num_engines != 1:
-        notes.append(f"rollout.engine.num_engines={cfg.rollout.engine.num_engines} is not used: the job starts "
-                     f"one vLLM engine, on rollout bundle 0 (cluster/driver.py)")
-    idle = cfg.cluster.rollout.num_gpus * (counts["rollout"] - 1)
-    if idle and cfg.cluster.layout == "disaggregated":
-        notes.append(f"{idle:g} GPUs of rollout bundles 1..{counts['rollout'] - 1} hold no engine and stay idle "
+    engines = cfg.rollout.engine.num_engines
+    idle = cfg.cluster.rollout.num_gpus * (counts["rollout"] - engines)
+    if idle > 0 and cfg.cluster.layout == "disaggregated":
+        notes.append(f"{idle:g} GPUs of rollout bundles {engines}..{counts['rollout'] - 1} hold no engine and stay idle "
                      f"(rollout workers run sandboxes on CPUs); set cluster.rollout.num_gpus per engine only")
     e = cfg.rollout.engine
     if gpus and e.tensor_parallel_size > cfg.cluster.rollout.num_gpus:

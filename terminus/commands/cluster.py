@@ -24,12 +24,12 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:   # every check the job makes before it starts, but model.path need not be here
-        from cluster.driver import check_engine_kind
+        from cluster.driver import check_engines_config
         from cluster.plan import ClusterSpec, make_plan, render
         from core.model import model_shape
         from rl.config import check_grpo_sampling
 
-        check_engine_kind(cfg)
+        check_engines_config(cfg)
         if "grpo" in cfg.trainer.stage:
             check_grpo_sampling(cfg)
         shape = model_shape(cfg.model.path)
