@@ -38,7 +38,7 @@ def test_tiny_vllm_judge_gives_valid_verdicts(ray_local, tmp_path):
                 assert len(v["dimensions"]) == 7 and len(v["failures"]) == 4 and v["samples"] == 2
                 assert all(0 <= d["score"] <= 4 for d in v["dimensions"].values())
                 assert -1.5 <= t.reward <= 1.0 and 0 <= v["agreement"] <= 1
-                assert [i["code"] for i in v["items"]] is not None and len(v["items"]) == 3
+                assert len(v["items"]) == 3 and all(i["code"] in (True, False, None) for i in v["items"])
             else:  # allowed only as a marked verdict, never a silent 0
                 assert t.reward is None and v["reason"]
         ok = sum(t.verdict["status"] == "ok" for t in trajs)
