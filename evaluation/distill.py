@@ -174,6 +174,17 @@ def teacher_subagent(cfg: Any) -> tuple[SubagentSpec, Any]:
     return spec, c
 
 
+def teacher_will_play(cfg: Any) -> bool:
+    """Whether this job runs the openai teacher: an SFT stage without trainer.sft.data, and not a run
+    resumed past SFT (its teacher may be gone by then without harm)."""
+    from rl.checkpoint import checkpoint_root, latest, read_state
+
+    if "sft" not in cfg.trainer.stage or cfg.trainer.sft.data or cfg.trainer.sft.teacher.kind != "openai":
+        return False
+    ckpt = latest(checkpoint_root(cfg.output_dir)) if cfg.trainer.checkpoint.resume == "auto" else None
+    return ckpt is None or read_state(ckpt).get("stage") != "grpo"
+
+
 async def check_endpoints(cfg: Any) -> None:
     """Before a training job writes or starts anything: the openai teacher's and the openai judge's
     endpoints answer and serve their models (one line naming the key otherwise)."""
@@ -185,7 +196,7 @@ async def check_endpoints(cfg: Any) -> None:
     from evaluation.subagents import SubagentError
 
     checks = []
-    if "sft" in cfg.trainer.stage and not cfg.trainer.sft.data and cfg.trainer.sft.teacher.kind == "openai":
+    if teacher_will_play(cfg):
         checks.append(("trainer.sft.teacher", *teacher_subagent(cfg)))
     j = cfg.judge
     if j.backend == "openai":

@@ -125,3 +125,25 @@ def test_paper_path_teacher_sft_grpo_eval_with_vllm_serve_as_teacher_and_judge(t
         reply = client.chat.completions.create(model="student", max_tokens=8, temperature=0,
                                                messages=[{"role": "user", "content": "List the files."}])
     assert reply.choices[0].message.content and reply.usage.completion_tokens >= 1
+
+
+def test_a_run_resumed_past_sft_does_not_need_its_teacher(tmp_path):
+    """The teacher's endpoint is checked only when the job will play it: not for a run resumed in GRPO."""
+    from evaluation.distill import teacher_will_play
+    from terminus.config import load_config
+
+    def cfg(*over):
+        return load_config("tiny_cpu", [f"output_dir={tmp_path}", *endpoints("http://127.0.0.1:9/v1"), *over])
+
+    def checkpoint(step, stage):
+        d = tmp_path / "checkpoints" / f"step_{step:06d}"
+        d.mkdir(parents=True)
+        (d / "trainer_state.json").write_text(json.dumps({"stage": stage}))
+        (d / "COMPLETE").write_text("")
+
+    assert teacher_will_play(cfg()) and not teacher_will_play(cfg("trainer.stage=grpo"))
+    assert not teacher_will_play(cfg("trainer.sft.teacher.kind=scripted"))
+    checkpoint(4, "sft")                  # killed during SFT: the teacher's file is resumed, it plays again
+    assert teacher_will_play(cfg())
+    checkpoint(6, "grpo")                 # past SFT
+    assert not teacher_will_play(cfg()) and teacher_will_play(cfg("trainer.checkpoint.resume=never"))
