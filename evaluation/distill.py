@@ -14,14 +14,20 @@ tokens_per_minute). Failed episodes are counted per task and in the summary, nev
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from omegaconf import OmegaConf
+
+from core.errors import ConfigError
 from evaluation.judging import Judge, open_judge
-from evaluation.subagents import SubagentSpec, open_subagent, preflight
+from evaluation.subagents import SubagentError, SubagentSpec, engine_config, open_subagent, preflight
+from rl.checkpoint import checkpoint_root, latest, read_state
+from rollout.teacher import load_demos
 
 
 def dedup_key(traj: Any) -> str:
@@ -157,9 +163,6 @@ def teacher_subagent(cfg: Any) -> tuple[SubagentSpec, Any]:
     """(spec, run config) of the job's openai teacher: the run config with rollout.engine pointed at
     trainer.sft.teacher's endpoint, limits and sampling, so its episodes use the student's protocol,
     turn cap, sandbox and tokenizer (model.path)."""
-    from core.errors import ConfigError
-    from evaluation.subagents import engine_config
-
     t = cfg.trainer.sft.teacher
     if not t.base_url or not t.model:
         raise ConfigError("trainer.sft.teacher.kind=openai needs trainer.sft.teacher.base_url and "
@@ -177,8 +180,6 @@ def teacher_subagent(cfg: Any) -> tuple[SubagentSpec, Any]:
 def teacher_will_play(cfg: Any) -> bool:
     """Whether this job runs the openai teacher: an SFT stage without trainer.sft.data, and not a run
     resumed past SFT (its teacher may be gone by then without harm)."""
-    from rl.checkpoint import checkpoint_root, latest, read_state
-
     if "sft" not in cfg.trainer.stage or cfg.trainer.sft.data or cfg.trainer.sft.teacher.kind != "openai":
         return False
     ckpt = latest(checkpoint_root(cfg.output_dir)) if cfg.trainer.checkpoint.resume == "auto" else None
@@ -188,13 +189,6 @@ def teacher_will_play(cfg: Any) -> bool:
 async def check_endpoints(cfg: Any) -> None:
     """Before a training job writes or starts anything: the openai teacher's and the openai judge's
     endpoints answer and serve their models (one line naming the key otherwise)."""
-    import copy
-
-    from omegaconf import OmegaConf
-
-    from core.errors import ConfigError
-    from evaluation.subagents import SubagentError
-
     checks = []
     if teacher_will_play(cfg):
         checks.append(("trainer.sft.teacher", *teacher_subagent(cfg)))
@@ -220,13 +214,11 @@ async def teacher_demos(cfg: Any, tasks: Sequence[Any], judge: Judge, tokenizer:
     teacher_demos.jsonl: the same lines, provenance included, as `terminus distill` writes; resumable),
     judged by the job's judge and kept at reward >= trainer.sft.teacher.min_reward; then read back
     as the student's trajectories. Returns (demos, counts)."""
-    from rollout.teacher import load_demos
-
     t = cfg.trainer.sft.teacher
     spec, c = teacher_subagent(cfg)
     stats = await distill(c, spec, tasks, out, threshold=t.min_reward, samples=t.samples,
                           concurrency=t.max_concurrency, show_progress=False, judge=judge)
-    demos, m = load_demos(out, tokenizer) if out.exists() else ([], {"demos_total": 0})
+    demos = load_demos(out, tokenizer)[0] if out.exists() else []
     counts = {"episodes": stats["episodes"], "kept": stats["kept"], "kept_total": len(demos),
               "below_threshold": stats["below_threshold"], "unjudgeable": stats["judge_errors"],
               "episode_errors": stats["episode_errors"], "duplicates": stats["duplicates"],
