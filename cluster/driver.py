@@ -127,7 +127,10 @@ async def _train(cfg) -> dict[str, Any]:
                 trainer.tracker.log(m, 0, prefix="teacher/")
                 print(describe_teacher(cfg, m), flush=True)
                 if not demos:   # said plainly, never an SFT stage on nothing
-                    fix = "lower trainer.sft.teacher.min_reward or check the judge's verdicts (judge_cache/)"
+                    why = {k.rsplit("/", 1)[1]: n for k, n in judge.metrics().items()
+                           if k.startswith("judge/unjudgeable/")}   # so far all the teacher's episodes
+                    fix = "lower trainer.sft.teacher.min_reward" + (f", or fix the judge (unjudgeable: {why})"
+                                                                     if why else "")
                     if "grpo" not in cfg.trainer.stage:
                         raise UserError(f"trainer.stage=sft: the teacher kept no trajectory to train on; {fix}")
                     print(f"[sft] skipped: the teacher kept no trajectory to train on ({fix}); GRPO starts "

@@ -101,7 +101,8 @@ def test_paper_path_teacher_sft_grpo_eval_with_vllm_serve_as_teacher_and_judge(t
         assert summary["sft"]["demos"] == len(kept) and summary["sft"]["steps"] >= 1
     else:   # the tiny judge's replies were no verdicts: said plainly, no SFT stage on nothing
         assert teacher["unjudgeable"] == 4 and summary["sft"]["skipped"]
-        assert "[sft] skipped: the teacher kept no trajectory" in out
+        [skipped] = [line for line in out.splitlines() if line.startswith("[sft] skipped: the teacher kept no")]
+        assert "unjudgeable: {'malformed_json': 4}" in skipped, skipped   # the server's replies, not verdicts
 
     # 2. GRPO's rollouts were judged by the server: every sampled row names the LLM judge, and a row
     #    without a reward says why (the server's reply was not a verdict), never an endpoint failure
