@@ -1,14 +1,14 @@
-"""The end-to-end training job behind `terminus train`: SFT on scripted-teacher demonstrations,
-then GRPO (cluster/grpo.py: generate -> judge -> advantages -> update -> sync -> log -> checkpoint,
-with held-out evaluation every K steps), either stage alone by `trainer.stage`.
+"""The end-to-end training job behind `terminus train`: SFT on a teacher's demonstrations (the
+scripted teacher, or a model behind an endpoint by trainer.sft.teacher, judged and filtered), then
+GRPO (cluster/grpo.py: generate -> judge -> advantages -> update -> sync -> log -> checkpoint, with
+held-out evaluation every K steps), either stage alone by `trainer.stage`.
 
 Wiring only: each part lives in its package and is imported here plainly. This module places them
 on the cluster (cluster.resources: the `rollout.engine.num_engines` vLLM engines, built by
 rollout.engine.make_engine, take rollout bundles 0..N-1's GPUs, the rollout workers the CPUs, the
 judge pool the judge bundles), keeps rollout workers alive and spreads them over the engines
-(cluster.rollout_pool), runs the
-teacher's demonstrations (rollout.teacher), the SFT stage, the GRPO stage (cluster.grpo, on the
-step schedule of cluster.pipeline) and the held-out evaluations (evaluation.heldout), and measures
+(cluster.rollout_pool), runs the teacher's demonstrations (rollout.teacher; an openai teacher through
+evaluation.distill), the SFT stage, the GRPO stage (cluster.grpo, on the step schedule of cluster.pipeline) and the held-out evaluations (evaluation.heldout), and measures
 the job's peak memory (cluster.memory).
 
 Held-out evaluation (mean judged reward on tasks.eval_split, several passes to measure the noise)
@@ -27,11 +27,13 @@ from cluster.grpo import report_eval, run_grpo
 from cluster.memory import PeakMemory
 from cluster.resources import check_engines, cpus_needed, make_layout
 from cluster.rollout_pool import RolloutPool
-from core.errors import ConfigError
+from core.errors import ConfigError, UserError
 from core.files import write_json_atomic
 from core.model import resolve_model_path
 from core.raycluster import init_ray
+from evaluation.distill import check_endpoints, describe_teacher, teacher_demos
 from evaluation.heldout import compare_evals, evaluate, results_table
+from evaluation.judging import pool_judge
 from evaluation.render import plot_rewards
 from evaluation.tasks_io import load_task_list
 from judge.pool import JudgePool
@@ -72,6 +74,7 @@ async def _train(cfg) -> dict[str, Any]:
     # Trainer calls block (they wait on the ranks), so they run in threads.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")   # keep the console to the job's progress
     check_engines_config(cfg)        # fail fast, before anything is written or started
+    await check_endpoints(cfg)       # the openai teacher's and judge's endpoints answer (before Ray)
     run_dir = prepare_run_dir(cfg)   # refuses to resume a run of another config; saves this one's
     if "grpo" in cfg.trainer.stage:
         check_grpo_sampling(cfg)
@@ -130,6 +133,23 @@ async def _train(cfg) -> dict[str, Any]:
                 demos, m = load_demos(cfg.trainer.sft.data, tokenizer)
                 print(f"[sft] {m['demos_total']} trajectories from {cfg.trainer.sft.data}, "
                       f"{m['demos_failed']} without a report (not trained on)", flush=True)
+            elif run_sft and cfg.trainer.sft.teacher.kind == "openai":   # a model teacher, judged and filtered
+                demos, m = await teacher_demos(cfg, demo_tasks, pool_judge(judge, cfg), tokenizer,
+                                               run_dir / "teacher_demos.jsonl")
+                summary["teacher"] = m
+                trainer.tracker.log(m, 0, prefix="teacher/")
+                print(describe_teacher(cfg, m), flush=True)
+                if not demos:   # said plainly, never an SFT stage on nothing
+                    why = {k.rsplit("/", 1)[1]: n for k, n in judge.metrics().items()
+                           if k.startswith("judge/unjudgeable/")}   # so far all the teacher's episodes
+                    fix = "lower trainer.sft.teacher.min_reward" + (f", or fix the judge (unjudgeable: {why})"
+                                                                     if why else "")
+                    if "grpo" not in cfg.trainer.stage:
+                        raise UserError(f"trainer.stage=sft: the teacher kept no trajectory to train on; {fix}")
+                    print(f"[sft] skipped: the teacher kept no trajectory to train on ({fix}); GRPO starts "
+                          f"from the base model", flush=True)
+                    summary["sft"] = {"skipped": "the teacher kept no trajectory", "demos": 0}
+                    run_sft = False
             elif run_sft:   # the scripted teacher needs no engine: it plays while vLLM starts
                 demos, m = await collect_demos(cfg, demo_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")
                 print(f"[sft] {m['demos_total']} teacher demos, {m['demos_failed']} failed", flush=True)

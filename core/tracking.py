@@ -80,7 +80,7 @@ class Tracker:
             self.run = None
 
 
-SAMPLE_COLUMNS = ["task_id", "reward", "finish_reason", "turns", "commands", "report", "error"]
+SAMPLE_COLUMNS = ["task_id", "reward", "finish_reason", "turns", "commands", "report", "error", "verdict"]
 
 
 def sample_rows(trajectories, k: int) -> list[list[Any]]:
@@ -94,10 +94,19 @@ def sample_rows(trajectories, k: int) -> list[list[Any]]:
         r = t.report or {}
         report = f"[{r.get('status', '')}] {r.get('summary', '')} | {r.get('details', '')}" if t.report else ""
         rows.append([t.task_id, t.reward, t.finish_reason, len(t.turns),
-                     " ; ".join(x.command or f"<{x.action}>" for x in t.turns), report[:2000], t.error or ""])
+                     " ; ".join(x.command or f"<{x.action}>" for x in t.turns), report[:2000], t.error or "",
+                     verdict_label(t.verdict)])
         if len(rows) == k:
             break
     return rows
+
+
+def verdict_label(verdict: dict | None) -> str:
+    """Which judge gave the reward, and why there is none when the verdict is unjudgeable."""
+    if not verdict:
+        return ""
+    why = verdict.get("reason", "") if verdict.get("status") != "ok" else ""
+    return f"{verdict.get('judge', '')}: {why[:200]}" if why else verdict.get("judge", "")
 
 
 def _fmt(v: float) -> str:

@@ -14,14 +14,20 @@ tokens_per_minute). Failed episodes are counted per task and in the summary, nev
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from evaluation.judging import open_judge
-from evaluation.subagents import SubagentSpec, open_subagent, preflight
+from omegaconf import OmegaConf
+
+from core.errors import ConfigError
+from evaluation.judging import Judge, open_judge
+from evaluation.subagents import SubagentError, SubagentSpec, engine_config, open_subagent, preflight
+from rl.checkpoint import checkpoint_root, latest, read_state
+from rollout.teacher import load_demos
 
 
 def dedup_key(traj: Any) -> str:
@@ -58,8 +64,9 @@ def progress_path(out: Path) -> Path:
 
 async def distill(cfg: Any, teacher: SubagentSpec, tasks: Sequence[Any], out_path: str | Path, *,
                   threshold: float = 0.7, samples: int = 1, concurrency: int = 4,
-                  show_progress: bool = True) -> dict[str, Any]:
-    """Run, judge, filter, dedupe, append. Returns counts (also for the resumed part)."""
+                  show_progress: bool = True, judge: Judge | None = None) -> dict[str, Any]:
+    """Run, judge, filter, dedupe, append. Returns counts (also for the resumed part).
+    `judge`: an open verdict seam (the training job's pool); default: cfg.judge, opened here."""
     from rollout.episode import run_episode
     from rollout.tokens import ChatFormat
 
@@ -72,7 +79,9 @@ async def distill(cfg: Any, teacher: SubagentSpec, tasks: Sequence[Any], out_pat
              "judge_errors": 0, "below_threshold": 0, "duplicates": 0, "kept": 0, "failed_tasks": []}
     if not todo:
         return stats
-    judge, close_judge = open_judge(cfg, run_dir=str(out.parent))
+    close_judge = None
+    if judge is None:
+        judge, close_judge = open_judge(cfg, run_dir=str(out.parent))
     bar = _progress(len(todo), teacher.label) if show_progress else None
     lock = asyncio.Lock()
     gate = asyncio.Semaphore(concurrency)
@@ -95,7 +104,8 @@ async def distill(cfg: Any, teacher: SubagentSpec, tasks: Sequence[Any], out_pat
     finally:
         if bar:
             bar.close()
-        await close_judge()
+        if close_judge is not None:
+            await close_judge()
     return stats
 
 
@@ -145,3 +155,83 @@ def _record(task, trajs, verdicts, teacher: SubagentSpec, cfg, threshold: float,
 def _progress(total: int, label: str):
     from tqdm import tqdm
     return tqdm(total=total, desc=f"distill {label}", unit="task")
+
+
+# --- the teacher inside `terminus train` (trainer.sft.teacher.kind=openai) ---------------------------
+
+def teacher_subagent(cfg: Any) -> tuple[SubagentSpec, Any]:
+    """(spec, run config) of the job's openai teacher: the run config with rollout.engine pointed at
+    trainer.sft.teacher's endpoint, limits and sampling, so its episodes use the student's protocol,
+    turn cap, sandbox and tokenizer (model.path)."""
+    t = cfg.trainer.sft.teacher
+    if not t.base_url or not t.model:
+        raise ConfigError("trainer.sft.teacher.kind=openai needs trainer.sft.teacher.base_url and "
+                          "trainer.sft.teacher.model (e.g. base_url=https://api.example.com/v1 model=big-model)")
+    spec = SubagentSpec(f"openai:{t.model}", "openai", model=t.model, base_url=t.base_url, api=t.api)
+    c = engine_config(spec, cfg)
+    e = c.rollout.engine
+    e.api_key_env, e.max_concurrency, e.max_retries = t.api_key_env, t.max_concurrency, t.max_retries
+    e.requests_per_minute, e.tokens_per_minute, e.request_timeout_s = (t.requests_per_minute, t.tokens_per_minute,
+                                                                       t.request_timeout_s)
+    c.rollout.sampling.temperature, c.rollout.sampling.top_p = t.temperature, t.top_p
+    return spec, c
+
+
+def teacher_will_play(cfg: Any) -> bool:
+    """Whether this job runs the openai teacher: an SFT stage without trainer.sft.data, and not a run
+    resumed past SFT (its teacher may be gone by then without harm)."""
+    if "sft" not in cfg.trainer.stage or cfg.trainer.sft.data or cfg.trainer.sft.teacher.kind != "openai":
+        return False
+    ckpt = latest(checkpoint_root(cfg.output_dir)) if cfg.trainer.checkpoint.resume == "auto" else None
+    return ckpt is None or read_state(ckpt).get("stage") != "grpo"
+
+
+async def check_endpoints(cfg: Any) -> None:
+    """Before a training job writes or starts anything: the openai teacher's and the openai judge's
+    endpoints answer and serve their models (one line naming the key otherwise)."""
+    checks = []
+    if teacher_will_play(cfg):
+        checks.append(("trainer.sft.teacher", *teacher_subagent(cfg)))
+    j = cfg.judge
+    if j.backend == "openai":
+        if not j.base_url or not j.model_name:
+            raise ConfigError("judge.backend=openai needs judge.base_url and judge.model_name")
+        c = copy.deepcopy(cfg)
+        OmegaConf.set_readonly(c, False)
+        c.rollout.engine.api_key_env = j.api_key_env   # preflight reads the key from the engine's variable
+        checks.append(("judge", SubagentSpec(f"openai:{j.model_name}", "openai", model=j.model_name,
+                                             base_url=j.base_url), c))
+    for key, spec, c in checks:
+        try:
+            await preflight(spec, c)
+        except SubagentError as e:
+            raise ConfigError(f"{key}: {e}") from None
+
+
+async def teacher_demos(cfg: Any, tasks: Sequence[Any], judge: Judge, tokenizer: Any, out: Path
+                        ) -> tuple[list, dict[str, Any]]:
+    """SFT demonstrations from the openai teacher: `distill` into `out` (the run directory's
+    teacher_demos.jsonl: the same lines, provenance included, as `terminus distill` writes; resumable),
+    judged by the job's judge and kept at reward >= trainer.sft.teacher.min_reward; then read back
+    as the student's trajectories. Returns (demos, counts)."""
+    t = cfg.trainer.sft.teacher
+    spec, c = teacher_subagent(cfg)
+    stats = await distill(c, spec, tasks, out, threshold=t.min_reward, samples=t.samples,
+                          concurrency=t.max_concurrency, show_progress=False, judge=judge)
+    demos = load_demos(out, tokenizer)[0] if out.exists() else []
+    counts = {"episodes": stats["episodes"], "kept": stats["kept"], "kept_total": len(demos),
+              "below_threshold": stats["below_threshold"], "unjudgeable": stats["judge_errors"],
+              "episode_errors": stats["episode_errors"], "duplicates": stats["duplicates"],
+              "tasks_done_before": stats["skipped_done"]}
+    counts["dropped"] = counts["episodes"] - counts["kept"]
+    return demos, counts
+
+
+def describe_teacher(cfg: Any, m: dict[str, Any]) -> str:
+    """The teacher stage's console line: what was kept and why the rest was dropped."""
+    t = cfg.trainer.sft.teacher
+    done = f", {m['tasks_done_before']} tasks done before this run" if m["tasks_done_before"] else ""
+    return (f"[sft] teacher openai:{t.model}: {m['episodes']} episodes, kept {m['kept']} (reward >= "
+            f"trainer.sft.teacher.min_reward={t.min_reward:g}), dropped {m['dropped']}: {m['below_threshold']} below "
+            f"it, {m['unjudgeable']} unjudgeable, {m['episode_errors']} episode errors, {m['duplicates']} "
+            f"duplicates{done}; {m['kept_total']} trajectories to train on")

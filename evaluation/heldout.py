@@ -30,20 +30,30 @@ async def evaluate(cfg, tasks: list, pool, judge, seed: int, out: Path | None = 
     ev = cfg.trainer.eval
     tasks = tasks[: ev.max_tasks] if ev.max_tasks else tasks
     by_id = {t.id: t for t in tasks}
-    means, rewards, exact = [], [], []
+    means, rewards, exact, unjudged = [], [], [], 0
     for r in range(repeats or ev.repeats):
         groups, _ = await pool.run([(t, ev.samples_per_task) for t in tasks], seed=seed + 7919 * r)
         flat = [t for g in groups for t in g]
         m = await judge_batch(judge, by_id, flat)
         means.append(m["reward_mean"])
+        unjudged += m["judge_masked"]
         rewards += [t.reward for t in flat if t.reward is not None]
         exact += [exact_facts(by_id[t.task_id], t) for t in flat if t.reward is not None]
         if r == 0 and out is not None:   # keep one pass's trajectories to read what the policy does
             write_trajectories(out, flat)
-    sem = statistics.stdev(rewards) / len(rewards) ** 0.5 if len(rewards) > 1 else float("nan")
-    return {"reward_mean": statistics.fmean(means), "reward_std_between_passes": statistics.pstdev(means),
-            "reward_sem": sem, "episodes": len(rewards), "passes": means,
-            "exact_fact_rate": statistics.fmean(exact) if exact else float("nan")}
+    return eval_stats(means, rewards, exact, unjudged)
+
+
+def eval_stats(means: list[float], rewards: list[float], exact: list[bool], unjudged: int = 0) -> dict[str, Any]:
+    """An evaluation's figures from its pass means (NaN: a pass without one judged episode), its judged
+    rewards and exact-fact checks; the episodes the judge could not score are counted, not averaged."""
+    nan = float("nan")
+    judged = [m for m in means if not math.isnan(m)]
+    sem = statistics.stdev(rewards) / len(rewards) ** 0.5 if len(rewards) > 1 else nan
+    return {"reward_mean": statistics.fmean(judged) if judged else nan,
+            "reward_std_between_passes": statistics.pstdev(judged) if judged else nan,
+            "reward_sem": sem, "episodes": len(rewards), "unjudged": unjudged, "passes": means,
+            "exact_fact_rate": statistics.fmean(exact) if exact else nan}
 
 
 EVALUATED = ("untrained", "sft", "grpo")            # the held-out evaluations of a run, in order
@@ -60,8 +70,8 @@ def compare_evals(evals: dict[str, dict]) -> dict[str, dict]:
             a, b = evals[after], evals[before]
             diff = a["reward_mean"] - b["reward_mean"]
             se = math.hypot(a["reward_sem"], b["reward_sem"])
-            out[f"{after}-{before}"] = {"diff": diff, "se": se,
-                                        "z": diff / se if se > 0 else math.copysign(math.inf, diff)}
+            z = math.nan if math.isnan(diff) else diff / se if se > 0 else math.copysign(math.inf, diff)
+            out[f"{after}-{before}"] = {"diff": diff, "se": se, "z": z}
     return out
 
 
@@ -117,4 +127,8 @@ def describe_eval(name: str, e: dict) -> str:
     """One console line for a held-out evaluation."""
     return (f"[eval] {name}: held-out reward {e['reward_mean']:.3f} (±{e['reward_std_between_passes']:.3f} "
            f"between {len(e['passes'])} passes; standard error {e['reward_sem']:.3f} over {e['episodes']} "
-           f"episodes); exact facts in {e['exact_fact_rate']:.0%}")
+           f"episodes{_unjudged(e)}); exact facts in {e['exact_fact_rate']:.0%}")
+
+
+def _unjudged(e: dict) -> str:
+    return f", {e['unjudged']} unjudged" if e.get("unjudged") else ""

@@ -38,12 +38,17 @@ def open_judge(cfg: Any, run_dir: str | None = None) -> tuple[Judge, Callable[[]
     by judge.pool.make_judge (the one judge factory), before any episode runs, so a judge that
     cannot start fails first."""
     from judge.pool import JudgePool
-    from judge.types import Verdict
     try:
         pool = JudgePool(cfg.judge, run_dir=run_dir)
         pool.judge  # noqa: B018 - build the backend now
     except (ValueError, ImportError) as e:
         raise JudgeUnavailable(f"judge.backend={cfg.judge.backend!r} cannot start: {e}") from None
+    return pool_judge(pool, cfg), pool.close
+
+
+def pool_judge(pool: Any, cfg: Any) -> Judge:
+    """The verdict seam over an open JudgePool (the training job's own, or open_judge's)."""
+    from judge.types import Verdict
 
     async def judge_one(task, traj) -> dict[str, Any]:
         try:
@@ -53,4 +58,4 @@ def open_judge(cfg: Any, run_dir: str | None = None) -> tuple[Judge, Callable[[]
                     "error": f"{type(e).__name__}: {e}", "verdict": None}
         return flatten(Verdict.from_dict(judged.verdict), cfg, traj.error is not None)
 
-    return judge_one, pool.close
+    return judge_one

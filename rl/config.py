@@ -20,6 +20,30 @@ class OptimConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """Who demonstrates for SFT in `terminus train` (when trainer.sft.data is not given)."""
+    kind: str = one_of("scripted", "openai", default="scripted",
+                       help="scripted: replay each task's reference solution; openai: a model behind an "
+                            "OpenAI-compatible endpoint (a frontier API or `vllm serve`) plays the train split")
+    base_url: str = field(default="", metadata={"help": "openai: the endpoint, e.g. https://api.example.com/v1"})
+    model: str = field(default="", metadata={"help": "openai: the model name the endpoint serves"})
+    api: str = one_of("chat", "completions", default="chat",
+                      help="chat: messages in, text out (any endpoint; the text is tokenized with the "
+                           "student's tokenizer); completions: token ids (a vLLM server of the student's vocabulary)")
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "the variable holding the endpoint's key"})
+    max_concurrency: int = at_least(1, default=8, help="teacher episodes (and requests) at once")
+    requests_per_minute: int = at_least(0, default=0, help="0 = unlimited")
+    tokens_per_minute: int = at_least(0, default=0, help="0 = unlimited")
+    request_timeout_s: float = positive(default=120.0)
+    max_retries: int = at_least(0, default=4)
+    temperature: float = in_range(0.0, 5.0, default=0.7, help="the teacher's sampling temperature")
+    top_p: float = in_range(0.0, 1.0, default=1.0)
+    samples: int = at_least(1, default=1, help="episodes per task; duplicates (same commands and report) are dropped")
+    min_reward: float = field(default=0.7, metadata={
+        "help": "keep a teacher trajectory for SFT only when the judge's reward is at least this"})
+
+
+@dataclass
 class SFTConfig:
     epochs: int = at_least(1, default=1)
     micro_batch_tokens: int = at_least(64, default=4096, help="packed sequence length")
@@ -31,8 +55,9 @@ class SFTConfig:
                                          "seeded choice); the others are met only in GRPO rollouts")
     data: str = field(default="", metadata={
         "help": "a trajectory file (`terminus distill` or `terminus rollout` output, .jsonl or .parquet) to "
-                "SFT on instead of the scripted teacher's demonstrations; episodes that ended without a "
+                "SFT on instead of the teacher's (trainer.sft.teacher); episodes that ended without a "
                 "report or with an error are kept out"})
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     train_on_observations: bool = field(default=False, metadata={
         "help": "SFT also predicts the tool outputs (every token after the initial prompt, not only the "
                 "assistant's): a model trained from scratch learns to read and copy from outputs sooner; "

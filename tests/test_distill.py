@@ -110,6 +110,43 @@ def _traj(d):
     return Trajectory.from_dict(d)
 
 
+
+def test_teacher_in_the_job_plays_judges_and_filters_with_its_own_endpoint_settings(setup, tok):
+    """trainer.sft.teacher.kind=openai as `terminus train` runs it (evaluation.distill.teacher_demos): the
+    teacher's own sampling reaches its endpoint, the job's judge filters at min_reward, the counts add
+    up, and what is kept is the student's token-exact sequence with provenance."""
+    import asyncio
+
+    from evaluation.distill import teacher_demos
+    from evaluation.judging import open_judge
+    from terminus.config import load_config
+
+    tasks, tmp = setup
+    out = tmp / "teacher_demos.jsonl"
+    with ScriptedOpenAIServer(teacher_for(tasks), model="teacher") as srv:
+        cfg = load_config("tiny_cpu", ["trainer.sft.teacher.kind=openai", f"trainer.sft.teacher.base_url={srv.base_url}",
+                                       "trainer.sft.teacher.model=teacher", "trainer.sft.teacher.max_retries=0",
+                                       "trainer.sft.teacher.temperature=0.3", "trainer.sft.teacher.min_reward=0.8",
+                                       "rollout.sampling.temperature=0.9", "rollout.sandbox.command_timeout_s=10"])
+
+        async def go():
+            judge, close = open_judge(cfg, run_dir=str(tmp))
+            try:
+                return await teacher_demos(cfg, tasks, judge, tok, out)
+            finally:
+                await close()
+        demos, counts = asyncio.run(go())
+        temperatures = {r["temperature"] for r in srv.requests if "messages" in r}
+    assert temperatures == {0.3}          # the teacher's sampling, not the student's
+    assert counts == {"episodes": 4, "kept": 2, "kept_total": 2, "below_threshold": 1, "unjudgeable": 0,
+                      "episode_errors": 1, "duplicates": 0, "tasks_done_before": 0, "dropped": 2}
+    assert sorted(d.task_id for d in demos) == ["t-count", "t-hello"]
+    for d in demos:
+        prov = d.metadata["provenance"]
+        assert prov["teacher"]["model"] == "teacher" and prov["threshold"] == 0.8 and prov["verdict"]["score"] >= 0.8
+        assert tok.decode(d.token_ids, skip_special_tokens=False) == tok.apply_chat_template(d.messages, tokenize=False)
+        assert d.metadata["token_exact"] is False    # the chat text, tokenized for the student
+
 def test_distill_bad_input_fails_before_work(setup):
     tasks, tmp = setup
     out = tmp / "sft.jsonl"

@@ -6,8 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -17,7 +15,7 @@ from rollout.io import read_trajectories
 from tasks.types import Task
 from core.model import resolve_model_path
 from core.openai_api import Endpoint
-from core.net import free_port
+from core.testing.vllm_server import serve_vllm
 
 VENV_BIN = os.path.dirname(sys.executable)
 
@@ -25,41 +23,8 @@ VENV_BIN = os.path.dirname(sys.executable)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     model = str(resolve_model_path("tiny"))
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm") / "serve.log"
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
-    with open(log, "w") as out:
-        # The same server as `vllm serve`; the `vllm` console script itself fails under the vllm-cpu
-        # distribution (it asks importlib.metadata for a package named "vllm").
-        proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-                                 "--port", str(port), "--host", "127.0.0.1",
-                                 "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
-                                 "--served-model-name", "tiny"], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve did not become healthy in 240 s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield f"{url}/v1", model
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+    with serve_vllm(model, "tiny", tmp_path_factory.mktemp("vllm") / "serve.log", startup_s=240) as url:
+        yield url, model
 
 
 def test_completions_are_token_exact(server, tok):

@@ -6,22 +6,28 @@ from terminus.config import load_config
 from core.tracking import SAMPLE_COLUMNS, Tracker, sample_rows
 
 
-def traj(task_id, reward, report=None, error=None):
+def traj(task_id, reward, report=None, error=None, verdict=None):
     turns = [Turn(text="<command>make</command>", action="command", command="make"),
              Turn(text="oops", action="format_error", format_error="no block")]
     return Trajectory(task_id=task_id, messages=[], token_ids=[], response_mask=[], logprobs=[], turns=turns,
-                      report=report, finish_reason="report" if report else "max_turns", reward=reward, error=error)
+                      report=report, finish_reason="report" if report else "max_turns", reward=reward, error=error,
+                      verdict=verdict)
 
 
 def test_sample_rows_one_per_task_with_commands_and_report():
     report = {"status": "failure", "summary": "build fails", "details": "greet.c:8: error"}
-    rows = sample_rows([traj("a", 0.5, report), traj("a", 0.1), traj("b", None, error="engine: down"),
+    rows = sample_rows([traj("a", 0.5, report, verdict={"judge": "openai:big", "status": "ok", "reason": ""}),
+                        traj("a", 0.1),
+                        traj("b", None, error="engine: down",
+                             verdict={"judge": "openai:big", "status": "unjudgeable", "reason": "episode_error: x"}),
                         traj("c", 1.0)], k=2)
     assert [dict(zip(SAMPLE_COLUMNS, r))["task_id"] for r in rows] == ["a", "b"]
     a, b = (dict(zip(SAMPLE_COLUMNS, r)) for r in rows)
     assert a["reward"] == 0.5 and a["turns"] == 2 and a["commands"] == "make ; <format_error>"
     assert a["report"] == "[failure] build fails | greet.c:8: error"
     assert b["report"] == "" and b["error"] == "engine: down" and b["finish_reason"] == "max_turns"
+    # which judge gave the reward, and why there is none
+    assert a["verdict"] == "openai:big" and b["verdict"] == "openai:big: episode_error: x"
 
 
 def test_tracker_writes_metrics_and_samples_without_wandb(tmp_path):

@@ -118,6 +118,20 @@ def test_compare_evals_by_hand():
     assert compare_evals({"grpo": evals["grpo"]}) == {}          # a resumed run has no SFT evaluation to compare
 
 
+
+def test_eval_stats_with_passes_the_judge_could_not_score():
+    """An LLM judge may score nothing in a pass (every reply malformed): that pass has no mean; the
+    evaluation averages the judged passes, counts the unjudged episodes, and compares as NaN."""
+    import math
+    from evaluation.heldout import compare_evals, describe_eval, eval_stats
+    e = eval_stats([-0.3, math.nan, -0.1], [-0.3, -0.1], [False, True], unjudged=2)
+    assert e["reward_mean"] == pytest.approx(-0.2) and e["reward_std_between_passes"] == pytest.approx(0.1)
+    assert e["episodes"] == 2 and e["unjudged"] == 2 and e["exact_fact_rate"] == 0.5
+    none = eval_stats([math.nan], [], [], unjudged=2)
+    assert math.isnan(none["reward_mean"]) and math.isnan(none["reward_sem"]) and none["episodes"] == 0
+    assert "over 0 episodes, 2 unjudged" in describe_eval("untrained", none)
+    assert math.isnan(compare_evals({"untrained": none, "sft": e})["sft-untrained"]["z"])
+
 def test_across_runs_by_hand():
     from evaluation.heldout import across_runs
 
