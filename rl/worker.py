@@ -15,6 +15,7 @@ Loss normalisation: each rank divides its token sum by the step's GLOBAL normali
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,8 +24,21 @@ from typing import Any
 
 import torch
 
-from rl import algos
+from core.errors import ConfigError
 from core.net import free_port
+from rl import algos
+
+
+def attention_implementation(requested: str, cuda: bool) -> str:
+    """The trainer's attention kernels: sdpa on CPU; on GPU the configured ones, flash_attention_2 only
+    where flash-attn is installed (its own extra: it builds from source against the installed torch)."""
+    if not cuda:
+        return "sdpa"
+    if requested == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError("trainer.attn_implementation=flash_attention_2 needs flash-attn, which is not installed: "
+                          "pip install --no-build-isolation -e '.[flash-attn]' (docs/cli.md), or set "
+                          "trainer.attn_implementation=sdpa")
+    return requested
 
 
 @dataclass
@@ -89,7 +103,7 @@ class TrainerWorker:
         self.model_path = resolve_model_path(self.mc.path)
         model = AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=torch.float32,
-            attn_implementation=tc.attn_implementation if cuda else "sdpa").to(self.device)
+            attn_implementation=attention_implementation(tc.attn_implementation, cuda)).to(self.device)
         if tc.activation_checkpointing:
             model.gradient_checkpointing_enable()
         mesh = init_device_mesh(self.device.type, (self.world_size,))

