@@ -40,7 +40,7 @@ _CTEST_STATUS = {"Passed": "PASS", "Failed": "FAIL", "Skipped": "SKIP"}   # anyt
 # the JUnit Platform console launcher's tree: "│  ├─ testName ✔" / "└─ testName ✘ message" / "↷" skipped
 _JUNIT_LINE = re.compile(r"^((?:[│ ]  )*)[├└]─ (.*?) ([✔✘↷■])(?: .*)?$")
 _JUNIT_STATUS = {"✔": "PASS", "✘": "FAIL", "↷": "SKIP", "■": "SKIP"}   # aborted: an assumption not met
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@/+-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@/+-]*$")   # never "~": tasks.runs.ID_SEP
 
 
 @dataclass(frozen=True)
@@ -215,13 +215,12 @@ async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: flo
     `snapshot`: a host directory that receives a copy of the first sandbox's repository right after
     the setup (the built tree), so fault runs rebuild incrementally instead of from scratch.
     `probe`: a command run once after the setup, before the tests (e.g. `ls`: what an agent sees first)."""
-    from sandbox import open_sandbox
+    from tasks.types import TaskEnvironment
 
     check = ProjectCheck("runs")
-    env, binds = (environment.env, environment.ro_binds) if environment else ({}, [])
+    environment = environment or TaskEnvironment()
     for seed in ("1", "2"):
-        async with await open_sandbox(sandbox_cfg, repo_dir, env={**env, "PYTHONHASHSEED": seed},
-                                      ro_binds=binds) as sb:
+        async with await environment.open_sandbox(sandbox_cfg, repo_dir, env={"PYTHONHASHSEED": seed}) as sb:
             for cmd in entry.setup:
                 r = await sb.run(cmd, timeout_s=setup_timeout_s or timeout_s)
                 if r.exit_code != 0 or r.timed_out:
