@@ -131,7 +131,8 @@ def build_corpus(entries: list[Entry], out: Path, *, address: str = "", jobs: in
     shutil.rmtree(out / ".work", ignore_errors=True)
     order = {e.key: i for i, e in enumerate(entries)}
     outcomes.sort(key=lambda o: order[o.entry.key])
-    splits = stratified_splits(entries)
+    splits = stratified_splits([(o.entry.name, o.entry.language, {t.category for t in o.tasks}) for o in outcomes
+                                if o.tasks])
     for o in outcomes:
         for t in o.tasks:
             t.split = splits[o.entry.name]
