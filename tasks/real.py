@@ -13,7 +13,9 @@ each task records it, so its episodes run exactly where its ground truth was mad
 Ground truth an agent can earn: a fact enters a task only when its evidence is in what the reference
 command printed, as the agent sees it (capped at `observation_cap` bytes, head and tail). Where the
 fault was injected stays in `observed["mutation"]` for analysis; it is a fact (the cause) only when
-the output shows the mutated file and line. Dropped facts are counted in corpus.json.
+an output shows the mutated file and line. After a failing run whose output points into the
+project's files, the reference looks at the lines there (tasks.runs.look_at_failure) and the report
+cites them; that look may show the cause. Dropped facts are counted in corpus.json.
 Projects that cannot be fetched, whose tests cannot run, or that are flaky are excluded and the
 reason is recorded in the corpus summary.
 """
