@@ -236,7 +236,8 @@ def judge_rules(task: Task, traj: Trajectory) -> Verdict:
     else:
         cues = [bool(_LOCATION.search(text)), bool(_ERROR.search(text)),
                 bool((report.get("summary") or "").strip()), bool((report.get("details") or "").strip())]
-        located = [i for i in checkable if i.id.split(":")[0] in ("error_location", "error_message", "cause")]
+        located = [i for i in checkable
+                   if i.id.split(":")[0] in ("error_location", "error_message", "cause", "failing_line")]
         got = sum(bool(i.code) for i in located) / len(located) if located else sum(cues[:2]) / 2
         dims["actionability"] = DimensionScore(_clip(sum(cues) * 0.5 + 2 * got),
                                                f"location={cues[0]}, error={cues[1]}, key facts {got:.0%}")

@@ -23,7 +23,7 @@ from rollout.tokens import ChatFormat, TokenSequence
 from rollout.trajectory import Trajectory, Turn
 
 # task -> an opened, not yet entered, sandbox for it (its repo_dir, image and environment).
-# Default: sandbox.open_sandbox.
+# Default: the task's environment's (tasks.types.TaskEnvironment.open_sandbox).
 SandboxFactory = Callable[[Any], Awaitable[Sandbox]]
 
 
@@ -53,10 +53,9 @@ def policy_timeout(command_s: float, budget_s: float) -> bool:
 
 def default_sandbox_factory(sandbox_cfg) -> SandboxFactory:
     async def open_one(task) -> Sandbox:
-        from sandbox import open_sandbox
-        env = getattr(task, "environment", None)   # tasks.types.TaskEnvironment: what the build ran it with
-        return await open_sandbox(sandbox_cfg, task.repo_dir or None, image=task.image,
-                                  env=env.env if env else None, ro_binds=env.ro_binds if env else ())
+        from tasks.types import TaskEnvironment
+        env = getattr(task, "environment", None) or TaskEnvironment()   # what the build ran it with
+        return await env.open_sandbox(sandbox_cfg, task.repo_dir or None, image=task.image)
     return open_one
 
 

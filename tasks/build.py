@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from collections import Counter
@@ -23,14 +22,8 @@ from pathlib import Path
 
 from tasks.manifest import Entry, stratified_splits
 from tasks.store import write_corpus
-from tasks.real import (
-    OBSERVATION_CAP,
-    OPERATORS,
-    Outcome,
-    base_name,
-    build_project,
-    sandbox_config,
-)
+from tasks.real import OBSERVATION_CAP, Outcome, build_project, sandbox_config
+from tasks.runs import base_name, check_distinct, of_project
 
 _BUILDER_SOURCES = ("real.py", "runs.py", "kinds.py", "manifest.py", "groundtruth.py", "builtin.py", "types.py", "build.py")
 
@@ -47,10 +40,9 @@ def project_key(entry: Entry, observation_cap: int) -> str:
 def _clear_partial(entry: Entry, out: Path) -> None:
     """What a killed build of this project left behind (its task snapshots, its shared trees)."""
     base = base_name(entry)
-    ours = re.compile(rf"^{re.escape(base)}(-({'|'.join(op for op, *_ in OPERATORS)}|one)-\d+|-build|-lint)?$")
     if (out / "repos").is_dir():
         for p in (out / "repos").iterdir():
-            if ours.match(p.name):
+            if of_project(p.name, base):
                 shutil.rmtree(p, ignore_errors=True)
     shutil.rmtree(out / "shared" / base, ignore_errors=True)
 
@@ -109,6 +101,7 @@ def build_corpus(entries: list[Entry], out: Path, *, address: str = "", jobs: in
 
     from core.raycluster import init_ray
 
+    check_distinct(entries)
     out = Path(out).resolve()
     (out / "repos").mkdir(parents=True, exist_ok=True)
     (out / "COMPLETE").unlink(missing_ok=True)   # a rebuild in place is partial until it is written again
@@ -138,7 +131,8 @@ def build_corpus(entries: list[Entry], out: Path, *, address: str = "", jobs: in
     shutil.rmtree(out / ".work", ignore_errors=True)
     order = {e.key: i for i, e in enumerate(entries)}
     outcomes.sort(key=lambda o: order[o.entry.key])
-    splits = stratified_splits(entries)
+    splits = stratified_splits([(o.entry.name, o.entry.language, {t.category for t in o.tasks}) for o in outcomes
+                                if o.tasks])
     for o in outcomes:
         for t in o.tasks:
             t.split = splits[o.entry.name]

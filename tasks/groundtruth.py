@@ -53,10 +53,11 @@ def missing_evidence(fact: Fact, visible: str) -> list[str]:
 
 def location_fact(path: str, line: int | str, style: str = "colon") -> Fact:
     """A file and line, stated as 'file:line' (style colon, as compilers print it) or 'file line N'
-    (style line, as Python tracebacks print it); a report may use either form."""
+    (style line, as Python tracebacks print it); a report may use either form, the file named whole."""
     name = path.rsplit("/", 1)[-1]
     value = f"{name}:{line}" if style == "colon" else f"{name} line {line}"
-    return Fact("error_location", value, [rf"{re.escape(name)}\W{{1,3}}(line\s+)?{line}\b"])
+    # the name whole: mini.py:5 is not test_mini.py:5
+    return Fact("error_location", value, [rf"(?<![\w.-]){re.escape(name)}\W{{1,3}}(line\s+)?{line}\b"])
 
 
 def python_traceback_facts(output: str) -> list[Fact]:

@@ -20,9 +20,10 @@ import shutil
 from pathlib import Path
 
 from tasks.builtin import Mutation, apply_mutation
-from tasks.groundtruth import build_facts, python_traceback_facts
+from tasks.groundtruth import build_facts, location_fact, python_traceback_facts
 from tasks.manifest import Entry, check_project
-from tasks.runs import Run, copy_source, failed, make_task, mutation_record, result_facts, short_name
+from tasks.runs import (Run, cause_fact, copy_source, failed, look_at_failure, make_task, mutation_record, result_facts,
+                        run_commands, short_name, task_id)
 from tasks.types import Fact, Task, TaskEnvironment
 
 KINDS = ("run_tests", "discover_tests", "run_one_test", "build", "lint")
@@ -72,10 +73,12 @@ ONE_TEST_DIRECT = ("Run `{cmd}` and tell me whether that test passes, and why no
                    "Please run the single test with `{cmd}` and report the result.")
 
 
-async def one_test_task(entry: Entry, tid: str, run_dir: str, repo: str, fault_check, env: TaskEnvironment,
-                        build_env: TaskEnvironment, sandbox_cfg, timeout_s: float, cap: int, dropped: dict,
-                        mutation: dict) -> Task | None:
-    """A run_one_test task on a fault task's tree: its first failing test, run alone (twice alike)."""
+async def one_test_task(entry: Entry, tid: str, run_dir: str, repo: str, snapshot: str, fault_check,
+                        env: TaskEnvironment, build_env: TaskEnvironment, sandbox_cfg, timeout_s: float, cap: int,
+                        dropped: dict, mutation: dict) -> Task | None:
+    """A run_one_test task on a fault task's tree (`run_dir` to run in, `snapshot` the task's source,
+    `repo` its path in the corpus): its first failing test, run alone (twice alike), then a look at
+    the source line its failure points to."""
 
     failing = sorted(t for t, s in fault_check.results[0].items() if failed(s))
     cmd = single_test_command(entry, failing[0], fault_check.outputs[0]) if failing else ""
@@ -90,8 +93,10 @@ async def one_test_task(entry: Entry, tid: str, run_dir: str, repo: str, fault_c
     facts = [f for f in facts if f.kind != "counts"] + python_traceback_facts(output)[:1]   # the error type
     request = _pick(tid, ONE_TEST_GOALS, ONE_TEST_DIRECT, test=short_name(failing[0], entry.runner),
                     name=entry.name, cmd=cmd)
-    return make_task(entry, tid, "run_one_test", request, [Run(cmd, output, code)], facts, env, repo,
-                     entry.setup, cap, dropped, {"tests": chk.results[0], "mutation": mutation})
+    run = Run(cmd, output, code)
+    looks = await look_at_failure(sandbox_cfg, snapshot, build_env, run, cap)
+    return make_task(entry, tid, "run_one_test", request, [run], facts + [cause_fact(mutation)], env, repo,
+                     entry.setup, cap, dropped, {"tests": chk.results[0], "mutation": mutation}, looks)
 
 
 # ---- build ----------------------------------------------------------------------------------------
@@ -138,20 +143,6 @@ def build_error_facts(output: str) -> list[Fact]:
                                                                                           "error_location")]
 
 
-async def run_commands(sandbox_cfg, repo: str, env: TaskEnvironment, commands: list[str], timeout_s: float):
-    """Run commands in one fresh sandbox until one fails; returns tasks.runs.Run for each run."""
-    from sandbox import open_sandbox
-
-    runs = []
-    async with await open_sandbox(sandbox_cfg, repo, env=env.env, ro_binds=env.ro_binds) as sb:
-        for c in commands:
-            r = await sb.run(c, timeout_s=timeout_s)
-            runs.append(Run(c, r.output, r.exit_code))
-            if r.exit_code != 0 or r.timed_out:
-                break
-    return runs
-
-
 async def build_task(entry: Entry, root: Path, out: Path, base: str, env: TaskEnvironment,
                      build_env: TaskEnvironment, sandbox_cfg, sources: list[Path], cap: int,
                      dropped: dict) -> Task | None:
@@ -165,7 +156,7 @@ async def build_task(entry: Entry, root: Path, out: Path, base: str, env: TaskEn
     clean = await run_commands(sandbox_cfg, str(root), build_env, commands, 600)
     if clean[-1].exit_code != 0 or len(clean) != len(commands):
         return None   # the tools are missing or the release does not build this way: no build task
-    tid = f"{base}-build"
+    tid = task_id(base, "build")
     repo = out / "repos" / tid
     copy_source(root, repo)
     line = apply_mutation(repo, m)
@@ -176,8 +167,9 @@ async def build_task(entry: Entry, root: Path, out: Path, base: str, env: TaskEn
         return None
     request = _pick(tid, BUILD_GOALS, BUILD_DIRECT, name=entry.name, cmd=" && ".join(commands))
     mutation = mutation_record(m, line)
-    return make_task(entry, tid, "build", request, runs[0], facts[0], env, f"repos/{tid}", [], cap, dropped,
-                     {"mutation": mutation})
+    looks = await look_at_failure(sandbox_cfg, str(repo), build_env, runs[0][-1], cap)
+    return make_task(entry, tid, "build", request, runs[0], facts[0] + [cause_fact(mutation)], env, f"repos/{tid}",
+                     [], cap, dropped, {"mutation": mutation}, looks)
 
 
 # ---- lint -----------------------------------------------------------------------------------------
@@ -201,7 +193,7 @@ def lint_facts(output: str) -> list[Fact]:
     for path, line, msg in findings[:3]:
         name = Path(path).name
         key = re.findall(r"'([\w.]+)'", msg)
-        facts.append(Fact("finding", f"{name}:{line}: {msg}", [rf"{re.escape(name)}\W{{1,3}}(line\s+)?{line}\b"]
+        facts.append(Fact("finding", f"{name}:{line}: {msg}", location_fact(path, line).patterns
                           + ([re.escape(key[0])] if key else [])))
     return facts
 
@@ -215,7 +207,7 @@ async def lint_task(entry: Entry, root: Path, out: Path, base: str, env: TaskEnv
     runs = [await run_commands(sandbox_cfg, str(root), build_env, [LINT_COMMAND], 300) for _ in range(2)]
     if runs[0][0].output != runs[1][0].output or runs[0][0].exit_code not in (0, 1):
         return None
-    tid = f"{base}-lint"
+    tid = task_id(base, "lint")
     copy_source(root, out / "repos" / tid)
     request = _pick(tid, LINT_GOALS, LINT_DIRECT, name=entry.name, cmd=LINT_COMMAND)
     return make_task(entry, tid, "lint", request, runs[0], lint_facts(runs[0][0].output), env, f"repos/{tid}", [],

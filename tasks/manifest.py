@@ -40,7 +40,7 @@ _CTEST_STATUS = {"Passed": "PASS", "Failed": "FAIL", "Skipped": "SKIP"}   # anyt
 # the JUnit Platform console launcher's tree: "│  ├─ testName ✔" / "└─ testName ✘ message" / "↷" skipped
 _JUNIT_LINE = re.compile(r"^((?:[│ ]  )*)[├└]─ (.*?) ([✔✘↷■])(?: .*)?$")
 _JUNIT_STATUS = {"✔": "PASS", "✘": "FAIL", "↷": "SKIP", "■": "SKIP"}   # aborted: an assumption not met
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@/+-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@/+-]*$")   # never "~": tasks.runs.ID_SEP
 
 
 @dataclass(frozen=True)
@@ -137,20 +137,43 @@ def split_of(project: str, fractions: tuple[float, float] = (0.8, 0.1)) -> str:
     return "train" if x < fractions[0] else "validation" if x < fractions[0] + fractions[1] else "test"
 
 
-def stratified_splits(entries: list[Entry], held_out: float = 0.1) -> dict[str, str]:
-    """Splits by repository, stratified by language: within each language the projects, ranked by a
-    hash of their name, give round(held_out * n) to validation and as many to test (at least one
-    each from three projects up), the rest to train. A project never straddles splits; the split of
-    a project depends only on the manifest's projects of its language."""
-    by_language: dict[str, list[str]] = {}
-    for e in entries:
-        by_language.setdefault(e.language, []).append(e.name)
-    splits = {}
-    for names in by_language.values():
-        ranked = sorted(set(names), key=_rank)
-        k = max(1, round(held_out * len(ranked))) if len(ranked) >= 3 else 0
-        for i, name in enumerate(ranked):
-            splits[name] = "validation" if i < k else "test" if i < 2 * k else "train"
+SPLIT_ORDER = ("validation", "test")   # the held-out splits, filled in this order
+
+
+def stratified_splits(projects: list[tuple[str, str, set[str]]], held_out: float = 0.1) -> dict[str, str]:
+    """Splits by repository, stratified by language and task kind. `projects`: (name, language, the
+    kinds of its tasks) of each built project. Within each language, ranked by a hash of their names,
+    round(held_out * n) projects go to validation and as many to test (at least one each from three
+    projects up), the rest to train; a held-out split first takes, for each kind that at least three
+    of the language's projects have, the first-ranked project with it. Then, across languages, a
+    kind that at least three projects have and a held-out split lacks moves its first-ranked train
+    project there (while train keeps one). A project never straddles splits; its split depends only
+    on the built projects, not on the order they were built in."""
+    by_language: dict[str, dict[str, set[str]]] = {}
+    for name, language, kinds in projects:
+        by_language.setdefault(language, {}).setdefault(name, set()).update(kinds)
+    splits: dict[str, str] = {}
+    for language in sorted(by_language):   # a name under two languages keeps its first language's split
+        members = by_language[language]
+        ranked = sorted(members, key=_rank)
+        quota = max(1, round(held_out * len(ranked))) if len(ranked) >= 3 else 0
+        common = sorted(k for k in set().union(*members.values()) if sum(k in ks for ks in members.values()) >= 3)
+        for split in SPLIT_ORDER:
+            free = [n for n in ranked if n not in splits]
+            chosen: list[str] = []
+            for kind in common:   # one project of each common kind first, as far as the quota goes
+                if len(chosen) < quota and not any(kind in members[n] for n in chosen):
+                    chosen += [n for n in free if kind in members[n] and n not in chosen][:1]
+            chosen += [n for n in free if n not in chosen][:quota - len(chosen)]
+            splits.update({n: split for n in chosen})
+        splits.update({n: "train" for n in ranked if n not in splits})
+    kinds_of = {n: ks for members in by_language.values() for n, ks in members.items()}
+    for kind in sorted(set().union(*kinds_of.values())):
+        having = sorted((n for n, ks in kinds_of.items() if kind in ks), key=_rank)
+        for split in SPLIT_ORDER:
+            train = [n for n in having if splits[n] == "train"]
+            if len(having) >= 3 and len(train) >= 2 and not any(splits[n] == split for n in having):
+                splits[train[0]] = split
     return splits
 
 
@@ -215,13 +238,12 @@ async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: flo
     `snapshot`: a host directory that receives a copy of the first sandbox's repository right after
     the setup (the built tree), so fault runs rebuild incrementally instead of from scratch.
     `probe`: a command run once after the setup, before the tests (e.g. `ls`: what an agent sees first)."""
-    from sandbox import open_sandbox
+    from tasks.types import TaskEnvironment
 
     check = ProjectCheck("runs")
-    env, binds = (environment.env, environment.ro_binds) if environment else ({}, [])
+    environment = environment or TaskEnvironment()
     for seed in ("1", "2"):
-        async with await open_sandbox(sandbox_cfg, repo_dir, env={**env, "PYTHONHASHSEED": seed},
-                                      ro_binds=binds) as sb:
+        async with await environment.open_sandbox(sandbox_cfg, repo_dir, env={"PYTHONHASHSEED": seed}) as sb:
             for cmd in entry.setup:
                 r = await sb.run(cmd, timeout_s=setup_timeout_s or timeout_s)
                 if r.exit_code != 0 or r.timed_out:

@@ -13,7 +13,9 @@ each task records it, so its episodes run exactly where its ground truth was mad
 Ground truth an agent can earn: a fact enters a task only when its evidence is in what the reference
 command printed, as the agent sees it (capped at `observation_cap` bytes, head and tail). Where the
 fault was injected stays in `observed["mutation"]` for analysis; it is a fact (the cause) only when
-the output shows the mutated file and line. Dropped facts are counted in corpus.json.
+an output shows the mutated file and line. After a failing run whose output points into the
+project's files, the reference looks at the lines there (tasks.runs.look_at_failure) and the report
+cites them; that look may show the cause. Dropped facts are counted in corpus.json.
 Projects that cannot be fetched, whose tests cannot run, or that are flaky are excluded and the
 reason is recorded in the corpus summary.
 """
@@ -37,7 +39,8 @@ from pathlib import Path
 from tasks import kinds
 from tasks.builtin import Mutation, apply_mutation
 from tasks.manifest import Entry, check_project, why_failed
-from tasks.runs import Run, copy_source, failed, make_task, mutation_record, result_facts
+from tasks.runs import (Run, SourceView, base_name, cause_fact, copy_source, failed, look_at_failure, make_task,
+                        mutation_record, result_facts, task_id)
 from tasks.types import Fact, Task, TaskEnvironment
 
 # (operator name, old, new, cause): applied to the first matching source line of a file
@@ -422,17 +425,14 @@ class Outcome:
 
 
 def suite_task(entry: Entry, tid: str, repo: str, env: TaskEnvironment, chk, mutation: dict | None, cap: int,
-                  dropped: dict[str, int], listing: str = "") -> Task:
+               dropped: dict[str, int], listing: str = "", followups: list[SourceView] = ()) -> Task:
     """A task about a checked test run (its first of two alike): run_tests with the command in the
     request, or (for half the tasks, by a hash of the id, and when `listing` is given: what `ls`
     printed in the repository) discover_tests, a request that names no command, whose reference
-    first looks at the repository. The mutation, if any, is metadata unless the output shows where."""
+    first looks at the repository. `followups`: the look at the source the failure points to, after
+    the run. The mutation, if any, is metadata unless the outputs show where."""
     results, code, output = chk.results[0], chk.exit_codes[0], chk.outputs[0]
-    facts = result_facts(results, entry.runner, output)
-    if mutation:
-        name, line = Path(mutation["file"]).name, mutation["line"]
-        facts.append(Fact("cause", f"cause: {mutation['cause']} in {name}:{line}",
-                          [rf"{re.escape(name)}\W{{1,3}}(line\s+)?{line}\b"]))
+    facts = result_facts(results, entry.runner, output) + ([cause_fact(mutation)] if mutation else [])
     if code == 0 and not [f for f in facts if f.kind == "counts" and f.evidence]:   # the exit status says they pass
         facts.append(Fact("outcome", "the tests pass", [r"pass|succe|\bok\b"], ["<exit_code>0</exit_code>"]))
     runs = [Run(entry.test_command, output, code)]
@@ -442,12 +442,7 @@ def suite_task(entry: Entry, tid: str, repo: str, env: TaskEnvironment, chk, mut
     else:
         category, request = "run_tests", kinds.phrasing(tid, REQUESTS, name=entry.name, cmd=entry.test_command)
     return make_task(entry, tid, category, request, runs, facts, env, repo, entry.setup, cap, dropped,
-                     {"tests": results} | ({"mutation": mutation} if mutation else {}))
-
-
-def base_name(entry: Entry) -> str:
-    """The prefix of a project's task ids and of its files in the corpus (repos/, shared/)."""
-    return f"{entry.ecosystem}-{entry.name}".replace("/", "_").replace("@", "")
+                     {"tests": results} | ({"mutation": mutation} if mutation else {}), followups)
 
 
 async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: int = OBSERVATION_CAP) -> Outcome:
@@ -488,7 +483,7 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
     for m in fault_candidates(root, entry.language, prebuilt)[:tries]:
         if len(outcome.tasks) > MAX_FAULTS:
             break
-        tid = f"{base}-{m.name}-{len(outcome.tasks)}"
+        tid = task_id(base, m.name, len(outcome.tasks))
         frepo = out / "repos" / tid      # the task's snapshot: the clean release with the fault
         copy_source(root, frepo)
         line = apply_mutation(frepo, m)
@@ -509,12 +504,14 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
                 shutil.rmtree(run_dir, ignore_errors=True)
             continue
         mutation = mutation_record(m, line)
+        looks = await look_at_failure(sandbox_cfg, str(frepo), build_env,
+                                      Run(entry.test_command, fchk.outputs[0], fchk.exit_codes[0]), cap)
         outcome.tasks.append(suite_task(entry, tid, f"repos/{tid}", env, fchk, mutation, cap, outcome.dropped,
-                                        fchk.probe))
+                                        fchk.probe, looks))
         if not any(t.category == "run_one_test" for t in outcome.tasks):   # one per project, on this fault's tree
-            one = await kinds.one_test_task(entry, f"{base}-one-{len(outcome.tasks)}", str(run_dir), f"repos/{tid}",
-                                            fchk, env, build_env, sandbox_cfg, fault_timeout, cap, outcome.dropped,
-                                            mutation)
+            one = await kinds.one_test_task(entry, task_id(base, "one", len(outcome.tasks)), str(run_dir), f"repos/{tid}",
+                                            str(frepo), fchk, env, build_env, sandbox_cfg, fault_timeout, cap,
+                                            outcome.dropped, mutation)
             outcome.tasks += [one] if one else []
         if prebuilt:
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -6,7 +6,9 @@ episode shows it (each output capped at the observation cap, then framed by the 
 """
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +16,41 @@ from pathlib import Path
 from core.protocol import Observation, format_observation
 from sandbox import format_output
 from tasks.builtin import Mutation, check_reference, reference_report
-from tasks.groundtruth import count_fact, missing_evidence
+from tasks.groundtruth import count_fact, location_fact, missing_evidence
 from tasks.manifest import Entry, split_of
 from tasks.types import Fact, GroundTruth, ReferenceSolution, Task, TaskEnvironment
+
+
+# Task ids: a project's base name (ecosystem-name), then the kind's parts, joined by ID_SEP. No project
+# name holds it (tasks.manifest._NAME), so no id of one project is an id of another: `x~build` is
+# project x's build task, whatever other projects are called.
+ID_SEP = "~"
+
+
+def base_name(entry: Entry) -> str:
+    """The prefix of a project's task ids and of its files in the corpus (repos/, shared/)."""
+    return f"{entry.ecosystem}-{entry.name}".replace("/", "_").replace("@", "")
+
+
+def task_id(base: str, *parts: str | int) -> str:
+    """The id of a project's task: its base name alone (the release as is) or with the kind's parts."""
+    return ID_SEP.join([base, *map(str, parts)])
+
+
+def of_project(tid: str, base: str) -> bool:
+    """Whether task id (or file name) `tid` is one of the project with base name `base`."""
+    return tid == base or tid.startswith(base + ID_SEP)
+
+
+def check_distinct(entries: list[Entry]) -> None:
+    """Refuse projects whose base names coincide (`@a/b` and `a_b` of one ecosystem): their tasks and
+    files would mix."""
+    from core.errors import UserError
+    seen: dict[str, Entry] = {}
+    for e in entries:
+        if (other := seen.setdefault(base_name(e), e)) is not e:
+            raise UserError(f"manifest projects {other.key} and {e.key} would share task ids and files "
+                            f"({base_name(e)!r}: '/' becomes '_', '@' is dropped); list only one of them")
 
 
 def failed(status: str) -> bool:
@@ -85,6 +119,18 @@ class Run:
     exit_code: int
 
 
+async def run_commands(sandbox_cfg, repo: str, env: TaskEnvironment, commands: list[str], timeout_s: float) -> list[Run]:
+    """Run commands in one fresh sandbox until one fails; returns a Run for each run."""
+    runs = []
+    async with await env.open_sandbox(sandbox_cfg, repo) as sb:
+        for c in commands:
+            r = await sb.run(c, timeout_s=timeout_s)
+            runs.append(Run(c, r.output, r.exit_code))
+            if r.exit_code != 0 or r.timed_out:
+                break
+    return runs
+
+
 def evidence_by_patterns(fact: Fact, seen: str) -> list[str]:
     """Evidence for a fact recorded without any: what each of its report patterns matches in what the
     agent saw ([] when one matches nothing: the fact is not observable)."""
@@ -94,10 +140,14 @@ def evidence_by_patterns(fact: Fact, seen: str) -> list[str]:
 
 def make_task(entry: Entry, tid: str, category: str, request: str, runs: list[Run], facts: list[Fact],
               env: TaskEnvironment, repo: str, setup: list[str], cap: int, dropped: dict[str, int],
-              observed: dict | None = None) -> Task:
-    """A task whose reference solution is `runs`' commands and whose ground truth is `facts`, kept
-    only where what the agent sees of the runs (each output capped at `cap`) shows them; the last
-    run is the one the report is about."""
+              observed: dict | None = None, followups: list["SourceView"] = ()) -> Task:
+    """A task whose reference solution is `runs`' commands, then `followups` (looks at the source a
+    failure points to: each adds the line it showed as a fact), and whose ground truth is `facts`,
+    kept only where what the agent sees of the runs (each output capped at `cap`) shows them; the
+    last of `runs` is the one the report is about."""
+    about = runs[-1]
+    facts = [*facts, *(f for v in followups if (f := v.fact()))]
+    runs = [*runs, *followups]
     capped = [format_output(r.output.encode(), limit=cap) for r in runs]   # (text, truncated): what an episode shows
     seen = "\n".join(format_observation(Observation(r.exit_code, text, truncated=cut), turns_left=1)
                      for r, (text, cut) in zip(runs, capped))
@@ -106,7 +156,7 @@ def make_task(entry: Entry, tid: str, category: str, request: str, runs: list[Ru
     facts, lost = observable(facts, seen)
     for f in lost:
         dropped[f.kind] = dropped.get(f.kind, 0) + 1
-    code = runs[-1].exit_code
+    code = about.exit_code
     facts.append(Fact("exit_status", f"exit status {code}", [rf"\bexit\b\D{{0,20}}\b{code}\b"],
                       [f"<exit_code>{code}</exit_code>"]))
     status = "success" if code == 0 else "failure" if any(f.kind in ("failing_test", "finding") for f in facts) else "error"
@@ -117,7 +167,7 @@ def make_task(entry: Entry, tid: str, category: str, request: str, runs: list[Ru
              request=request, setup=list(setup),
              ground_truth=GroundTruth(exit_status=code, facts=facts, observed=observed),
              reference=ReferenceSolution(commands, reference_report(   # it states the exit status itself
-                 commands[-1], code, status, [f for f in facts if f.kind != "exit_status"])),
+                 about.command, code, status, [f for f in facts if f.kind != "exit_status"])),
              split=split_of(entry.name), environment=env)
     check_reference(t)
     return t
@@ -126,6 +176,93 @@ def make_task(entry: Entry, tid: str, category: str, request: str, runs: list[Ru
 def mutation_record(m: Mutation, line: int) -> dict:
     """Where a fault was injected, as a task records it (`observed["mutation"]`, for analysis)."""
     return {"operator": m.name, "file": m.file, "line": line, "cause": m.cause}
+
+
+def cause_fact(mutation: dict) -> Fact:
+    """The injected fault as a fact: a report names its file and line. make_task keeps it only where
+    the reference's outputs show that file:line (a traceback through it, or a look at the source)."""
+    where = location_fact(mutation["file"], mutation["line"])
+    return Fact("cause", f"cause: {mutation['cause']} in {where.value}", where.patterns)
+
+
+# ---- looking at the source a failure points to --------------------------------------------------------
+
+# where an output names a place in a file: Python tracebacks, tsc's file(line,col), and file:line as
+# pytest, gcc, javac, node's and the JVM's stack frames print it
+_PLACE = re.compile(r'File "([^"]+)", line (\d+)|([\w./-]*\w\.tsx?)\((\d+),\d+\)'
+                    r'|([\w./-]*\w\.(?:py|[cm]?js|tsx?|java|c|cc|cpp|cxx|h|hh|hpp)):(\d+)')
+CONTEXT_LINES = 3   # lines shown before and after the failing one
+
+
+def _in_repo(path: str, repo: Path, workdir: str, names: list[str]) -> str:
+    """`path` as printed in a sandbox, relative to the repository ('' when it is not one of its
+    files: the interpreter's, a dependency's). A bare or partial path (javac's, the JVM's, make's in
+    a subdirectory) is the repository file it ends with, when exactly one does."""
+    if path.startswith("/"):
+        path = "/" + path.lstrip("/")   # file:///work/repo/x.js
+        if not path.startswith(workdir.rstrip("/") + "/"):
+            return ""
+        path = path[len(workdir.rstrip("/")) + 1:]
+    rel = os.path.normpath(path)
+    if rel.startswith("..") or rel == ".":
+        return ""
+    if (repo / rel).is_file():
+        return rel
+    ends = [n for n in names if n == rel or n.endswith("/" + rel)]
+    return ends[0] if len(ends) == 1 else ""
+
+
+def failing_place(shown: str, repo: Path, workdir: str) -> tuple[str, int] | None:
+    """Where a failure's output (as the agent sees it) points in the project's own files: the first
+    place in a source file that is not a test (the frame the project raised from, a compiler error),
+    else the first in a test file (the failing assertion); None when it names none."""
+    names: list[str] = []
+    places = []
+    for m in list(_PLACE.finditer(shown))[:200]:
+        path, line = next((m.group(i), int(m.group(i + 1))) for i in (1, 3, 5) if m.group(i))
+        if not names:   # the repository's files, listed once, for bare names
+            names = [str(p.relative_to(repo)) for p in repo.rglob("*") if "node_modules" not in p.parts
+                     and ".git" not in p.parts and p.is_file()] or ["."]
+        rel = _in_repo(path, repo, workdir, names)
+        if rel and 0 < line <= len((repo / rel).read_text(errors="replace").splitlines()):
+            places.append((rel, line))
+    source = [p for p in places if "test" not in p[0].lower()]
+    return (source or places or [None])[0]
+
+
+@dataclass
+class SourceView(Run):
+    """A look at the lines around `path`:`line` (where a failure's output points), run after the
+    command the report is about; what it shows is a fact of the report."""
+    path: str = ""
+    line: int = 0
+
+    @staticmethod
+    def command_for(path: str, line: int) -> str:
+        """`grep -Hn` prints each line as path:number:text, so the report can cite it by file and line."""
+        first, last = max(1, line - CONTEXT_LINES), line + CONTEXT_LINES
+        return f"grep -Hn '' {shlex.quote(path)} | sed -n '{first},{last}p'"
+
+    def fact(self) -> Fact | None:
+        """The failing line as it reads, backed by the line this look printed (None: it printed none)."""
+        shown = next((ln for ln in self.output.splitlines() if ln.startswith(f"{self.path}:{self.line}:")), "")
+        if not shown:
+            return None
+        code = shown[len(f"{self.path}:{self.line}:"):].strip()
+        code = code if len(code) <= 80 else code[:77] + "..."
+        where = location_fact(self.path, self.line)
+        return Fact("failing_line", f"the failing line {self.path}:{self.line} reads `{code}`", where.patterns, [shown])
+
+
+async def look_at_failure(sandbox_cfg, repo: str, env: TaskEnvironment, run: Run, cap: int) -> list[SourceView]:
+    """What an expert runs after a failure whose output (as the agent sees it, capped at `cap`) points
+    into the project's files: the lines around that place, in the task's repository ([] when the
+    output points nowhere, or the look fails)."""
+    place = failing_place(format_output(run.output.encode(), limit=cap)[0], Path(repo), sandbox_cfg.workdir)
+    if run.exit_code == 0 or place is None:
+        return []
+    [r] = await run_commands(sandbox_cfg, repo, env, [SourceView.command_for(*place)], 60)
+    return [SourceView(r.command, r.output, r.exit_code, *place)] if r.exit_code == 0 and r.output.strip() else []
 
 
 def copy_source(root: Path, dest: Path) -> None:

@@ -58,6 +58,14 @@ class TaskEnvironment:
             return os.path.join(corpus_dir, host) + sep + dest if not os.path.isabs(host) else bind
         return TaskEnvironment([one(b) for b in self.ro_binds], dict(self.env))
 
+    async def open_sandbox(self, sandbox_cfg, repo_dir: str | None, *, image: str = "", env: dict | None = None):
+        """A sandbox (sandbox.open_sandbox) of `repo_dir` with this environment: its binds and its
+        variables, plus `env`. The one place that turns a task's environment into a sandbox: the
+        build's runs and every episode open theirs here."""
+        from sandbox import open_sandbox
+        return await open_sandbox(sandbox_cfg, repo_dir, image=image, env={**self.env, **(env or {})},
+                                  ro_binds=self.ro_binds)
+
 
 @dataclass
 class Task:

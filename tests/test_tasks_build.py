@@ -108,14 +108,53 @@ def _reap_orphans_of(session: int) -> None:
             pass
 
 
-def test_splits_are_by_repository_and_stratified_by_language():
-    entries = [Entry(f"p{i}", "local", "0", lang, "true") for lang in ("python", "javascript") for i in range(20)
-               for _ in [0]]
-    entries = [Entry(f"{e.language}-{e.name}", *[getattr(e, f) for f in ("ecosystem", "version", "language",
-                                                                          "test_command")]) for e in entries]
-    splits = stratified_splits(entries)
-    for lang in ("python", "javascript"):
-        mine = [splits[e.name] for e in entries if e.language == lang]
-        assert (mine.count("validation"), mine.count("test"), mine.count("train")) == (2, 2, 16)
-    assert stratified_splits(entries) == splits   # deterministic
-    assert set(stratified_splits(entries[:2]).values()) == {"train"}   # too few to hold any out
+def test_splits_are_by_repository_and_stratified_by_language_and_kind():
+    """Synthetic projects whose rare kinds all rank last by name hash: a split by language alone puts
+    every lint project (all Python) and every build project (one per language) in train. Stratified
+    by kind too, each held-out split gets one of each, train keeps some, the language quotas hold
+    and no project is in two splits (a name listed under two languages included)."""
+    from tasks.manifest import _rank
+
+    sizes = {"python": 20, "javascript": 10, "c": 3}
+    names = {lang: sorted((f"{lang}-p{i}" for i in range(n)), key=_rank) for lang, n in sizes.items()}
+    projects = []
+    for lang, ranked in names.items():
+        for i, name in enumerate(ranked):
+            kinds = {"run_tests"} | ({"lint"} if lang == "python" and i >= len(ranked) - 4 else set()) \
+                | ({"build"} if i == len(ranked) - 1 else set())
+            projects.append((name, lang, kinds))
+    projects.append(("python-p0", "c", {"run_tests"}))   # one repository under two languages
+    splits = stratified_splits(projects)
+    assert set(splits) == {n for n, _, _ in projects}   # one split per repository
+    for kind in ("run_tests", "lint", "build"):
+        where = [splits[n] for n, _, ks in projects if kind in ks]
+        assert {"train", "validation", "test"} <= set(where), (kind, where)
+    for lang, ranked in names.items():
+        mine = [splits[n] for n in ranked]
+        quota = max(1, round(0.1 * len(ranked)))
+        assert mine.count("validation") >= quota and mine.count("test") >= quota, (lang, mine)
+    assert stratified_splits(list(reversed(projects))) == splits   # not the build order
+    assert set(stratified_splits(projects[:2]).values()) == {"train"}   # too few to hold any out
+
+
+def test_task_ids_of_one_project_never_name_another(tmp_path):
+    """A project named `x-build` next to `x`: x's build task is `local-x~build` (no project name holds
+    '~'), so clearing what a killed build of x left removes x's snapshots only, never x-build's
+    (whose clean task was `local-x-build`, x's build task's id before). Base names that coincide are
+    refused with the names."""
+    from core.errors import UserError
+    from tasks.build import _clear_partial
+    from tasks.runs import check_distinct, task_id
+
+    x, xb = (Entry(n, "local", "0", "python", "true") for n in ("x", "x-build"))
+    ids = {task_id("local-x"), task_id("local-x", "build"), task_id("local-x", "flip_eq", 1),
+           task_id("local-x-build"), task_id("local-x-build", "lint"), task_id("local-x-build", "one", 2)}
+    assert len(ids) == 6 and "local-x~build" in ids
+    for i in ids:
+        (tmp_path / "repos" / i).mkdir(parents=True)
+    _clear_partial(x, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "repos").iterdir()) == ["local-x-build", "local-x-build~lint",
+                                                                      "local-x-build~one~2"]
+    check_distinct([x, xb])
+    with pytest.raises(UserError, match=r"local:a/b==0 and local:a_b==0 would share task ids"):
+        check_distinct([Entry("a/b", "local", "0", "c", "true"), Entry("a_b", "local", "0", "c", "true")])

@@ -59,9 +59,12 @@ def test_a_typescript_project_builds_tests_faults_and_type_checks(tmp_path, tok)
     fault = next(t for t in tasks if "flip_lt" in t.id)
     assert any(f.value == "clampMax picks the larger fails" for f in fault.ground_truth.facts)
     build = next(t for t in tasks if t.category == "build")
-    assert build.reference.commands == ["npx --no-install tsc --noEmit --pretty false"]
+    # the compiler's error, then a look at the lines around it, which the report cites
+    assert build.reference.commands == ["npx --no-install tsc --noEmit --pretty false",
+                                        "grep -Hn '' src/calc.ts | sed -n '3,9p'"]
     facts = {f.kind: f.value for f in build.ground_truth.facts}
     assert facts["error_message"].startswith("TS1005") and facts["error_location"] == "calc.ts:6"
+    assert facts["failing_line"].startswith("the failing line src/calc.ts:6 reads ")
     assert all(t.environment.ro_binds == ["shared/local-minits/node_modules:node_modules".replace(
         "shared", str(out / "shared"), 1)] for t in tasks)   # typescript, installed once, bound read-only
     checks = asyncio.run(validate_tasks(tasks, SandboxConfig(), tok))
@@ -76,11 +79,14 @@ def test_a_c_build_broken_by_a_syntax_edit_names_the_compilers_first_error(tmp_p
     assert not o.excluded, o.excluded
     tasks = _tasks(out)
     build = next(t for t in tasks if t.category == "build")
-    assert build.setup == [] and build.reference.commands == ["make"]   # the agent builds it
+    # the agent builds it, then looks at the lines the compiler's error points to
+    assert build.setup == [] and build.reference.commands == ["make", "grep -Hn '' mini.c | sed -n '5,11p'"]
     mutation = build.ground_truth.observed["mutation"]
     assert (mutation["file"], mutation["line"]) == ("mini.c", 8)
     facts = {f.kind: f.value for f in build.ground_truth.facts}
     assert facts["error_location"] == "mini.c:8" and "expected" in facts["error_message"]
+    assert facts["failing_line"] == "the failing line mini.c:8 reads `return add(a, a;`"
+    assert facts["cause"] == "cause: a closing parenthesis is missing in mini.c:8"
     assert not any(t.category == "run_one_test" for t in tasks)   # this harness ignores TESTS=: no such task
     checks = asyncio.run(validate_tasks(tasks, SandboxConfig(), tok))
     assert all(c.ok for c in checks), [(c.task_id, c.problems) for c in checks if not c.ok]

@@ -224,10 +224,10 @@ def _build_one(entry, out) -> dict:
 def _assert_fault_tasks(tasks: dict, want: dict[str, tuple[str, str]]) -> None:
     """One fault task per operator in `want`, each failing with its test in the ground truth and the
     injected file:line recorded as metadata (the test output does not show it: no cause fact)."""
-    assert {i.split("-")[2] for i in tasks} == set(want)
+    assert {i.split("~")[1] for i in tasks} == set(want)
     for t in tasks.values():
         facts = {f.kind: f.value for f in t.ground_truth.facts}
-        test, where = want[t.id.split("-")[2]]
+        test, where = want[t.id.split("~")[1]]
         mutation = t.ground_truth.observed["mutation"]
         assert t.ground_truth.exit_status != 0
         assert facts["failing_test"] == f"{test} fails" and f"{mutation['file'].rsplit('/', 1)[-1]}:{mutation['line']}" == where

@@ -23,10 +23,14 @@ pytestmark = pytest.mark.timeout(300)
 
 MINI_PY = {
     "mini.py": "import os\n\n\ndef is_even(n):\n    return n % 2 == 0\n\n\ndef smaller(a, b):\n    return a if a < b else b\n",
+    # a fault in the guard (`==` negated) raises two lines below it: the traceback shows the raise, and
+    # only a look at the lines around it shows the guard, the cause
+    "div.py": "def ratio(a, b):\n    if b == 0:\n        raise ZeroDivisionError('no ratio to zero')\n    return a / b\n",
     # pytest and tomli_w (the manifest's test_deps): only the project's own venv has them
-    "test_mini.py": "import pytest\nimport tomli_w\nfrom mini import is_even, smaller\n\n\n"
+    "test_mini.py": "import pytest\nimport tomli_w\nfrom div import ratio\nfrom mini import is_even, smaller\n\n\n"
                     "def test_even():\n    assert is_even(4) and tomli_w.dumps({}) == ''\n\n\n"
                     "def test_smaller():\n    assert smaller(2, 3) == 2\n\n\n"
+                    "def test_ratio():\n    assert ratio(6, 3) == 2\n\n\n"
                     "@pytest.mark.parametrize('host', ['::1', '127.0.0.1'])\ndef test_host(host):\n"
                     "    assert is_even(len(host) - len(host))\n",
 }
@@ -93,13 +97,14 @@ def test_a_python_project_gets_every_kind_of_task(corpus):
     py = {t.category: t for t in tasks if t.project == "minipy"}
     assert {"run_one_test", "build", "lint"} <= set(py) and {"run_tests", "discover_tests"} & set(py)
     one = py["run_one_test"]
-    assert one.reference.commands[0].endswith("::test_smaller") or one.reference.commands[0].endswith("::test_even")
+    assert one.reference.commands[0].split("::")[-1] in ("test_ratio", "test_smaller", "test_even")
     assert list(one.ground_truth.observed["tests"]) == [one.reference.commands[0].split()[-1]]   # that test alone
     lint = {f.kind: f.value for f in py["lint"].ground_truth.facts}
     assert lint["finding"] == "mini.py:1: 'os' imported but unused" and lint["counts"] == "1 findings"
     build = py["build"]
     loc = [f.value for f in build.ground_truth.facts if f.kind == "error_location"]
-    assert build.setup == [] and loc == [f"mini.py line {build.ground_truth.observed['mutation']['line']}"]
+    mutation = build.ground_truth.observed["mutation"]
+    assert build.setup == [] and loc == [f"{mutation['file']} line {mutation['line']}"]
     assert any("SyntaxError" in f.value for f in build.ground_truth.facts)
 
 
@@ -112,6 +117,55 @@ def test_a_parametrized_pytest_id_with_colons_keeps_its_name(corpus):
     assert failing and all(":" not in v.split("[")[0] for v in failing)
     counts = [f.value for t in tasks if t.project == "minijs" for f in t.ground_truth.facts if f.kind == "counts"]
     assert counts and all("TAP assertions" in v for v in counts)   # TAP counts test points: it says so
+
+
+def test_a_fault_tasks_reference_looks_at_the_line_its_failure_points_to(corpus):
+    """After the failing run, the reference shows the lines around the place the output points to (the
+    frame the project raised from, else the failing assertion) and the report cites that line. The
+    injected cause is a fact only when some output shows its file:line: for the guard in div.py the
+    look does (the traceback shows only the raise below it), for mini.py's faults nothing does (the
+    look shows the failing assertion in test_mini.py, whose name must not pass for mini.py)."""
+    import re
+
+    _, tasks = corpus
+    faults = [t for t in tasks if t.project == "minipy" and t.category in ("run_tests", "discover_tests", "run_one_test")
+              and "mutation" in t.ground_truth.observed]
+    assert {t.ground_truth.observed["mutation"]["file"] for t in faults} == {"div.py", "mini.py"}
+    for t in faults:
+        mutation = t.ground_truth.observed["mutation"]
+        facts = {f.kind: f for f in t.ground_truth.facts}
+        look = t.reference.commands[-1]
+        assert t.ground_truth.observed["exit_codes"][-2:] == [1, 0] and t.ground_truth.exit_status == 1
+        if mutation["file"] == "div.py":   # raised at div.py:3, the negated guard at div.py:2
+            assert look == "grep -Hn '' div.py | sed -n '1,6p'"
+            assert facts["failing_line"].value == "the failing line div.py:3 reads `raise ZeroDivisionError('no ratio to zero')`"
+            assert facts["cause"].value == "cause: an equality test is negated in div.py:2"
+            assert "div.py:2:    if b != 0:" in t.ground_truth.observed["outputs"][-1]
+            assert "div.py:2" not in "".join(t.ground_truth.observed["outputs"][:-1])   # only the look shows it
+        else:   # the failing assertion is in the test file; where the fault is, no output says
+            assert look.startswith("grep -Hn '' test_mini.py | sed -n ")
+            assert facts["failing_line"].value.startswith("the failing line test_mini.py:")
+            assert "cause" not in facts and not re.search(r"(?<!test_)mini\.py:", t.reference.report)
+        assert facts["failing_line"].evidence[0] in t.ground_truth.observed["outputs"][-1]
+        assert facts["failing_line"].value.split(" reads ")[0].removeprefix("the failing line ") in t.reference.report
+
+
+def test_a_failing_place_is_a_file_of_the_repository(tmp_path):
+    """Places as each tool prints them: pytest's and gcc's path:line, a Python traceback, node's file://
+    frame, the JVM's bare file name; a place outside the repository (the interpreter's, a venv's) or
+    past a file's end is none, and a source file comes before a test file."""
+    from tasks.runs import failing_place
+
+    _project(tmp_path, {"src/calc.py": "a\nb\nc\n", "tests/test_calc.py": "x\ny\n", "lib/Calc.java": "1\n2\n3\n4\n",
+                        "index.js": "1\n2\n"})
+    def place(out):
+        return failing_place(out, tmp_path, "/work/repo")
+    assert place("tests/test_calc.py:2: AssertionError\n") == ("tests/test_calc.py", 2)
+    assert place('File "/work/repo/tests/test_calc.py", line 1, in t\n  File "/work/repo/src/calc.py", line 3, in f\n'
+                 '  File "/usr/lib/python3.11/json/__init__.py", line 9\n') == ("src/calc.py", 3)
+    assert place("    at Object.<anonymous> (file:///work/repo/index.js:2:7)\n") == ("index.js", 2)
+    assert place("\tat mini.Calc.max(Calc.java:4)\n") == ("lib/Calc.java", 4)
+    assert place("src/calc.py:9: in f\n/opt/venv/lib/python3.11/site-packages/x.py:3: in g\n") is None
 
 
 def test_reference_solutions_reproduce_their_ground_truth_through_episodes(corpus, tok):
