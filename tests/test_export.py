@@ -15,8 +15,7 @@ from safetensors.torch import load_file
 from core.model import LM_HEAD_WEIGHT, resolve_model_path
 from rl.export import ExportError, checkpoint_model_state, export_checkpoint
 from rollout.io import write_trajectories
-from rollout.trajectory import Trajectory
-from tasks import load_tasks
+from test_rl_trainer import demos   # request -> reference command -> report, on built-in tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(600)
@@ -33,15 +32,7 @@ def run(tok, tmp_path_factory) -> Path:
     """A real training run: 4 SFT steps in bfloat16 mixed precision on 2 FSDP ranks, checkpoints at steps
     2 and 4 (`terminus train-offline`, the trainer alone), and its final HF export."""
     tmp = tmp_path_factory.mktemp("export")
-    demos = []
-    for t in load_tasks("builtin", "train")[:8]:
-        msgs = [{"role": "user", "content": t.request}]
-        prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
-        answer = tok.encode(f"<command>{t.reference.commands[0]}</command><|im_end|>", add_special_tokens=False)
-        demos.append(Trajectory(task_id=t.id, messages=msgs, token_ids=prompt + answer,
-                                response_mask=[0] * len(prompt) + [1] * len(answer),
-                                logprobs=[0.0] * (len(prompt) + len(answer)), group_id=t.project))
-    write_trajectories(tmp / "demos.jsonl", demos)
+    write_trajectories(tmp / "demos.jsonl", demos(tok, 8))
     out = tmp / "run"
     r = terminus("train-offline", "--config", "tiny_cpu", "--stage", "sft", "--data", str(tmp / "demos.jsonl"),
                  f"output_dir={out}", "trainer.num_workers=2", "cluster.trainer.num_cpus=1",
