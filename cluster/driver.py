@@ -27,6 +27,7 @@ from cluster.grpo import report_eval, run_grpo
 from cluster.memory import PeakMemory
 from cluster.resources import check_engines, cpus_needed, make_layout
 from cluster.rollout_pool import RolloutPool
+from cluster.storage import check_shared_run_dir
 from core.errors import ConfigError, UserError
 from core.files import write_json_atomic
 from core.model import resolve_model_path
@@ -96,6 +97,7 @@ async def _train(cfg) -> dict[str, Any]:
     started, wall = loop.time(), {}                      # wall-clock seconds per phase
     with PeakMemory(interval_s=2.0) as mem:
         init_ray(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus, min_cpus=cpus_needed(cfg.cluster, counts))
+        check_shared_run_dir(cfg.output_dir)   # several nodes: each must see the run dir (absolute, shared)
         layout = make_layout(cfg.cluster, counts)
         model_path = str(resolve_model_path(cfg.model.path))
         tokenizer = load_tokenizer(model_path)

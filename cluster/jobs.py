@@ -44,10 +44,45 @@ def train_entrypoint(config: str, overrides: Sequence[str] = (), python: str = "
     return " ".join(shlex.quote(x) for x in [python, "-m", "terminus.cli", "train", "--config", config, *overrides])
 
 
-def runtime_env(env: dict[str, str] | None = None, working_dir: str | os.PathLike = REPO_ROOT) -> dict:
-    env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+def read_runtime_env(path: str | os.PathLike) -> dict:
+    """A Ray runtime environment from a YAML or JSON file (`terminus submit --runtime-env FILE`): `pip`,
+    `uv`, `conda`, `image_uri` / `container`, `env_vars`, `py_modules`, ... as Ray documents them."""
+    from omegaconf import OmegaConf
+
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise UserError(f"--runtime-env {p}: cannot read it ({e.strerror or e})") from None
+    try:
+        data = OmegaConf.to_container(OmegaConf.create(text)) if text.strip() else None
+    except Exception as e:  # the YAML parser's errors, or interpolation syntax
+        raise UserError(f"--runtime-env {p} is not YAML or JSON: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--runtime-env {p} must hold a mapping of Ray runtime_env keys (pip, image_uri, "
+                        f"env_vars, ...), not {type(data).__name__}")
+    return data
+
+
+def runtime_env(env: dict[str, str] | None = None, working_dir: str | os.PathLike = REPO_ROOT,
+                base: dict | None = None) -> dict:
+    """The job's runtime environment: `base` (a --runtime-env file: pip, container, ...) with the repo
+    as working dir (unless `base` names one), our excludes added to its own, and env vars from
+    `base`, then the forwarded shell variables, then `env` (--env), later ones winning."""
+    out = dict(base or {})
+    env_vars = dict(out.get("env_vars") or {})
+    env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
     env_vars.update(env or {})
-    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": env_vars}
+    out.setdefault("working_dir", str(working_dir))
+    out["excludes"] = list(EXCLUDES) + [x for x in out.get("excludes") or [] if x not in EXCLUDES]
+    out["env_vars"] = env_vars
+    return out
+
+
+def absolute_output_dir(output_dir: str, cwd: str | os.PathLike) -> str | None:
+    """A relative output_dir of a submitted job resolved against the submitter's directory (in the job
+    it would resolve inside Ray's per-node copy of the upload, and be lost); None when already absolute."""
+    return None if Path(output_dir).is_absolute() else str(Path(cwd, output_dir).resolve())
 
 
 def _client(address: str | None):
@@ -62,9 +97,11 @@ def _client(address: str | None):
 
 
 def submit(entrypoint: str, *, address: str | None = None, env: dict[str, str] | None = None,
-           working_dir: str | os.PathLike = REPO_ROOT, submission_id: str | None = None) -> str:
-    """Submit `entrypoint` with the repo as working dir; returns the job id."""
-    return _client(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env(env, working_dir),
+           working_dir: str | os.PathLike = REPO_ROOT, submission_id: str | None = None,
+           base_env: dict | None = None) -> str:
+    """Submit `entrypoint` with the repo as working dir (and `base_env`, a --runtime-env file's
+    runtime environment); returns the job id."""
+    return _client(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env(env, working_dir, base_env),
                                        submission_id=submission_id)
 
 

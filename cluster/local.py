@@ -41,8 +41,12 @@ def _bindable(port: int) -> bool:
 class LocalCluster:
     def __init__(self, nodes: list[dict[str, float]] = (), *, head_resources: dict[str, float] | None = None,
                  cpus_per_node: int = 1, gpus_per_node: int = 0, dashboard: bool = False,
-                 start_timeout_s: float = 90.0):
+                 start_timeout_s: float = 90.0, private_dirs: dict[int, str | os.PathLike] | None = None):
+        """private_dirs: {i: DIR}: worker node i (of `nodes`) sees an empty directory of its own at DIR
+        instead of this machine's, as a node without the shared filesystem would (a mount namespace
+        with a tmpfs over DIR; needs root and `unshare`)."""
         self.nodes = list(nodes)
+        self.private_dirs = dict(private_dirs or {})
         self.head_resources = head_resources or {"head_node": 1}
         self.cpus = cpus_per_node
         self.gpus = gpus_per_node   # on each worker node (not the head): logical, Ray needs no device for them
@@ -83,8 +87,12 @@ class LocalCluster:
         return [x for flag in flags for x in (flag, str(self._port()))] + [
             "--min-worker-port", str(lo), "--max-worker-port", str(lo + WORKER_PORTS - 1)]
 
-    def _run(self, args: list[str]) -> None:
-        r = subprocess.run([_ray_bin(), *args], env=self._env, capture_output=True, text=True, timeout=self.timeout)
+    def _run(self, args: list[str], private_dir: str | os.PathLike | None = None) -> None:
+        cmd = [_ray_bin(), *args]
+        if private_dir is not None:   # the node's daemons inherit the namespace, and so its workers
+            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   'mount -t tmpfs terminus-private "$0" && exec "$@"', str(private_dir), *cmd]
+        r = subprocess.run(cmd, env=self._env, capture_output=True, text=True, timeout=self.timeout)
         if r.returncode != 0:
             raise RuntimeError(f"`ray {' '.join(args)}` failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
 
@@ -99,10 +107,10 @@ class LocalCluster:
         else:
             head += ["--include-dashboard", "false"]
         self._run(head)
-        for res in self.nodes:
+        for i, res in enumerate(self.nodes):
             self._run(["start", "--address", self.address, "--node-ip-address", "127.0.0.1",
                        "--num-cpus", str(self.cpus), "--num-gpus", str(self.gpus), "--resources", json.dumps(res),
-                       "--disable-usage-stats", *self._node_ports()])
+                       "--disable-usage-stats", *self._node_ports()], private_dir=self.private_dirs.get(i))
         self._wait_nodes(1 + len(self.nodes))
         return self
 

@@ -395,19 +395,29 @@ def hf_weights(items: Iterable[tuple[str, T]], *, tie_word_embeddings: bool) -> 
             yield LM_HEAD_WEIGHT, value
 
 
-def save_hf_weights(state_dict: dict, out_dir: str | os.PathLike, *, tie_word_embeddings: bool) -> Path:
-    """Write a full state dict as HF safetensors that vLLM's `reload_weights` and transformers both load
-    (with an explicit lm_head.weight for tied embeddings: see `hf_weights`)."""
-    from safetensors.torch import save_file
+DEFAULT_MAX_SHARD_SIZE = "5GB"   # Hugging Face's default: a 4B model in bfloat16 is two shards
+
+
+def save_hf_weights(state_dict: dict, out_dir: str | os.PathLike, *, tie_word_embeddings: bool,
+                    dtype=None, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> list[Path]:
+    """Write a full state dict as HF safetensors that vLLM (`vllm serve`, its in-place `reload_weights`)
+    and transformers load: with an explicit lm_head.weight for tied embeddings (see `hf_weights`),
+    cast to `dtype` (a torch.dtype; None keeps the tensors' own), in shards of at most
+    `max_shard_size` (bytes or "5GB"): one `model.safetensors`, or `model-0000k-of-0000n.safetensors`
+    plus `model.safetensors.index.json`. Returns the files written."""
+    from huggingface_hub import save_torch_state_dict
 
     tensors = {}
     for name, value in hf_weights(state_dict.items(), tie_word_embeddings=tie_word_embeddings):
-        value = value.detach().contiguous().cpu()
+        value = value.detach().to(device="cpu", dtype=dtype)
         # safetensors refuses two names on one storage, and the tied head is the embedding itself.
         tensors[name] = value.clone() if tie_word_embeddings and name == LM_HEAD_WEIGHT else value
-    path = Path(out_dir) / "model.safetensors"
-    save_file(tensors, str(path), metadata={"format": "pt"})
-    return path
+    out = Path(out_dir)
+    save_torch_state_dict(tensors, out, max_shard_size=max_shard_size, metadata={"format": "pt"})
+    index = out / "model.safetensors.index.json"
+    if index.exists():
+        return [out / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return [out / "model.safetensors"]
 
 
 def describe(path: Path) -> str:

@@ -1,5 +1,5 @@
 """TrainerGroup: the driver's handle on the FSDP2 ranks (rl/worker.py). It turns trajectories into
-per-rank micro-batches, runs SFT epochs and GRPO steps, exports HF weights for the rollout engines,
+per-rank micro-batches, runs SFT epochs and GRPO steps, writes weights for the rollout engines and HF exports,
 and writes and resumes checkpoints. The math is in rl/algos.py; this file only moves data.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from core.model import DEFAULT_MAX_SHARD_SIZE
 from rl import algos, checkpoint
 from rl.worker import GRPOStep, SFTStep, TrainerWorker
 from rollout.trajectory import Trajectory
@@ -264,16 +265,23 @@ class TrainerGroup:
         if not self.cfg.trainer.use_reference_model:
             return
         ref = self.root / "reference"
-        if not resumed:
-            self.export_hf(ref)
+        if not resumed:   # full precision: the KL anchors to exactly the weights GRPO starts from
+            self.export_hf(ref, "float32")
         elif not (ref / "config.json").exists():
             raise FileNotFoundError(f"{ref} is missing: the run was checkpointed in GRPO with a KL reference, "
                                     "and a resumed run needs the same one (start a new output_dir to begin again)")
         self._all("load_reference", str(ref))
 
     # -- weights and checkpoints ----------------------------------------------------------------------------
-    def export_hf(self, path: str | Path) -> Path:
-        self._all("export_hf", str(path))
+    def export_hf(self, path: str | Path, dtype: str = "", max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> Path:
+        """The current policy as a complete HF model directory (rl/export.py), in `dtype` (default: the
+        training dtype, trainer.param_dtype), sharded: what `vllm serve` and transformers load."""
+        self._all("export_hf", str(path), dtype or self.cfg.trainer.param_dtype, max_shard_size)
+        return Path(path)
+
+    def write_engine_weights(self, path: str | Path) -> Path:
+        """The current weights for the engines' disk reload: safetensors only, in model.dtype."""
+        self._all("write_engine_weights", str(path))
         return Path(path)
 
     def init_weight_transfer(self, engines: Sequence) -> None:
@@ -297,7 +305,7 @@ class TrainerGroup:
         nccl/ipc stream them (after `init_weight_transfer`)."""
         import ray
         if self.cfg.rollout.engine.weight_transfer == "disk":
-            self.export_hf(path)
+            self.write_engine_weights(path)
             ray.get([e.handle.update_weights.remote(str(path), version) for e in engines])
         else:
             self._all("send_weights", version)

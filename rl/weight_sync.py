@@ -1,7 +1,7 @@
 """GPU weight sync without a disk round trip: the trainer side of vLLM's weight-transfer engine.
 
 `rollout.engine.weight_transfer` picks the path (rl/group.py `TrainerGroup.push_weights`):
-- disk: `export_hf` writes HF safetensors, each engine reloads them in place (CPU and GPU).
+- disk: `write_engine_weights` (rl/export.py) writes the safetensors, each engine reloads them in place (CPU and GPU).
 - nccl: trainer rank 0 broadcasts every tensor to the engines' workers over an NCCL group
   (rank 0 = the sender, engine i's workers at ranks 1 + i*tp ...). Needs the sender and the
   engines on different GPUs (NCCL refuses two ranks on one device).

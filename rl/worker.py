@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,28 +307,31 @@ class TrainerWorker:
         if extra.get("fresh_optimizer"):
             self.reset_optimizer()
 
-    def export_hf(self, path: str) -> str:
-        """Gather the full weights (every rank takes part) and, on rank 0, write an HF directory
-        that vLLM's reload and transformers both load (explicit lm_head for tied embeddings)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        from core.model import save_hf_weights
-
-        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    def export_hf(self, path: str, dtype: str, max_shard_size: int | str) -> str:
+        """Gather the full weights (every rank takes part) and, on rank 0, write a complete HF model
+        directory in `dtype` (rl/export.py: sharded, with config, tokenizer and chat template)."""
+        from rl.export import write_hf_dir
+        sd = self._full_state_dict()
         if self.rank == 0:
-            out = Path(path)
-            tmp = out.with_name(out.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            for f in self.model_path.iterdir():   # config, generation config, tokenizer files
-                if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and f.name != "model.safetensors.index.json":
-                    shutil.copy2(f, tmp / f.name)
-            save_hf_weights(sd, tmp, tie_word_embeddings=self.tie)
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
+            write_hf_dir(sd, self.model_path, path, tie_word_embeddings=self.tie, dtype=dtype,
+                         max_shard_size=max_shard_size)
         return path
 
-    # -- GPU weight sync (rl/weight_sync.py; the disk path is export_hf) ---------------------------------
+    def write_engine_weights(self, path: str) -> str:
+        """The disk weight sync: gather, and on rank 0 write only the safetensors, in the engine's
+        dtype (model.dtype): what vLLM's in-place reload reads, and nothing more."""
+        from rl.export import write_weights_dir
+        sd = self._full_state_dict()
+        if self.rank == 0:
+            write_weights_dir(sd, path, tie_word_embeddings=self.tie, dtype=getattr(torch, self.mc.dtype))
+        return path
+
+    def _full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full (unsharded) weights on CPU: a collective, every rank must call it."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    # -- GPU weight sync (rl/weight_sync.py; the disk path is write_engine_weights) ---------------------------------
     def weight_source(self):
         """This rank's view of the weights to stream, in the engine's dtype."""
         from rl.weight_sync import FSDPWeightSource

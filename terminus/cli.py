@@ -73,6 +73,17 @@ def _model_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_export(args: argparse.Namespace) -> int:
+    """A step checkpoint of a run as a sharded HF directory that `vllm serve` and transformers load."""
+    from rl.export import export_checkpoint
+
+    out = export_checkpoint(args.run_dir, step=args.step, dtype=args.dtype, out=args.out,
+                            max_shard_size=args.max_shard_size)
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    print(f"exported to {out} ({len(shards)} shard{'s' if len(shards) != 1 else ''}); serve it with: vllm serve {out}")
+    return 0
+
+
 def _config_show(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.config is None and overrides and "=" not in overrides[0]:
@@ -98,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--message", "-m", default="Run the test suite and report what fails.")
     chat.add_argument("--max-tokens", type=int, default=32)
     chat.set_defaults(func=_model_chat)
+    ex = msub.add_parser("export", help="a run's step checkpoint as a sharded HF directory (vllm serve, transformers)")
+    ex.add_argument("run_dir", metavar="RUN_DIR", help="output_dir of a `terminus train` run")
+    ex.add_argument("--step", type=int, help="the checkpoint of this step (default: the newest)")
+    ex.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                    help="weights' dtype (default: the run's trainer.param_dtype)")
+    ex.add_argument("--out", help="write here (default: RUN_DIR/hf_step_N)")
+    ex.add_argument("--max-shard-size", default="5GB", help="largest shard, e.g. 5GB, 500MB or bytes (default: 5GB)")
+    ex.set_defaults(func=_model_export)
     model.set_defaults(func=lambda a: model.print_help() or 2)
 
     config = sub.add_parser("config", help="inspect configs")

@@ -70,3 +70,44 @@ def test_stop_a_long_job(head):
         time.sleep(0.5)
     assert "stop requested" in terminus("stop", job, "--address", head).stdout
     assert jobs.wait(job, head, timeout_s=60) == "STOPPED"
+
+
+def test_submit_makes_a_relative_output_dir_absolute_and_passes_the_runtime_env(tmp_path, monkeypatch, capsys):
+    """What `terminus submit --config` hands Ray, with the submission itself captured at the seam."""
+    from terminus.cli import main
+
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text("pip: [six==1.16.0]\nimage_uri: registry.example/terminus:1\n"
+                        "env_vars: {FROM_FILE: 'yes', RUN_NAME: file}\nexcludes: [data]\n")
+    sent = {}
+    monkeypatch.setattr(jobs, "_client", lambda address: type("C", (), {
+        "submit_job": lambda self, **kw: sent.update(kw) or "job-1"})())
+    monkeypatch.chdir(tmp_path)
+    assert main(["submit", "--config", "tiny_cpu", "output_dir=runs/rel", "--runtime-env", str(env_file),
+                 "--env", "RUN_NAME=cli"]) == 0
+    assert f"output_dir={tmp_path}/runs/rel" in sent["entrypoint"]
+    assert f"the job writes to {tmp_path}/runs/rel" in capsys.readouterr().err
+    env = sent["runtime_env"]
+    assert env["pip"] == ["six==1.16.0"] and env["image_uri"] == "registry.example/terminus:1"
+    assert env["env_vars"]["FROM_FILE"] == "yes" and env["env_vars"]["RUN_NAME"] == "cli"   # --env wins
+    assert env["working_dir"] == str(ROOT) and {".venv", "data"} <= set(env["excludes"])
+    # an absolute output_dir is left as it is
+    sent.clear()
+    assert main(["submit", "--config", "tiny_cpu", f"output_dir={tmp_path}/abs"]) == 0
+    assert f"output_dir={tmp_path}/abs" in sent["entrypoint"] and "relative" not in capsys.readouterr().err
+    # a runtime env file that is not a mapping: exit 2, the file named
+    env_file.write_text("- pip\n")
+    assert main(["submit", "--config", "tiny_cpu", "--runtime-env", str(env_file)]) == 2
+    assert f"--runtime-env {env_file} must hold a mapping" in capsys.readouterr().err
+
+
+def test_a_runtime_env_file_reaches_the_job(head, tmp_path):
+    env_file = tmp_path / "env.json"
+    env_file.write_text('{"env_vars": {"FROM_FILE": "from-the-file"}, "config": {"setup_timeout_seconds": 300}}')
+    job = terminus("submit", "--address", head, "--runtime-env", str(env_file), "--entrypoint",
+                   "python -c 'import os; print(\"seen:\", os.environ[\"FROM_FILE\"])'").stdout.strip()
+    assert jobs.wait(job, head, timeout_s=180) == "SUCCEEDED"
+    assert "seen: from-the-file" in jobs.logs(job, head)
+    from ray.job_submission import JobSubmissionClient
+    info = JobSubmissionClient(head).get_job_info(job)
+    assert info.runtime_env["config"]["setup_timeout_seconds"] == 300

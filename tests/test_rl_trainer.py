@@ -409,7 +409,8 @@ def test_exported_weights_reach_vllm_exactly(cluster, tok, tmp_path):
         seqs = [t.token_ids for t in data]
         trainer_lp = g.logprobs(whole(seqs), 1.0)
         before = ray.get(engine.handle.score.remote(seqs[0]))
-        path = g.export_hf(tmp_path / "v1")
+        path = g.write_engine_weights(tmp_path / "v1")
+        assert [f.name for f in path.iterdir()] == ["model.safetensors"]   # what the reload reads, no more
         asyncio.run(engine.update_weights(str(path), 1))
         for seq, lp in zip(seqs, trainer_lp):
             engine_lp = ray.get(engine.handle.score.remote(seq))
@@ -477,7 +478,7 @@ def test_grpo_raises_a_verifiable_reward_through_vllm(cluster, tok, tmp_path):
             m = g.grpo_step(trajs, step)
             if m.get("trained"):
                 assert m["logprob_mismatch_max"] <= 1e-3, m
-            asyncio.run(engine.update_weights(str(g.export_hf(tmp_path / f"v{step + 1}")), step + 1))
+            asyncio.run(engine.update_weights(str(g.write_engine_weights(tmp_path / f"v{step + 1}")), step + 1))
         after = margin(target, other)
     finally:
         engine.kill()

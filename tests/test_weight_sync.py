@@ -25,10 +25,12 @@ def tiny_model():
 
 
 def disk_export(state_dict, tmp_path) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of what the disk path (TrainerWorker.export_hf) writes."""
-    path = save_hf_weights(state_dict, tmp_path, tie_word_embeddings=True)
-    with safe_open(str(path), "pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    """Names and shapes of what the disk path (TrainerWorker.write_engine_weights) writes."""
+    out = {}
+    for path in save_hf_weights(state_dict, tmp_path, tie_word_embeddings=True):
+        with safe_open(str(path), "pt") as f:
+            out.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    return out
 
 
 def check_source(source: FSDPWeightSource, full_state_dict, tmp_path, dtype: torch.dtype) -> None:
@@ -188,7 +190,7 @@ def test_disk_is_the_default_path(tmp_path, monkeypatch):
     group = TrainerGroup.__new__(TrainerGroup)   # no ranks: only the routing is tested
     group.cfg, group.workers = cfg, []
     done: list = []
-    monkeypatch.setattr(group, "export_hf", lambda path: done.append(("export_hf", str(path))))
+    monkeypatch.setattr(group, "write_engine_weights", lambda path: done.append(("write_engine_weights", str(path))))
     monkeypatch.setattr(group, "_all", lambda method, *args: done.append((method, args)))
     monkeypatch.setattr(ray, "get", lambda refs: refs)
     calls: list = []
@@ -198,5 +200,5 @@ def test_disk_is_the_default_path(tmp_path, monkeypatch):
 
     group.init_weight_transfer([Engine()])
     group.push_weights([Engine()], 4, tmp_path / "latest")
-    assert done == [("export_hf", str(tmp_path / "latest"))]
+    assert done == [("write_engine_weights", str(tmp_path / "latest"))]   # the weights only, no HF export
     assert calls == [(0, "update_weights", (str(tmp_path / "latest"), 4))]

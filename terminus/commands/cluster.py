@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -52,9 +53,18 @@ def _submit(args: argparse.Namespace) -> int:
             from core.errors import UserError
             raise UserError("submit needs -c/--config NAME_OR_FILE (or --entrypoint for any other command)")
         from cluster.driver import check_engines_config
-        check_engines_config(load_config(args.config, args.overrides))  # fail here, not minutes later on the cluster
-        entrypoint = jobs.train_entrypoint(args.config, args.overrides, python=args.python)
-    job_id = jobs.submit(entrypoint, address=args.address, env=_env_pairs(args.env), submission_id=args.job_id)
+        cfg = load_config(args.config, args.overrides)
+        check_engines_config(cfg)   # fail here, not minutes later on the cluster
+        overrides = list(args.overrides)
+        absolute = jobs.absolute_output_dir(cfg.output_dir, os.getcwd())
+        if absolute:
+            print(f"output_dir={cfg.output_dir} is relative: the job writes to {absolute} (resolved against this "
+                  f"directory; every node must mount it at that path)", file=sys.stderr)
+            overrides.append(f"output_dir={absolute}")
+        entrypoint = jobs.train_entrypoint(args.config, overrides, python=args.python)
+    base_env = jobs.read_runtime_env(args.runtime_env) if args.runtime_env else None
+    job_id = jobs.submit(entrypoint, address=args.address, env=_env_pairs(args.env), submission_id=args.job_id,
+                         base_env=base_env)
     print(job_id, flush=True)
     if not args.wait:
         print(f"follow it with: terminus logs {job_id} --follow --address {jobs.resolve_address(args.address)}",
@@ -148,6 +158,9 @@ def register(sub) -> None:
     s.add_argument("--address", **addr)
     add_config_args(s, default=None)   # no default: a job on a cluster names its config
     s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="env var for the job (repeatable)")
+    s.add_argument("--runtime-env", metavar="FILE",
+                   help="a Ray runtime environment (YAML/JSON: pip, uv, conda, image_uri, env_vars, ...) for the job; "
+                        "the repository stays its working dir unless FILE names one")
     s.add_argument("--python", default="python", help="the python on the cluster nodes (default: python)")
     s.add_argument("--entrypoint", help="run this shell command instead of `terminus train`")
     s.add_argument("--job-id", help="choose the job id (default: Ray makes one)")
