@@ -24,11 +24,12 @@ class VerdictParseError(ValueError):
 
 
 def _text(text_max: int) -> Any:
-    """A rationale/evidence string. For decoders the schema bounds it by a pattern: xgrammar (vLLM's guided
-    decoding) does not support a pattern together with maxLength, and without a bound a random model writes
-    until max_tokens. Validation cuts a longer string instead of rejecting the verdict."""
+    """A rationale/evidence string, bounded by maxLength: without a bound a random model writes until
+    max_tokens. Not by a pattern: `vllm serve` (xgrammar) fails to compile the whole verdict schema with a
+    bounded-pattern string in it (HTTP 500, "per_rule_fsm_hashes" check), though small schemas compile.
+    Validation cuts a longer string instead of rejecting the verdict."""
     return Annotated[str, AfterValidator(lambda s: s[:text_max]),
-                     WithJsonSchema({"type": "string", "pattern": f"^[^\\x00-\\x1f\"\\\\]{{0,{text_max}}}$"})]
+                     WithJsonSchema({"type": "string", "maxLength": text_max})]
 
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
