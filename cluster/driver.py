@@ -147,10 +147,11 @@ async def _train(cfg) -> dict[str, Any]:
                     fix = "lower trainer.sft.teacher.min_reward" + (f", or fix the judge (unjudgeable: {why})"
                                                                      if why else "")
                     if "grpo" not in cfg.trainer.stage:
-                        raise UserError(f"trainer.stage=sft: the teacher kept no trajectory to train on; {fix}")
-                    print(f"[sft] skipped: the teacher kept no trajectory to train on ({fix}); GRPO starts "
-                          f"from the base model", flush=True)
-                    summary["sft"] = {"skipped": "the teacher kept no trajectory", "demos": 0}
+                        raise UserError(f"trainer.stage=sft: the teacher kept no trajectory with a report to train "
+                                        f"on; {fix}")
+                    print(f"[sft] skipped: the teacher kept no trajectory with a report to train on ({fix}); GRPO "
+                          f"starts from the base model", flush=True)
+                    summary["sft"] = {"skipped": "the teacher kept no trajectory with a report", "demos": 0}
                     run_sft = False
             elif run_sft:   # the scripted teacher needs no engine: it plays while vLLM starts
                 demos, m = await collect_demos(cfg, demo_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")

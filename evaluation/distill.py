@@ -218,8 +218,9 @@ async def teacher_demos(cfg: Any, tasks: Sequence[Any], judge: Judge, tokenizer:
     spec, c = teacher_subagent(cfg)
     stats = await distill(c, spec, tasks, out, threshold=t.min_reward, samples=t.samples,
                           concurrency=t.max_concurrency, show_progress=False, judge=judge)
-    demos = load_demos(out, tokenizer)[0] if out.exists() else []
+    demos, loaded = load_demos(out, tokenizer) if out.exists() else ([], {"demos_failed": 0})
     counts = {"episodes": stats["episodes"], "kept": stats["kept"], "kept_total": len(demos),
+              "kept_without_report": loaded["demos_failed"],   # kept by the judge, but nothing to imitate
               "below_threshold": stats["below_threshold"], "unjudgeable": stats["judge_errors"],
               "episode_errors": stats["episode_errors"], "duplicates": stats["duplicates"],
               "tasks_done_before": stats["skipped_done"]}
@@ -234,4 +235,5 @@ def describe_teacher(cfg: Any, m: dict[str, Any]) -> str:
     return (f"[sft] teacher openai:{t.model}: {m['episodes']} episodes, kept {m['kept']} (reward >= "
             f"trainer.sft.teacher.min_reward={t.min_reward:g}), dropped {m['dropped']}: {m['below_threshold']} below "
             f"it, {m['unjudgeable']} unjudgeable, {m['episode_errors']} episode errors, {m['duplicates']} "
-            f"duplicates{done}; {m['kept_total']} trajectories to train on")
+            f"duplicates{done}; {m['kept_total']} trajectories to train on ({m['kept_without_report']} kept ones "
+            f"without a report are not)")

@@ -138,7 +138,7 @@ def test_teacher_in_the_job_plays_judges_and_filters_with_its_own_endpoint_setti
         demos, counts = asyncio.run(go())
         temperatures = {r["temperature"] for r in srv.requests if "messages" in r}
     assert temperatures == {0.3}          # the teacher's sampling, not the student's
-    assert counts == {"episodes": 4, "kept": 2, "kept_total": 2, "below_threshold": 1, "unjudgeable": 0,
+    assert counts == {"episodes": 4, "kept": 2, "kept_total": 2, "kept_without_report": 0, "below_threshold": 1, "unjudgeable": 0,
                       "episode_errors": 1, "duplicates": 0, "tasks_done_before": 0, "dropped": 2}
     assert sorted(d.task_id for d in demos) == ["t-count", "t-hello"]
     for d in demos:

@@ -97,12 +97,16 @@ def test_paper_path_teacher_sft_grpo_eval_with_vllm_serve_as_teacher_and_judge(t
         assert tok.decode(t.token_ids, skip_special_tokens=False) == tok.apply_chat_template(t.messages, tokenize=False)
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["teacher/kept"] for m in metrics if "teacher/kept" in m] == [teacher["kept"]]   # W&B too
-    if kept:
-        assert summary["sft"]["demos"] == len(kept) and summary["sft"]["steps"] >= 1
-    else:   # the tiny judge's replies were no verdicts: said plainly, no SFT stage on nothing
-        assert teacher["unjudgeable"] == 4 and summary["sft"]["skipped"]
-        [skipped] = [line for line in out.splitlines() if line.startswith("[sft] skipped: the teacher kept no")]
-        assert "unjudgeable: {'malformed_json': 4}" in skipped, skipped   # the server's replies, not verdicts
+    with_report = [t for t in kept if t.report]   # SFT imitates only episodes that end in a report
+    assert teacher["kept_total"] == len(with_report) and teacher["kept_without_report"] == len(kept) - len(with_report)
+    if with_report:
+        assert summary["sft"]["demos"] == len(with_report) and summary["sft"]["steps"] >= 1
+    else:   # the random tiny teacher rarely writes a well-formed report: said plainly, no SFT stage on nothing
+        assert summary["sft"]["skipped"] and summary["sft"]["demos"] == 0
+        [skipped] = [line for line in out.splitlines()
+                     if line.startswith("[sft] skipped: the teacher kept no trajectory with a report")]
+        if teacher["unjudgeable"] == 4:   # the server's replies were no verdicts: the reason is named
+            assert "unjudgeable: {" in skipped, skipped
 
     # 2. GRPO's rollouts were judged by the server: every sampled row names the LLM judge, and a row
     #    without a reward says why (the server's reply was not a verdict), never an endpoint failure
