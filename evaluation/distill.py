@@ -174,6 +174,7 @@ def teacher_subagent(cfg: Any) -> tuple[SubagentSpec, Any]:
     e.requests_per_minute, e.tokens_per_minute, e.request_timeout_s = (t.requests_per_minute, t.tokens_per_minute,
                                                                        t.request_timeout_s)
     c.rollout.sampling.temperature, c.rollout.sampling.top_p = t.temperature, t.top_p
+    c.rollout.sampling.constrain = t.constrain
     return spec, c
 
 

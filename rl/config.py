@@ -38,6 +38,9 @@ class TeacherConfig:
     max_retries: int = at_least(0, default=4)
     temperature: float = in_range(0.0, 5.0, default=0.7, help="the teacher's sampling temperature")
     top_p: float = in_range(0.0, 1.0, default=1.0)
+    constrain: str = one_of("none", "protocol", default="none",
+                            help="'protocol': each teacher turn constrained to the protocol's grammar by the "
+                                 "endpoint's structured outputs (vLLM servers; e.g. a weak teacher in tests)")
     samples: int = at_least(1, default=1, help="episodes per task; duplicates (same commands and report) are dropped")
     min_reward: float = field(default=0.7, metadata={
         "help": "keep a teacher trajectory for SFT only when the judge's reward is at least this"})

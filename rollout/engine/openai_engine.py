@@ -63,7 +63,9 @@ class OpenAIEngine(FixedWeights):
                     list(prompt_ids), logprobs=1, **self._params(sampling), extra_body=self._vllm_extras(sampling)))
             if messages is None:
                 raise EngineError("the chat API needs the episode's messages")
-            return self._from_chat(await self.client.chat(messages, logprobs=True, **self._params(sampling)),
+            # a regex constraint is the one vLLM extra a chat call sends (asked for: sampling.constrain)
+            extra = {"extra_body": {"structured_outputs": {"regex": sampling.regex}}} if sampling.regex else {}
+            return self._from_chat(await self.client.chat(messages, logprobs=True, **self._params(sampling), **extra),
                                    sampling)
         except EndpointError as e:
             raise EngineError(str(e)) from None
