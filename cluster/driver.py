@@ -8,8 +8,9 @@ on the cluster (cluster.resources: the `rollout.engine.num_engines` vLLM engines
 rollout.engine.make_engine, take rollout bundles 0..N-1's GPUs, the rollout workers the CPUs, the
 judge pool the judge bundles), keeps rollout workers alive and spreads them over the engines
 (cluster.rollout_pool), runs the teacher's demonstrations (rollout.teacher; an openai teacher through
-evaluation.distill), the SFT stage, the GRPO stage (cluster.grpo, on the step schedule of cluster.pipeline) and the held-out evaluations (evaluation.heldout), and measures
-the job's peak memory (cluster.memory).
+evaluation.distill), the SFT stage, the GRPO stage (cluster.grpo, on the step schedule of
+cluster.pipeline) and the held-out evaluations (evaluation.heldout), and measures the job's peak
+memory (cluster.memory).
 
 Held-out evaluation (mean judged reward on tasks.eval_split, several passes to measure the noise)
 runs on the untrained model, after SFT and after GRPO; the job writes summary.json, metrics.jsonl,

@@ -50,9 +50,12 @@ class OpenAIEngine(FixedWeights):
             p["min_tokens"] = s.min_tokens
         if s.ignore_eos:
             p["ignore_eos"] = True
-        if s.regex:
-            p["structured_outputs"] = {"regex": s.regex}
-        return p
+        return {**p, **self._constraint(s)}
+
+    @staticmethod
+    def _constraint(s: Sampling) -> dict[str, Any]:
+        """vLLM's structured outputs for a regex-constrained turn (sampling.constrain); {} when unconstrained."""
+        return {"structured_outputs": {"regex": s.regex}} if s.regex else {}
 
     async def generate(self, prompt_ids: list[int], sampling: Sampling,
                        messages: list[dict[str, str]] | None = None) -> Generation:
@@ -64,9 +67,9 @@ class OpenAIEngine(FixedWeights):
             if messages is None:
                 raise EngineError("the chat API needs the episode's messages")
             # a regex constraint is the one vLLM extra a chat call sends (asked for: sampling.constrain)
-            extra = {"extra_body": {"structured_outputs": {"regex": sampling.regex}}} if sampling.regex else {}
-            return self._from_chat(await self.client.chat(messages, logprobs=True, **self._params(sampling), **extra),
-                                   sampling)
+            extra = self._constraint(sampling)
+            return self._from_chat(await self.client.chat(messages, logprobs=True, **self._params(sampling),
+                                                          **({"extra_body": extra} if extra else {})), sampling)
         except EndpointError as e:
             raise EngineError(str(e)) from None
 
