@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -104,6 +105,75 @@ def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     bf16 logits first rounds each quotient to bf16 (8 mantissa bits: ~0.03 at a logit of 8)."""
     logits = logits.float()
     return logits if temperature == 1.0 else logits / temperature
+
+
+@dataclass(frozen=True)
+class RolloutSampling:
+    """The distribution the rollouts were sampled from, which the GRPO trainer's logprobs must be of.
+    vLLM (processed_logprobs) and the OpenAI API define it as softmax((logits - frequency_penalty x n
+    - presence_penalty x [n > 0]) / temperature), in fp32, where n counts each token among those the
+    request has generated so far: this turn's output, not its prompt."""
+    temperature: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.frequency_penalty or self.presence_penalty)
+
+
+def turn_output_counts(ids: torch.Tensor, generated: torch.Tensor, keep: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, token, n) for one sequence: for each logits row (position keep[row], or position row
+    without `keep`) that predicts a generated token, every token already generated in the same turn
+    and its count n. A run of generated tokens is one request's output, so the counts restart at
+    each turn, as vLLM's do. Quadratic in a turn's length, one turn at a time."""
+    t = ids.shape[0]
+    row = torch.full((t,), -1, dtype=torch.long, device=ids.device)
+    if keep is None:
+        row[: t - 1] = torch.arange(t - 1, device=ids.device)
+    else:
+        row[keep] = torch.arange(len(keep), device=ids.device)
+    flags = generated.bool().tolist()
+    rows, tokens = [], []
+    start = None
+    for i, g in enumerate(flags + [False]):
+        if g and start is None:
+            start = i
+        elif not g and start is not None:
+            n = i - start      # positions start .. i-2 predict generated tokens; each has seen start .. itself
+            if n > 1:
+                seen, at = torch.triu_indices(n - 1, n - 1, device=ids.device) + start
+                r = row[at]
+                rows.append(r[r >= 0])
+                tokens.append(ids[seen[r >= 0]])
+            start = None
+    if not rows:
+        empty = torch.zeros(0, dtype=torch.long, device=ids.device)
+        return empty, empty, empty
+    vocab = int(ids.max()) + 1
+    keys, n = torch.unique(torch.cat(rows) * vocab + torch.cat(tokens), return_counts=True)
+    return keys // vocab, keys % vocab, n
+
+
+def sampled_logits(logits: torch.Tensor, sampling: RolloutSampling, ids: torch.Tensor | None = None,
+                   generated: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits of the distribution the rollouts were sampled from ([B, K, V]; RolloutSampling):
+    fp32, less the frequency and presence penalties of this turn's earlier tokens (ids, generated:
+    [B, T]; `keep`: the positions the rows are of), over the temperature. Differentiable."""
+    logits = logits.float()
+    if sampling.penalized:
+        b, r, tok, n = [], [], [], []
+        for i in range(logits.shape[0]):
+            rows, tokens, counts = turn_output_counts(ids[i], generated[i], keep)
+            b.append(torch.full_like(rows, i))
+            r.append(rows)
+            tok.append(tokens)
+            n.append(counts)
+        n = torch.cat(n).float()
+        logits = logits.index_put((torch.cat(b), torch.cat(r), torch.cat(tok)),
+                                  -(sampling.frequency_penalty * n + sampling.presence_penalty), accumulate=True)
+    return tempered(logits, sampling.temperature)
 
 
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:

@@ -19,8 +19,8 @@ from rollout.trajectory import Trajectory
 
 
 def _samples(trajs: Sequence[Trajectory]) -> list[dict]:
-    return [{"token_ids": list(t.token_ids), "mask": list(t.response_mask), "rollout_logprobs": list(t.logprobs)}
-            for t in trajs]
+    return [{"token_ids": list(t.token_ids), "mask": list(t.response_mask), "generated": list(t.response_mask),
+             "rollout_logprobs": list(t.logprobs)} for t in trajs]
 
 
 def sft_samples(trajs: Sequence[Trajectory], train_on_observations: bool = False) -> list[dict]:
@@ -98,7 +98,7 @@ class TrainerGroup:
         self._tracker = None
         remote = ray.remote(TrainerWorker)
         # The ranks get the trainer and model sections only: the rest (seed, the rollout engines of a
-        # weight sync, a step's sampling temperature) is passed with the call that needs it.
+        # weight sync, a step's sampling distribution) is passed with the call that needs it.
         sections = OmegaConf.to_yaml(cfg.trainer), OmegaConf.to_yaml(cfg.model)
         self.workers = []
         for rank in range(self.world):
@@ -116,7 +116,7 @@ class TrainerGroup:
 
     def _train(self, step: SFTStep | GRPOStep) -> dict[str, float]:
         """One optimizer step: `step`'s micro-batches dealt over the ranks, the rest of it (normaliser,
-        temperature) sent to each as is."""
+        sampling distribution) sent to each as is."""
         import ray
         mbs = step.micro_batches
         if self.cfg.trainer.pad_free:   # same optimizer step, one unpadded sequence per forward
@@ -140,8 +140,9 @@ class TrainerGroup:
             self.wandb_run_id = self._tracker.run_id
         return self._tracker
 
-    def logprobs(self, samples: list[dict], temperature: float) -> list[list[float]]:
-        """The current policy's logprobs of samples (token_ids, mask) at a sampling temperature, aligned
+    def logprobs(self, samples: list[dict], sampling: algos.RolloutSampling) -> list[list[float]]:
+        """The current policy's logprobs of samples (token_ids, mask; `generated` when `sampling` has
+        penalties) under the rollouts' sampling distribution, aligned
         with token ids, at the positions each mask trains on (0.0 elsewhere; a mask of ones: every
         position after the first). Micro-batches of grpo.micro_batch_size (one sequence with pad_free)
         dealt over the ranks, logits only where a token is trained, so neither compute nor memory of
@@ -150,8 +151,9 @@ class TrainerGroup:
         size = 1 if self.cfg.trainer.pad_free else self.cfg.trainer.grpo.micro_batch_size
         order = sorted(range(len(samples)), key=lambda i: -len(samples[i]["token_ids"]))   # little padding
         per_rank = deal([order[i:i + size] for i in range(0, len(order), size)], self.world)
-        outs = ray.get([w.logprobs.remote([[{"token_ids": samples[i]["token_ids"], "mask": samples[i]["mask"]}
-                                            for i in mb] for mb in mbs], temperature)
+        fields = ("token_ids", "mask", "generated")
+        outs = ray.get([w.logprobs.remote([[{k: samples[i][k] for k in fields if k in samples[i]}
+                                            for i in mb] for mb in mbs], sampling)
                         for w, mbs in zip(self.workers, per_rank)])
         lps: list[list[float]] = [[] for _ in samples]
         for mbs, out in zip(per_rank, outs):
@@ -204,9 +206,10 @@ class TrainerGroup:
         """One GRPO update on judged trajectories; returns its metrics (rewards, advantages,
         loss, KL, entropy, clip fraction, grad norm, logprob mismatch, ...)."""
         g, r = self.cfg.trainer.grpo, self.cfg.rollout
-        # The distribution the rollouts were sampled from (logits / T): every logprob of the step, old
-        # policy's included, is computed at it, sent with the step (the ranks read no rollout config).
-        temperature = float(r.sampling.temperature)
+        # The distribution the rollouts were sampled from: every logprob of the step, old policy's
+        # included, is computed under it, sent with the step (the ranks read no rollout config).
+        sampling = algos.RolloutSampling(float(r.sampling.temperature), float(r.sampling.frequency_penalty),
+                                         float(r.sampling.presence_penalty))
         if self.stage != "grpo":
             self._start_grpo()
         t0 = time.time()
@@ -234,7 +237,7 @@ class TrainerGroup:
             s["mask"] = kept
         metrics["malformed_tokens_masked"] = masked
         if g.mini_batches > 1:   # old-policy logprobs, before the first of several updates
-            for s, lp in zip(samples, self.logprobs(samples, temperature)):
+            for s, lp in zip(samples, self.logprobs(samples, sampling)):
                 s["old_logprobs"] = lp
         random.Random(self.cfg.seed + version).shuffle(samples)
         per_update = -(-len(samples) // g.mini_batches)
@@ -245,7 +248,7 @@ class TrainerGroup:
             # one optimizer step per mini-batch: its own normaliser (constant: the rollouts' token budget)
             norm = algos.loss_normaliser([s["mask"] for s in mini], algos.effective_loss_agg(g.policy_loss, g.loss_agg),
                                          r.sampling.max_tokens_per_turn * r.episode.max_turns)
-            outs.append(self._train(GRPOStep(mbs, norm, temperature)))
+            outs.append(self._train(GRPOStep(mbs, norm, sampling)))
         metrics.update(merge_metrics(outs))
         self.step += 1
         self.version = version + 1

@@ -6,7 +6,7 @@ TrainerGroup (rl/group.py) gives every rank its slice of a batch; ranks run the 
 micro-batches, FSDP averages gradients across ranks, and every optimizer step is one `train` call.
 
 Self-contained: a rank is given the `trainer` and `model` sections of the config and nothing else;
-whatever a step needs beyond them (the loss normaliser, the rollouts' sampling temperature) comes
+whatever a step needs beyond them (the loss normaliser, the distribution the rollouts were sampled from) comes
 with the step (SFTStep, GRPOStep), so what the ranks train on is what the driver sent.
 
 Loss normalisation: each rank divides its token sum by the step's GLOBAL normaliser
@@ -55,17 +55,18 @@ class SFTStep:
 @dataclass
 class GRPOStep:
     """One GRPO optimizer step: as SFTStep, samples with advantage, rollout_logprobs and optionally
-    old_logprobs (aligned with token_ids), norm for the configured loss_agg, and the temperature the
-    rollouts were sampled at: the trainer's logprobs are those of logits / temperature, the
-    distribution the rollout logprobs are of (the rank has no rollout config to read it from)."""
+    old_logprobs (aligned with token_ids), norm for the configured loss_agg, and the distribution the
+    rollouts were sampled from (temperature, penalties): the trainer's logprobs are of it, as the
+    rollout logprobs are (the rank has no rollout config to read it from). With penalties, samples
+    carry `generated` (the trajectory's response mask: where each turn's output starts and ends)."""
     micro_batches: list[list[dict]]
     norm: float
-    temperature: float
+    sampling: algos.RolloutSampling
 
 
 # An empty micro-batch slot (a rank with fewer micro-batches than another) still runs a forward and
 # backward, so the FSDP collectives stay in step: on this sequence, which trains no token.
-FILLER = {"token_ids": [0, 0], "mask": [0, 0], "advantage": 0.0, "rollout_logprobs": [0.0, 0.0]}
+FILLER = {"token_ids": [0, 0], "mask": [0, 0], "generated": [0, 0], "advantage": 0.0, "rollout_logprobs": [0.0, 0.0]}
 
 
 class TrainerWorker:
@@ -151,10 +152,10 @@ class TrainerWorker:
                 group["lr"] = base * multiplier(self.sched.last_epoch)
 
     # -- forward ----------------------------------------------------------------------------------------
-    def _trained_logits(self, model, mb: list[dict], temperature: float
+    def _trained_logits(self, model, mb: list[dict], sampling: algos.RolloutSampling
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits, ids, mask, keep) of a micro-batch: the logits of the distribution sampled at
-        `temperature`, only at the positions `keep` some sequence trains on ([B, K, V]: prompts and
+        """(logits, ids, mask, keep) of a micro-batch: the logits of the distribution `sampling`
+        describes, only at the positions `keep` some sequence trains on ([B, K, V]: prompts and
         tool outputs are most of a trajectory and need no vocabulary-sized row); ids [B, T] padded;
         mask [B, T-1] aligned with next-token logprobs."""
         ids, attn = algos.pad_batch([s["token_ids"] for s in mb])
@@ -162,11 +163,12 @@ class TrainerWorker:
         mask = algos.shifted([s["mask"] for s in mb], ids.shape[1]).to(self.device)
         keep = algos.positions_to_keep(mask)
         logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits
-        return algos.tempered(logits, temperature), ids, mask, keep
+        generated = algos.pad_batch([s["generated"] for s in mb])[0].to(self.device) if sampling.penalized else None
+        return algos.sampled_logits(logits, sampling, ids, generated, keep), ids, mask, keep
 
     @torch.no_grad()
-    def logprobs(self, micro_batches: list[list[dict]], temperature: float) -> list[list[list[float]]]:
-        """The policy's logprobs of the samples (token_ids, mask) of each micro-batch at `temperature`,
+    def logprobs(self, micro_batches: list[list[dict]], sampling: algos.RolloutSampling) -> list[list[list[float]]]:
+        """The policy's logprobs of the samples (token_ids, mask) of each micro-batch under `sampling`,
         aligned with token ids: at the positions the mask trains on, 0.0 elsewhere (position 0 always).
         Used before a step's updates (the old policy of mini-batches > 1) and by tests. One micro-batch
         at a time with logits only at those positions, as in `train`: memory stays that of a training
@@ -174,7 +176,7 @@ class TrainerWorker:
         (FSDP collectives), possibly empty."""
         out = []
         for mb in micro_batches:
-            logits, ids, mask, keep = self._trained_logits(self.model, mb or [FILLER], temperature)
+            logits, ids, mask, keep = self._trained_logits(self.model, mb or [FILLER], sampling)
             # keep is every sequence's trained positions: a sequence gets only its own
             lp = (algos.token_logprobs(logits, ids, keep) * mask).cpu()
             out.append([[0.0] + lp[i, : len(s["token_ids"]) - 1].tolist() for i, s in enumerate(mb)])
@@ -211,17 +213,17 @@ class TrainerWorker:
     def _sft_micro_step(self, mb: list[dict], step: SFTStep) -> tuple[torch.Tensor, dict[str, float]]:
         """SFT loss of one micro-batch: the negative log-likelihood of its masked tokens under the raw
         logits (temperature 1: the data's distribution), over the step's token count."""
-        logits, ids, mask, keep = self._trained_logits(self.model, mb, 1.0)
+        logits, ids, mask, keep = self._trained_logits(self.model, mb, algos.RolloutSampling())
         lp = algos.token_logprobs(logits, ids, keep)
         loss = algos.sft_loss(lp, mask, norm=step.norm)
         return loss, {"tokens": mask.sum().item()}
 
     def _grpo_micro_step(self, mb: list[dict], step: GRPOStep) -> tuple[torch.Tensor, dict[str, float]]:
         """GRPO loss of one micro-batch, over the step's normaliser: the clipped, importance-weighted
-        policy loss (token or GSPO) at the rollouts' temperature, plus the KL to the reference and
+        policy loss (token or GSPO) under the rollouts' sampling distribution, plus the KL to the reference and
         minus the entropy bonus when configured, with its per-token metrics."""
         g = self.tc.grpo
-        logits, ids, mask, keep = self._trained_logits(self.model, mb, step.temperature)
+        logits, ids, mask, keep = self._trained_logits(self.model, mb, step.sampling)
         t = ids.shape[1]
         lp = algos.token_logprobs(logits, ids, keep)
         rollout_lp = algos.shifted([s["rollout_logprobs"] for s in mb], t).to(self.device)
@@ -234,7 +236,7 @@ class TrainerWorker:
         ref_lp = None
         if self.ref is not None and g.kl_coef > 0:
             with torch.no_grad():
-                ref_logits, _, _, _ = self._trained_logits(self.ref, mb, step.temperature)
+                ref_logits, _, _, _ = self._trained_logits(self.ref, mb, step.sampling)
                 ref_lp = algos.token_logprobs(ref_logits, ids, keep)
         agg = algos.effective_loss_agg(g.policy_loss, g.loss_agg)
         if g.policy_loss == "gspo":   # one clipped ratio per sequence (rl/algos.py gspo_loss)

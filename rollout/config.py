@@ -16,6 +16,11 @@ class SamplingConfig:
     top_k: int = -1
     max_tokens_per_turn: int = at_least(1, default=256)
     seed: Optional[int] = None
+    frequency_penalty: float = in_range(0.0, 2.0, default=0.0,
+                                        help="subtracted from a token's logit once per time it was already generated in "
+                                             "this turn (vLLM/OpenAI semantics); the GRPO trainer reproduces it")
+    presence_penalty: float = in_range(0.0, 2.0, default=0.0,
+                                       help="subtracted from the logit of every token already generated in this turn")
     constrain: str = one_of("none", "protocol", default="none",
                             help="'protocol': constrain each turn to the protocol's grammar (vLLM structured "
                                  "outputs), so even an untrained model writes well-formed turns")

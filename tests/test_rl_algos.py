@@ -396,3 +396,42 @@ def test_sft_targets_the_assistant_or_everything_after_the_prompt():
     assert sft_samples([t])[0]["mask"] == [0, 0, 0, 1, 1, 0, 0, 0, 1, 1]
     assert sft_samples([t], train_on_observations=True)[0]["mask"] == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
     assert t.response_mask == [0, 0, 0, 1, 1, 0, 0, 0, 1, 1]          # the trajectory itself is not changed
+
+
+def test_penalties_count_this_turns_output_as_vllm_does():
+    """Frequency and presence penalties (RolloutSampling), checked against a loop written from vLLM's
+    definition: the logits predicting each generated token lose frequency x n + presence for every
+    token generated n > 0 times earlier in the same turn (not the prompt, not earlier turns), then
+    are divided by the temperature. Token 5 repeats inside turn 1 and again in turn 2; turn 2 must
+    not count turn 1's."""
+    from rl.algos import RolloutSampling, sampled_logits, turn_output_counts
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor([[1, 2, 5, 5, 3, 5, 7, 7, 5, 5, 0], [4, 5, 6, 5, 6, 5, 0, 0, 0, 0, 0]])
+    generated = torch.tensor([[0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]])
+    logits = torch.randn(2, 11, 9, generator=g)
+    sampling = RolloutSampling(0.7, frequency_penalty=0.9, presence_penalty=0.4)
+    expected = logits.clone()
+    for b in range(2):
+        for p in range(10):
+            if not generated[b, p + 1]:
+                continue
+            start = p + 1
+            while start > 0 and generated[b, start - 1]:
+                start -= 1
+            for tok in set(ids[b, start:p + 1].tolist()):
+                n = ids[b, start:p + 1].tolist().count(tok)
+                expected[b, p, tok] -= 0.9 * n + 0.4
+    expected = expected / 0.7
+    assert torch.allclose(sampled_logits(logits, sampling, ids, generated), expected)
+    # the row predicting the second token of turn 2 (position 7) has seen one 7, not turn 1's 5s
+    rows, tokens, n = turn_output_counts(ids[0], generated[0], None)
+    assert sorted(zip(rows.tolist(), tokens.tolist(), n.tolist())) == [
+        (2, 5, 1), (3, 5, 2), (7, 7, 1), (8, 5, 1), (8, 7, 1)]
+    # only some rows kept (logits_to_keep): the same values at those positions
+    keep = torch.tensor([3, 8])
+    assert torch.allclose(sampled_logits(logits[:, keep], sampling, ids, generated, keep), expected[:, keep])
+    # no penalty: exactly the tempered logits; the gradient flows through the penalized ones
+    assert torch.equal(sampled_logits(logits, RolloutSampling(0.7)), tempered(logits, 0.7))
+    x = logits.clone().requires_grad_()
+    sampled_logits(x, sampling, ids, generated).logsumexp(-1).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from rl import checkpoint
+from rl.algos import RolloutSampling
 from rollout.trajectory import Trajectory
 from tasks import load_tasks
 from terminus.config import load_config
@@ -127,7 +128,7 @@ def whole(seqs):
 def sampled_by(g, data, version):
     """The demos as if the trainer's current policy had sampled them (its own logprobs), in two
     groups of mixed rewards."""
-    sampled = g.logprobs(whole(t.token_ids for t in data), g.cfg.rollout.sampling.temperature)
+    sampled = g.logprobs(whole(t.token_ids for t in data), RolloutSampling(g.cfg.rollout.sampling.temperature))
     return [Trajectory(task_id=t.task_id, messages=t.messages, token_ids=t.token_ids, response_mask=t.response_mask,
                        logprobs=lp, group_id=str(i % 2), reward=float(i % 4 < 2), policy_version=version)
             for i, (t, lp) in enumerate(zip(data, sampled))]
@@ -162,7 +163,7 @@ def test_a_rank_needs_only_the_trainer_and_model_sections(tok, tmp_path):
         samples = [{"token_ids": t.token_ids, "mask": [0] * (len(t.token_ids) - 5) + [1] * 5} for t in data]
         samples[2]["mask"] = [0] * len(data[2].token_ids)
         samples[4]["mask"] = [1] * len(data[4].token_ids)
-        chunked = [lp for mb in w.logprobs([samples[0:2], samples[2:4], samples[4:6], []], 0.8) for lp in mb]
+        chunked = [lp for mb in w.logprobs([samples[0:2], samples[2:4], samples[4:6], []], RolloutSampling(0.8)) for lp in mb]
         for i, (s, lp) in enumerate(zip(samples, chunked)):
             assert len(lp) == len(s["token_ids"]) and lp[0] == 0.0
             for k in range(1, len(lp)):
@@ -171,10 +172,10 @@ def test_a_rank_needs_only_the_trainer_and_model_sections(tok, tmp_path):
         def grpo_step(rollout_lp, temperature):
             batch = [dict(s, advantage=(-1.0) ** i, rollout_logprobs=lp) for i, (s, lp) in enumerate(zip(samples, rollout_lp))]
             norm = loss_normaliser([s["mask"] for s in batch], "token_mean")
-            return w.train(GRPOStep([batch[:3], batch[3:]], norm, temperature))
+            return w.train(GRPOStep([batch[:3], batch[3:]], norm, RolloutSampling(temperature)))
 
         assert grpo_step(chunked, 0.8)["logprob_mismatch_max"] <= 1e-5
-        sampled = [lp for mb in w.logprobs([samples], 0.8) for lp in mb]   # the updated policy's
+        sampled = [lp for mb in w.logprobs([samples], RolloutSampling(0.8)) for lp in mb]   # the updated policy's
         assert grpo_step(sampled, 1.0)["logprob_mismatch_max"] > 1e-2
     finally:
         w.shutdown()
@@ -297,7 +298,7 @@ def test_grpo_step_is_the_same_over_ranks_micro_batches_and_pad_free(cluster, to
         try:
             trajs, trainer_lp = off_policy(g, data, 0, zero_mask=3)
             old = g.logprobs([{"token_ids": t.token_ids, "mask": t.response_mask} for t in trajs],
-                             g.cfg.rollout.sampling.temperature)
+                             RolloutSampling(g.cfg.rollout.sampling.temperature))
             for t, o, full in zip(trajs, old, trainer_lp):
                 at = [k for k, m in enumerate(t.response_mask) if m and k > 0]
                 assert max((abs(o[k] - full[k]) for k in at), default=0.0) <= 1e-5, name
@@ -407,7 +408,7 @@ def test_exported_weights_reach_vllm_exactly(cluster, tok, tmp_path):
         data = demos(tok, 4)
         g.sft(data)
         seqs = [t.token_ids for t in data]
-        trainer_lp = g.logprobs(whole(seqs), 1.0)
+        trainer_lp = g.logprobs(whole(seqs), RolloutSampling())
         before = ray.get(engine.handle.score.remote(seqs[0]))
         path = g.write_engine_weights(tmp_path / "v1")
         assert [f.name for f in path.iterdir()] == ["model.safetensors"]   # what the reload reads, no more
@@ -422,9 +423,24 @@ def test_exported_weights_reach_vllm_exactly(cluster, tok, tmp_path):
         prompt = seqs[0][:40]
         gen = ray.get(engine.handle.generate.remote(prompt, Sampling(max_tokens=16, temperature=0.8, ignore_eos=True)))
         seq = prompt + list(gen.token_ids)
-        tempered, raw = g.logprobs(whole([seq]), 0.8)[0][len(prompt):], g.logprobs(whole([seq]), 1.0)[0][len(prompt):]
+        tempered, raw = g.logprobs(whole([seq]), RolloutSampling(0.8))[0][len(prompt):], g.logprobs(whole([seq]), RolloutSampling())[0][len(prompt):]
         assert max(abs(a - b) for a, b in zip(gen.logprobs, tempered)) <= 1e-4
         assert max(abs(a - b) for a, b in zip(gen.logprobs, raw)) > 1e-3
+        # With frequency and presence penalties (vLLM: on this turn's output tokens, before the
+        # temperature), the trainer reproduces them from where each turn's output starts: a second
+        # "turn" after an observation-like gap counts afresh, and the penalized logprobs are not the
+        # plain tempered ones.
+        penalized = Sampling(max_tokens=12, temperature=0.8, ignore_eos=True, frequency_penalty=1.5, presence_penalty=0.7)
+        turn1 = list(ray.get(engine.handle.generate.remote(prompt, penalized)).token_ids)
+        context = prompt + turn1 + seqs[1][:7]                       # the "observation": not generated
+        gen2 = ray.get(engine.handle.generate.remote(context, penalized))
+        seq = context + list(gen2.token_ids)
+        sample = [{"token_ids": seq, "mask": [0] * len(context) + [1] * len(gen2.token_ids),
+                   "generated": [0] * len(prompt) + [1] * len(turn1) + [0] * 7 + [1] * len(gen2.token_ids)}]
+        mine = g.logprobs(sample, RolloutSampling(0.8, 1.5, 0.7))[0][len(context):]
+        plain = g.logprobs(sample, RolloutSampling(0.8))[0][len(context):]
+        assert max(abs(a - b) for a, b in zip(gen2.logprobs, mine)) <= 1e-4
+        assert max(abs(a - b) for a, b in zip(gen2.logprobs, plain)) > 1e-3
     finally:
         engine.kill()
         g.shutdown()

@@ -18,6 +18,8 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
+    frequency_penalty: float = 0.0                    # per earlier occurrence in this turn's output
+    presence_penalty: float = 0.0                     # once for any earlier occurrence in this turn's output
     seed: int | None = None
     stop: list[str] = field(default_factory=list)   # the stop string is kept in the output
     min_tokens: int = 0
@@ -28,6 +30,7 @@ class Sampling:
     def from_config(cfg, max_tokens: int, stop=(), seed: int | None = None) -> "Sampling":
         from core.protocol import TURN_REGEX
         return Sampling(max_tokens=max_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                        frequency_penalty=cfg.frequency_penalty, presence_penalty=cfg.presence_penalty,
                         seed=seed if seed is not None else cfg.seed, stop=list(stop),
                         regex=TURN_REGEX if getattr(cfg, "constrain", "none") == "protocol" else None)
 

@@ -34,6 +34,8 @@ class OpenAIEngine(FixedWeights):
 
     def _params(self, s: Sampling) -> dict[str, Any]:
         p: dict[str, Any] = {"max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p}
+        if s.frequency_penalty or s.presence_penalty:
+            p.update(frequency_penalty=s.frequency_penalty, presence_penalty=s.presence_penalty)
         if s.stop:
             p["stop"] = list(s.stop)
         if s.seed is not None:

@@ -109,7 +109,7 @@ class VLLMEngine:
         # seed is prefilled in chunks; on CPU randomness comes from the engine-wide seed only.
         seed = s.seed if self.on_gpu else None
         return SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                              seed=seed, stop=list(s.stop) or None, include_stop_str_in_output=True,
+                              frequency_penalty=s.frequency_penalty, presence_penalty=s.presence_penalty, seed=seed, stop=list(s.stop) or None, include_stop_str_in_output=True,
                               min_tokens=s.min_tokens, ignore_eos=s.ignore_eos, logprobs=0, detokenize=True,
                               **more)
 
