@@ -16,8 +16,8 @@ fault was injected stays in `observed["mutation"]` for analysis; it is a fact (t
 an output shows the mutated file and line. After a failing run whose output points into the
 project's files, the reference looks at the lines there (tasks.runs.look_at_failure) and the report
 cites them; that look may show the cause, and so may the definition of the function a failing test
-line calls (tasks.runs.follow_call), which the reference finds and shows next. Dropped facts are
-counted in corpus.json.
+line calls, which the reference finds and shows next (tasks.runs.follow_call: Python, JavaScript).
+Dropped facts are counted in corpus.json.
 Projects that cannot be fetched, whose tests cannot run, or that are flaky are excluded and the
 reason is recorded in the corpus summary.
 """

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,12 +294,91 @@ async def look_at_failure(sandbox_cfg, repo: str, env: TaskEnvironment, run: Run
     return [view, *await follow_call(sandbox_cfg, repo, env, view)]
 
 
-# ---- following the call of a failing test line (Python) ----------------------------------------------
+# ---- following the call of a failing test line (Python, JavaScript) -----------------------------------
 
 DEF_LINES = 40   # the most lines of a function's definition shown
-_CALL = re.compile(r"(\.\s*)?\b([A-Za-z_]\w*)\s*\(")   # a name called, after a dot when it is an attribute
-# names that, called bare, are not the project's functions
-_NOT_CALLED = {*dir(builtins), *keyword.kwlist}
+# a name called (a JavaScript name may hold `$`), after a dot when it is an attribute
+_CALL = re.compile(r"(\.\s*)?(?<![\w$])([A-Za-z_$][\w$]*)\s*\(")
+
+
+def python_end(lines: list[str], at: int) -> int:
+    """The last line (1-based) of the Python function defined at line `at`: the last non-blank line
+    indented deeper than its `def` before one that is not (a closing `)` of its signature aside),
+    at most DEF_LINES - 1 lines after it."""
+    indent = len(lines[at - 1]) - len(lines[at - 1].lstrip())
+    end = at
+    for n in range(at + 1, min(len(lines), at + DEF_LINES - 1) + 1):
+        text = lines[n - 1]
+        if not text.strip():
+            continue
+        if len(text) - len(text.lstrip()) <= indent and not text.lstrip().startswith(")"):
+            break
+        end = n
+    return end
+
+
+def braces_end(lines: list[str], at: int) -> int:
+    """The last line (1-based) of the JavaScript function defined at line `at`: where its braces
+    close, or, for an arrow function's expression (no brace), where its statement ends; at most
+    DEF_LINES - 1 lines after it. Braces in strings are counted too: the window may be long or
+    short by a few lines, and what it shows is all that counts (make_task's check)."""
+    braces = parens = 0
+    opened = False
+    last = min(len(lines), at + DEF_LINES - 1)
+    for n in range(at, last + 1):
+        text = lines[n - 1]
+        braces += text.count("{") - text.count("}")
+        parens += text.count("(") - text.count(")")
+        opened = opened or "{" in text
+        if braces <= 0 and parens <= 0 and (opened or not text.rstrip().endswith(("=>", "="))):
+            return n
+    return last
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """How a language's function definitions are found (`grep -rnE`) and how far one reaches."""
+    suffixes: tuple[str, ...]   # its source files
+    pattern: str                # a definition of NAME, as a POSIX extended regex
+    not_called: frozenset[str]  # names that, called bare, are not the project's functions
+    end: Callable[[list[str], int], int]   # (lines, line of the definition) -> its last line
+    grep_options: str = ""
+
+    def regex(self, name: str) -> re.Pattern:
+        """The same pattern for Python's re."""
+        return re.compile(self.pattern.replace("NAME", re.escape(name)).replace("[[:space:]]", r"\s"))
+
+    def command(self, name: str) -> str:
+        """`grep -rnE` prints each definition as ./path:line:text."""
+        includes = " ".join(f"--include='*{s}'" for s in self.suffixes)
+        pattern = self.pattern.replace("NAME", re.escape(name))   # a JavaScript name's `$` is an anchor unescaped
+        return f"grep -rnE {includes}{self.grep_options} {shlex.quote(pattern)} ."
+
+    def found(self, grep_output: str) -> list[tuple[str, int]]:
+        """(path, line) of each definition `command` printed in a file that is not a test's."""
+        line = re.compile(rf"^\./(.+?(?:{'|'.join(map(re.escape, self.suffixes))})):(\d+):")
+        return [(m.group(1), int(m.group(2))) for ln in grep_output.splitlines()
+                if (m := line.match(ln)) and not is_test_file(m.group(1))]
+
+
+_S = "[[:space:]]"
+_JS_NAME = "[A-Za-z_$][A-Za-z0-9_$]*"
+DEFINITIONS = {
+    ".py": Definitions((".py",), rf"^{_S}*(async{_S}+)?def NAME{_S}*\(", frozenset({*dir(builtins), *keyword.kwlist}),
+                       python_end),
+    # function NAME(, NAME = function / (...) => / x => (also as const/let/var, exports.NAME,
+    # Foo.prototype.NAME, NAME: in an object), a method NAME(...) {
+    ".js": Definitions(
+        (".js", ".mjs", ".cjs"),
+        rf"^{_S}*((export{_S}+(default{_S}+)?)?(async{_S}+)?function{_S}*\*?{_S}*NAME{_S}*\("
+        rf"|(export{_S}+)?((const|let|var){_S}+|({_JS_NAME}\.)+)?NAME{_S}*[=:]{_S}*(async{_S}+)?"
+        rf"(function|\(|{_JS_NAME}{_S}*=>)"
+        rf"|(static{_S}+)?(async{_S}+)?NAME{_S}*\([^)]*\){_S}*\{{)",
+        frozenset({"if", "for", "while", "switch", "catch", "function", "return", "typeof", "await", "new",
+                   "super", "require", "import", "describe", "it", "test"}),
+        braces_end, " --exclude-dir=node_modules"),
+}
+DEFINITIONS[".mjs"] = DEFINITIONS[".cjs"] = DEFINITIONS[".js"]
 
 
 def statement_at(view: SourceView) -> str:
@@ -315,67 +395,38 @@ def statement_at(view: SourceView) -> str:
     return " ".join(lines)
 
 
-def called_names(statement: str) -> list[str]:
-    """The names a statement calls, in order, without assert helpers and bare builtins and keywords
-    (a method may share a builtin's name): `self.assertEqual(smaller(2, 3), 2)` -> ['smaller']."""
-    names = [n for dot, n in _CALL.findall(statement) if (dot or n not in _NOT_CALLED) and not n.startswith("assert")]
+def called_names(statement: str, not_called: frozenset[str] = DEFINITIONS[".py"].not_called) -> list[str]:
+    """The names a statement calls, in order, without assert helpers and names in `not_called`
+    called bare (a method may share a builtin's name): `self.assertEqual(smaller(2, 3), 2)` -> ['smaller']."""
+    names = [n for dot, n in _CALL.findall(statement) if (dot or n not in not_called) and not n.startswith("assert")]
     return list(dict.fromkeys(names))
 
 
-def definition_command(name: str) -> str:
-    """What finds a Python function's definition in the repository: `grep -rn` prints path:line:text."""
-    pattern = rf"^[[:space:]]*(async[[:space:]]+)?def {name}[[:space:]]*\("
-    return f"grep -rnE --include='*.py' {shlex.quote(pattern)} ."
-
-
-_DEF_GREP = re.compile(r"^\./(.+?\.py):(\d+):")
-
-
-def found_definitions(grep_output: str) -> list[tuple[str, int]]:
-    """(path, line) of each definition `definition_command` printed in a file that is not a test's."""
-    return [(m.group(1), int(m.group(2))) for ln in grep_output.splitlines()
-            if (m := _DEF_GREP.match(ln)) and not is_test_file(m.group(1))]
-
-
-def function_end(lines: list[str], at: int) -> int:
-    """The last line (1-based) of the Python function defined at line `at`: the last non-blank line
-    indented deeper than its `def` before one that is not (a closing `)` of its signature aside),
-    at most DEF_LINES - 1 lines after it."""
-    indent = len(lines[at - 1]) - len(lines[at - 1].lstrip())
-    end = at
-    for n in range(at + 1, min(len(lines), at + DEF_LINES - 1) + 1):
-        text = lines[n - 1]
-        if not text.strip():
-            continue
-        if len(text) - len(text.lstrip()) <= indent and not text.lstrip().startswith(")"):
-            break
-        end = n
-    return end
-
-
 async def follow_call(sandbox_cfg, repo: str, env: TaskEnvironment, view: SourceView) -> list[Look]:
-    """When the failing line `view` shows is a Python test's and calls a function the project defines
-    once outside its tests, what an expert runs next: `grep -rn "def NAME"` to find it, then the
-    lines of its definition. The name is read from what `view` printed; the first name called that
-    has one such definition is followed ([] when none has)."""
-    if not view.path.endswith(".py") or not is_test_file(view.path):
+    """When the failing line `view` shows is a test's (Python, JavaScript) and calls a function the
+    project defines once outside its tests, what an expert runs next: `grep -rnE` for its
+    definition, then the lines of that definition. The name is read from what `view` printed; the
+    first name called that has one such definition is followed ([] when none has)."""
+    lang = DEFINITIONS.get(Path(view.path).suffix)
+    if lang is None or not is_test_file(view.path):
         return []
     root = Path(repo)
-    sources = [p for p in root.rglob("*.py") if p.is_file() and not p.is_symlink()   # grep -r skips links
+    # the files grep reads, as the builder sees them (grep -r skips links; node_modules is not the project)
+    sources = [p for p in root.rglob("*") if p.suffix in lang.suffixes and p.is_file() and not p.is_symlink()
                and not is_test_file(str(p.relative_to(root)))
                and not {"node_modules", ".git"} & set(p.relative_to(root).parts)]
-    for name in called_names(statement_at(view)):
-        define = re.compile(rf"^[ \t]*(async\s+)?def {name}\s*\(")
+    for name in called_names(statement_at(view), lang.not_called):
+        define = lang.regex(name)
         found = [(str(p.relative_to(root)), n) for p in sources
                  for n, text in enumerate(p.read_text(errors="replace").splitlines(), 1) if define.match(text)]
         if len(found) != 1:
             continue   # not the project's, or defined in several places: which one runs is unclear
         [(path, line)] = found
-        grep = definition_command(name)
-        window = window_command(path, line, function_end((root / path).read_text(errors="replace").splitlines(), line))
+        grep = lang.command(name)
+        window = window_command(path, line, lang.end((root / path).read_text(errors="replace").splitlines(), line))
         runs = await run_commands(sandbox_cfg, repo, env, [grep, window], 60)
         # the look stands on what grep printed: that one definition outside the tests
-        if [r.exit_code for r in runs] != [0, 0] or found_definitions(runs[0].output) != found:
+        if [r.exit_code for r in runs] != [0, 0] or lang.found(runs[0].output) != found:
             return []
         return [Look(r.command, r.output, r.exit_code) for r in runs]
     return []

@@ -155,6 +155,21 @@ def test_a_fault_tasks_reference_looks_at_the_line_its_failure_points_to(corpus)
         assert facts["failing_line"].value.split(" reads ")[0].removeprefix("the failing line ") in t.reference.report
 
 
+def test_a_javascript_fault_tasks_reference_follows_the_call_of_its_failing_test(corpus):
+    """node's test runner points at the failing test's line; it calls isSmall(), which the reference
+    finds (`exports.isSmall = ...`, node_modules left out) and shows: the flipped comparison is there."""
+    _, tasks = corpus
+    faults = [t for t in tasks if t.project == "minijs" and "mutation" in t.ground_truth.observed]
+    assert faults and {t.ground_truth.observed["mutation"]["operator"] for t in faults} == {"flip_lt"}
+    for t in faults:
+        facts = {f.kind: f.value for f in t.ground_truth.facts}
+        assert t.reference.commands[-3] == "grep -Hn '' test/label.test.js | sed -n '2,8p'"
+        assert t.reference.commands[-2].startswith("grep -rnE --include='*.js' ") and "NAME" not in t.reference.commands[-2]
+        assert t.ground_truth.observed["outputs"][-2].strip() == "./index.js:3:exports.isSmall = (n) => n >= 10;"
+        assert t.reference.commands[-1] == "grep -Hn '' index.js | sed -n '3,3p'"
+        assert facts["cause"] == "cause: a comparison is flipped (< became >=) in index.js:3"
+
+
 # a failing assertion in the test file calls the function under test: only following that call shows
 # the fault in clamp() (flip_lt); the fault in _stop() (offbyone) is one call further, out of sight
 CALLS_PY = {
@@ -208,7 +223,7 @@ def test_a_fault_seen_only_in_the_called_function_is_a_fact_when_the_reference_f
 def test_following_a_call_reads_the_statement_the_look_printed():
     """The names a failing line calls, as the look printed it (a call spread over lines whole), the
     builtins and assert helpers left out; a function's lines end where its body does."""
-    from tasks.runs import SourceView, called_names, function_end, statement_at
+    from tasks.runs import SourceView, called_names, python_end, statement_at
 
     out = ("tests/test_x.py:4:def test_it(self):\ntests/test_x.py:5:    self.assertEqual(len(merge(\n"
            "tests/test_x.py:6:        split(a), b)), 2)\ntests/test_x.py:7:    print(other(1))\n")
@@ -219,7 +234,38 @@ def test_following_a_call_reads_the_statement_the_look_printed():
     assert called_names("assert t.format(1) == format(2) and fmt (3)") == ["format", "fmt"]   # a method, not the builtin
     src = ["class A:", "    def f(", "        self, x,", "    ):", "        y = x", "", "        return y", "",
            "    def g(self):", "        pass"]
-    assert function_end(src, 2) == 7 and function_end(src, 9) == 10
+    assert python_end(src, 2) == 7 and python_end(src, 9) == 10
+
+
+JS_DEFS = {   # name -> (its definition's first and last line in JS_SOURCE)
+    "plain": (1, 4), "gen": (5, 5), "arrow": (6, 7), "shortArrow": (8, 8), "exported": (9, 9), "proto": (10, 12),
+    "method": (14, 16), "prop": (19, 19), "$get": (25, 25),
+}
+JS_SOURCE = ("function plain(a,\n    b) {\n  return a < b;\n}\nexport async function* gen(x) { yield x; }\n"
+             "const arrow = (a) =>\n  a + 1;\nlet shortArrow = x => x * 2;\nmodule.exports.exported = function (n) { return n; };\n"
+             "Foo.prototype.proto = async function () {\n  if (this.a) { return 1; }\n};\nclass Foo {\n"
+             "  static method(a, b) {\n    return plain(a, b);\n  }\n}\nconst o = {\n  prop: (z) => z,\n};\n"
+             "plain(1, 2);\nif (plain(1, 2)) {\n}\nconst notAFunction = 3;\nconst $get = (k) => k;\n")
+
+
+def test_javascript_definitions_are_found_by_grep_and_by_the_builder_alike(tmp_path):
+    """Each form of a JavaScript function definition is found at its line, by `grep -rnE` (what the
+    reference runs) and by the builder's own scan alike, and not its calls; its window ends where
+    its braces close, or where an arrow's expression does."""
+    from tasks.runs import DEFINITIONS
+
+    js = DEFINITIONS[".js"]
+    _project(tmp_path, {"lib/defs.js": JS_SOURCE, "node_modules/dep/index.js": "function plain() {}\n",
+                        "test/defs.test.js": "function plain() {}\n"})
+    lines = JS_SOURCE.splitlines()
+    for name, (first, last) in [*JS_DEFS.items(), ("notAFunction", (0, 0))]:
+        at = [n for n, text in enumerate(lines, 1) if js.regex(name).match(text)]
+        grep = subprocess.run(js.command(name), shell=True, cwd=tmp_path, capture_output=True, text=True)
+        assert at == ([first] if first else []) and js.found(grep.stdout) == [("lib/defs.js", n) for n in at], name
+        assert not first or js.end(lines, first) == last, name
+    # the test file's definition is printed, but it is not the project's: found() leaves it out
+    assert "./test/defs.test.js:1:" in subprocess.run(js.command("plain"), shell=True, cwd=tmp_path, capture_output=True,
+                                                      text=True).stdout
 
 
 def test_a_failing_place_is_a_file_of_the_repository(tmp_path):
