@@ -197,7 +197,7 @@ def test_a_fault_seen_only_in_the_called_function_is_a_fact_when_the_reference_f
     faults = [t for t in tasks if t.category in ("run_tests", "discover_tests", "run_one_test")
               and "mutation" in t.ground_truth.observed]
     assert {t.ground_truth.observed["mutation"]["operator"] for t in faults} == {"flip_lt", "offbyone"}
-    # the causes dropped as unobservable: the off-by-one's alone (all four before the reference followed the call)
+    # the causes dropped as unobservable: the off-by-one's alone (every fault task's before the reference followed the call)
     assert o.dropped.get("cause") == sum(t.ground_truth.observed["mutation"]["operator"] == "offbyone" for t in faults)
     for t in faults:
         facts = {f.kind: f for f in t.ground_truth.facts}
