@@ -15,7 +15,9 @@ command printed, as the agent sees it (capped at `observation_cap` bytes, head a
 fault was injected stays in `observed["mutation"]` for analysis; it is a fact (the cause) only when
 an output shows the mutated file and line. After a failing run whose output points into the
 project's files, the reference looks at the lines there (tasks.runs.look_at_failure) and the report
-cites them; that look may show the cause. Dropped facts are counted in corpus.json.
+cites them; that look may show the cause, and so may the definition of the function a failing test
+line calls, which the reference finds and shows next (tasks.runs.follow_call: Python, JavaScript).
+Dropped facts are counted in corpus.json.
 Projects that cannot be fetched, whose tests cannot run, or that are flaky are excluded and the
 reason is recorded in the corpus summary.
 """
@@ -39,7 +41,7 @@ from pathlib import Path
 from tasks import kinds
 from tasks.builtin import Mutation, apply_mutation
 from tasks.manifest import Entry, check_project, why_failed
-from tasks.runs import (Run, SourceView, base_name, cause_fact, copy_source, failed, look_at_failure, make_task,
+from tasks.runs import (Look, Run, base_name, cause_fact, copy_source, failed, look_at_failure, make_task,
                         mutation_record, result_facts, task_id)
 from tasks.types import Fact, Task, TaskEnvironment
 
@@ -425,7 +427,7 @@ class Outcome:
 
 
 def suite_task(entry: Entry, tid: str, repo: str, env: TaskEnvironment, chk, mutation: dict | None, cap: int,
-               dropped: dict[str, int], listing: str = "", followups: list[SourceView] = ()) -> Task:
+               dropped: dict[str, int], listing: str = "", followups: list[Look] = ()) -> Task:
     """A task about a checked test run (its first of two alike): run_tests with the command in the
     request, or (for half the tasks, by a hash of the id, and when `listing` is given: what `ls`
     printed in the repository) discover_tests, a request that names no command, whose reference

@@ -6,10 +6,13 @@ episode shows it (each output capped at the observation cap, then framed by the 
 """
 from __future__ import annotations
 
+import builtins
+import keyword
 import os
 import re
 import shlex
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,9 +143,9 @@ def evidence_by_patterns(fact: Fact, seen: str) -> list[str]:
 
 def make_task(entry: Entry, tid: str, category: str, request: str, runs: list[Run], facts: list[Fact],
               env: TaskEnvironment, repo: str, setup: list[str], cap: int, dropped: dict[str, int],
-              observed: dict | None = None, followups: list["SourceView"] = ()) -> Task:
+              observed: dict | None = None, followups: list["Look"] = ()) -> Task:
     """A task whose reference solution is `runs`' commands, then `followups` (looks at the source a
-    failure points to: each adds the line it showed as a fact), and whose ground truth is `facts`,
+    failure points to: a SourceView adds the line it showed as a fact), and whose ground truth is `facts`,
     kept only where what the agent sees of the runs (each output capped at `cap`) shows them; the
     last of `runs` is the one the report is about."""
     about = runs[-1]
@@ -194,6 +197,11 @@ _PLACE = re.compile(r'File "([^"]+)", line (\d+)|([\w./-]*\w\.tsx?)\((\d+),\d+\)
 CONTEXT_LINES = 3   # lines shown before and after the failing one
 
 
+def is_test_file(path: str) -> bool:
+    """Whether a repository path is a test's (the builder's rule: 'test' in its path)."""
+    return "test" in path.lower()
+
+
 def _in_repo(path: str, repo: Path, workdir: str, names: list[str]) -> str:
     """`path` as printed in a sandbox, relative to the repository ('' when it is not one of its
     files: the interpreter's, a dependency's). A bare or partial path (javac's, the JVM's, make's in
@@ -226,43 +234,202 @@ def failing_place(shown: str, repo: Path, workdir: str) -> tuple[str, int] | Non
         rel = _in_repo(path, repo, workdir, names)
         if rel and 0 < line <= len((repo / rel).read_text(errors="replace").splitlines()):
             places.append((rel, line))
-    source = [p for p in places if "test" not in p[0].lower()]
+    source = [p for p in places if not is_test_file(p[0])]
     return (source or places or [None])[0]
 
 
 @dataclass
-class SourceView(Run):
+class Look(Run):
+    """A reference command run after the one the report is about, to look at the source; what it shows
+    may make facts observable (the injected cause), and may itself be a fact of the report."""
+
+    def fact(self) -> Fact | None:
+        return None
+
+
+def window_command(path: str, first: int, last: int) -> str:
+    """`grep -Hn` prints each line as path:number:text, so the report can cite it by file and line."""
+    return f"grep -Hn '' {shlex.quote(path)} | sed -n '{first},{last}p'"
+
+
+@dataclass
+class SourceView(Look):
     """A look at the lines around `path`:`line` (where a failure's output points), run after the
-    command the report is about; what it shows is a fact of the report."""
+    command the report is about; the line there is a fact of the report."""
     path: str = ""
     line: int = 0
 
     @staticmethod
     def command_for(path: str, line: int) -> str:
-        """`grep -Hn` prints each line as path:number:text, so the report can cite it by file and line."""
-        first, last = max(1, line - CONTEXT_LINES), line + CONTEXT_LINES
-        return f"grep -Hn '' {shlex.quote(path)} | sed -n '{first},{last}p'"
+        return window_command(path, max(1, line - CONTEXT_LINES), line + CONTEXT_LINES)
+
+    def shown(self, line: int) -> str:
+        """The text of `line` of the file as this look printed it ('' when it printed none)."""
+        prefix = f"{self.path}:{line}:"
+        return next((ln[len(prefix):] for ln in self.output.splitlines() if ln.startswith(prefix)), "")
 
     def fact(self) -> Fact | None:
         """The failing line as it reads, backed by the line this look printed (None: it printed none)."""
-        shown = next((ln for ln in self.output.splitlines() if ln.startswith(f"{self.path}:{self.line}:")), "")
+        shown = self.shown(self.line)
         if not shown:
             return None
-        code = shown[len(f"{self.path}:{self.line}:"):].strip()
-        code = code if len(code) <= 80 else code[:77] + "..."
+        code = shown.strip() if len(shown.strip()) <= 80 else shown.strip()[:77] + "..."
         where = location_fact(self.path, self.line)
-        return Fact("failing_line", f"the failing line {self.path}:{self.line} reads `{code}`", where.patterns, [shown])
+        return Fact("failing_line", f"the failing line {self.path}:{self.line} reads `{code}`", where.patterns,
+                    [f"{self.path}:{self.line}:{shown}"])
 
 
-async def look_at_failure(sandbox_cfg, repo: str, env: TaskEnvironment, run: Run, cap: int) -> list[SourceView]:
+async def look_at_failure(sandbox_cfg, repo: str, env: TaskEnvironment, run: Run, cap: int) -> list[Look]:
     """What an expert runs after a failure whose output (as the agent sees it, capped at `cap`) points
-    into the project's files: the lines around that place, in the task's repository ([] when the
-    output points nowhere, or the look fails)."""
+    into the project's files: the lines around that place, in the task's repository, and, when that
+    place is a test's line that calls a function of the project, that function's definition
+    (follow_call) ([] when the output points nowhere, or the look fails)."""
     place = failing_place(format_output(run.output.encode(), limit=cap)[0], Path(repo), sandbox_cfg.workdir)
     if run.exit_code == 0 or place is None:
         return []
     [r] = await run_commands(sandbox_cfg, repo, env, [SourceView.command_for(*place)], 60)
-    return [SourceView(r.command, r.output, r.exit_code, *place)] if r.exit_code == 0 and r.output.strip() else []
+    if r.exit_code != 0 or not r.output.strip():
+        return []
+    view = SourceView(r.command, r.output, r.exit_code, *place)
+    return [view, *await follow_call(sandbox_cfg, repo, env, view)]
+
+
+# ---- following the call of a failing test line (Python, JavaScript) -----------------------------------
+
+DEF_LINES = 40   # the most lines of a function's definition shown
+# a name called (a JavaScript name may hold `$`), after a dot when it is an attribute
+_CALL = re.compile(r"(\.\s*)?(?<![\w$])([A-Za-z_$][\w$]*)\s*\(")
+
+
+def python_end(lines: list[str], at: int) -> int:
+    """The last line (1-based) of the Python function defined at line `at`: the last non-blank line
+    indented deeper than its `def` before one that is not (a closing `)` of its signature aside),
+    at most DEF_LINES - 1 lines after it."""
+    indent = len(lines[at - 1]) - len(lines[at - 1].lstrip())
+    end = at
+    for n in range(at + 1, min(len(lines), at + DEF_LINES - 1) + 1):
+        text = lines[n - 1]
+        if not text.strip():
+            continue
+        if len(text) - len(text.lstrip()) <= indent and not text.lstrip().startswith(")"):
+            break
+        end = n
+    return end
+
+
+def braces_end(lines: list[str], at: int) -> int:
+    """The last line (1-based) of the JavaScript function defined at line `at`: where its braces
+    close, or, for an arrow function's expression (no brace), where its statement ends; at most
+    DEF_LINES - 1 lines after it. Braces in strings are counted too: the window may be long or
+    short by a few lines, and what it shows is all that counts (make_task's check)."""
+    braces = parens = 0
+    opened = False
+    last = min(len(lines), at + DEF_LINES - 1)
+    for n in range(at, last + 1):
+        text = lines[n - 1]
+        braces += text.count("{") - text.count("}")
+        parens += text.count("(") - text.count(")")
+        opened = opened or "{" in text
+        if braces <= 0 and parens <= 0 and (opened or not text.rstrip().endswith(("=>", "="))):
+            return n
+    return last
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """How a language's function definitions are found (`grep -rnE`) and how far one reaches."""
+    suffixes: tuple[str, ...]   # its source files
+    pattern: str                # a definition of NAME, as a POSIX extended regex
+    not_called: frozenset[str]  # names that, called bare, are not the project's functions
+    end: Callable[[list[str], int], int]   # (lines, line of the definition) -> its last line
+    grep_options: str = ""
+
+    def regex(self, name: str) -> re.Pattern:
+        """The same pattern for Python's re."""
+        return re.compile(self.pattern.replace("NAME", re.escape(name)).replace("[[:space:]]", r"\s"))
+
+    def command(self, name: str) -> str:
+        """`grep -rnE` prints each definition as ./path:line:text."""
+        includes = " ".join(f"--include='*{s}'" for s in self.suffixes)
+        pattern = self.pattern.replace("NAME", re.escape(name))   # a JavaScript name's `$` is an anchor unescaped
+        return f"grep -rnE {includes}{self.grep_options} {shlex.quote(pattern)} ."
+
+    def found(self, grep_output: str) -> list[tuple[str, int]]:
+        """(path, line) of each definition `command` printed in a file that is not a test's."""
+        line = re.compile(rf"^\./(.+?(?:{'|'.join(map(re.escape, self.suffixes))})):(\d+):")
+        return [(m.group(1), int(m.group(2))) for ln in grep_output.splitlines()
+                if (m := line.match(ln)) and not is_test_file(m.group(1))]
+
+
+_S = "[[:space:]]"
+_JS_NAME = "[A-Za-z_$][A-Za-z0-9_$]*"
+DEFINITIONS = {
+    ".py": Definitions((".py",), rf"^{_S}*(async{_S}+)?def NAME{_S}*\(", frozenset({*dir(builtins), *keyword.kwlist}),
+                       python_end),
+    # function NAME(, NAME = function / (...) => / x => (also as const/let/var, exports.NAME,
+    # Foo.prototype.NAME, NAME: in an object), a method NAME(...) {
+    ".js": Definitions(
+        (".js", ".mjs", ".cjs"),
+        rf"^{_S}*((export{_S}+(default{_S}+)?)?(async{_S}+)?function{_S}*\*?{_S}*NAME{_S}*\("
+        rf"|(export{_S}+)?((const|let|var){_S}+|({_JS_NAME}\.)+)?NAME{_S}*[=:]{_S}*(async{_S}+)?"
+        rf"(function|\(|{_JS_NAME}{_S}*=>)"
+        rf"|(static{_S}+)?(async{_S}+)?NAME{_S}*\([^)]*\){_S}*\{{)",
+        frozenset({"if", "for", "while", "switch", "catch", "function", "return", "typeof", "await", "new",
+                   "super", "require", "import", "describe", "it", "test"}),
+        braces_end, " --exclude-dir=node_modules"),
+}
+DEFINITIONS[".mjs"] = DEFINITIONS[".cjs"] = DEFINITIONS[".js"]
+
+
+def statement_at(view: SourceView) -> str:
+    """The statement starting at the failing line as `view` printed it: that line, and the next ones
+    it printed while parentheses stay open (a call spread over lines), at most 5."""
+    lines: list[str] = []
+    depth = 0
+    for n in range(view.line, view.line + 5):
+        text = view.shown(n)
+        if not text or (lines and depth <= 0):
+            break
+        lines.append(text)
+        depth += text.count("(") - text.count(")")
+    return " ".join(lines)
+
+
+def called_names(statement: str, not_called: frozenset[str] = DEFINITIONS[".py"].not_called) -> list[str]:
+    """The names a statement calls, in order, without assert helpers and names in `not_called`
+    called bare (a method may share a builtin's name): `self.assertEqual(smaller(2, 3), 2)` -> ['smaller']."""
+    names = [n for dot, n in _CALL.findall(statement) if (dot or n not in not_called) and not n.startswith("assert")]
+    return list(dict.fromkeys(names))
+
+
+async def follow_call(sandbox_cfg, repo: str, env: TaskEnvironment, view: SourceView) -> list[Look]:
+    """When the failing line `view` shows is a test's (Python, JavaScript) and calls a function the
+    project defines once outside its tests, what an expert runs next: `grep -rnE` for its
+    definition, then the lines of that definition. The name is read from what `view` printed; the
+    first name called that has one such definition is followed ([] when none has)."""
+    lang = DEFINITIONS.get(Path(view.path).suffix)
+    if lang is None or not is_test_file(view.path):
+        return []
+    root = Path(repo)
+    # the files grep reads, as the builder sees them (grep -r skips links; node_modules is not the project)
+    sources = [p for p in root.rglob("*") if p.suffix in lang.suffixes and p.is_file() and not p.is_symlink()
+               and not is_test_file(str(p.relative_to(root)))
+               and not {"node_modules", ".git"} & set(p.relative_to(root).parts)]
+    for name in called_names(statement_at(view), lang.not_called):
+        define = lang.regex(name)
+        found = [(str(p.relative_to(root)), n) for p in sources
+                 for n, text in enumerate(p.read_text(errors="replace").splitlines(), 1) if define.match(text)]
+        if len(found) != 1:
+            continue   # not the project's, or defined in several places: which one runs is unclear
+        [(path, line)] = found
+        grep = lang.command(name)
+        window = window_command(path, line, lang.end((root / path).read_text(errors="replace").splitlines(), line))
+        runs = await run_commands(sandbox_cfg, repo, env, [grep, window], 60)
+        # the look stands on what grep printed: that one definition outside the tests
+        if [r.exit_code for r in runs] != [0, 0] or lang.found(runs[0].output) != found:
+            return []
+        return [Look(r.command, r.output, r.exit_code) for r in runs]
+    return []
 
 
 def copy_source(root: Path, dest: Path) -> None:

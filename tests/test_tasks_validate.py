@@ -7,6 +7,7 @@ import asyncio
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -123,10 +124,9 @@ def test_a_fault_tasks_reference_looks_at_the_line_its_failure_points_to(corpus)
     """After the failing run, the reference shows the lines around the place the output points to (the
     frame the project raised from, else the failing assertion) and the report cites that line. The
     injected cause is a fact only when some output shows its file:line: for the guard in div.py the
-    look does (the traceback shows only the raise below it), for mini.py's faults nothing does (the
-    look shows the failing assertion in test_mini.py, whose name must not pass for mini.py)."""
-    import re
-
+    look does (the traceback shows only the raise below it); for mini.py's faults the look shows the
+    failing assertion in test_mini.py (whose name must not pass for mini.py), and the reference then
+    follows the function it calls into mini.py, whose lines show the fault."""
     _, tasks = corpus
     faults = [t for t in tasks if t.project == "minipy" and t.category in ("run_tests", "discover_tests", "run_one_test")
               and "mutation" in t.ground_truth.observed]
@@ -134,20 +134,138 @@ def test_a_fault_tasks_reference_looks_at_the_line_its_failure_points_to(corpus)
     for t in faults:
         mutation = t.ground_truth.observed["mutation"]
         facts = {f.kind: f for f in t.ground_truth.facts}
-        look = t.reference.commands[-1]
-        assert t.ground_truth.observed["exit_codes"][-2:] == [1, 0] and t.ground_truth.exit_status == 1
+        outputs, look = t.ground_truth.observed["outputs"], t.reference.commands[-1]
+        looks = 1 if mutation["file"] == "div.py" else 3   # the failing place; then grep and the function's lines
+        assert t.ground_truth.observed["exit_codes"][-looks - 1:] == [1] + [0] * looks and t.ground_truth.exit_status == 1
         if mutation["file"] == "div.py":   # raised at div.py:3, the negated guard at div.py:2
             assert look == "grep -Hn '' div.py | sed -n '1,6p'"
             assert facts["failing_line"].value == "the failing line div.py:3 reads `raise ZeroDivisionError('no ratio to zero')`"
             assert facts["cause"].value == "cause: an equality test is negated in div.py:2"
-            assert "div.py:2:    if b != 0:" in t.ground_truth.observed["outputs"][-1]
-            assert "div.py:2" not in "".join(t.ground_truth.observed["outputs"][:-1])   # only the look shows it
-        else:   # the failing assertion is in the test file; where the fault is, no output says
-            assert look.startswith("grep -Hn '' test_mini.py | sed -n ")
+            assert "div.py:2:    if b != 0:" in outputs[-1]
+            assert "div.py:2" not in "".join(outputs[:-1])   # only the look shows it
+        else:   # the failing assertion is in the test file; the function it calls holds the fault
+            name, first, last = ("is_even", 4, 5) if mutation["operator"] == "flip_eq" else ("smaller", 8, 9)
+            assert t.reference.commands[-3].startswith("grep -Hn '' test_mini.py | sed -n ")
+            assert t.reference.commands[-2].startswith("grep -rnE ") and f"def {name}[" in t.reference.commands[-2]
+            assert look == f"grep -Hn '' mini.py | sed -n '{first},{last}p'"
             assert facts["failing_line"].value.startswith("the failing line test_mini.py:")
-            assert "cause" not in facts and not re.search(r"(?<!test_)mini\.py:", t.reference.report)
-        assert facts["failing_line"].evidence[0] in t.ground_truth.observed["outputs"][-1]
+            assert facts["cause"].value.endswith(f" in mini.py:{mutation['line']}")
+            assert not any(re.search(r"(?<!test_)mini\.py:", o) for o in outputs[:-2])   # only the follow shows it
+        assert facts["failing_line"].evidence[0] in outputs[-looks]
         assert facts["failing_line"].value.split(" reads ")[0].removeprefix("the failing line ") in t.reference.report
+
+
+def test_a_javascript_fault_tasks_reference_follows_the_call_of_its_failing_test(corpus):
+    """node's test runner points at the failing test's line; it calls isSmall(), which the reference
+    finds (`exports.isSmall = ...`, node_modules left out) and shows: the flipped comparison is there."""
+    _, tasks = corpus
+    faults = [t for t in tasks if t.project == "minijs" and "mutation" in t.ground_truth.observed]
+    assert faults and {t.ground_truth.observed["mutation"]["operator"] for t in faults} == {"flip_lt"}
+    for t in faults:
+        facts = {f.kind: f.value for f in t.ground_truth.facts}
+        assert t.reference.commands[-3] == "grep -Hn '' test/label.test.js | sed -n '2,8p'"
+        assert t.reference.commands[-2].startswith("grep -rnE --include='*.js' ") and "NAME" not in t.reference.commands[-2]
+        assert t.ground_truth.observed["outputs"][-2].strip() == "./index.js:3:exports.isSmall = (n) => n >= 10;"
+        assert t.reference.commands[-1] == "grep -Hn '' index.js | sed -n '3,3p'"
+        assert facts["cause"] == "cause: a comparison is flipped (< became >=) in index.js:3"
+
+
+# a failing assertion in the test file calls the function under test: only following that call shows
+# the fault in clamp() (flip_lt); the fault in _stop() (offbyone) is one call further, out of sight
+CALLS_PY = {
+    "shapes.py": "def clamp(x, low, high):\n    if x < low:\n        return low\n    return min(x, high)\n\n\n"
+                 "def count_to(n):\n    return list(range(1, _stop(n)))\n\n\n"
+                 "def _stop(n):\n    return n + 1\n",
+    "test_shapes.py": "from shapes import clamp, count_to\n\n\n"
+                      "def test_clamp():\n    assert clamp(5, 0, 10) == 5\n\n\n"
+                      "def test_count_to():\n    assert count_to(3) == [1, 2, 3]\n",
+}
+
+
+def test_a_fault_seen_only_in_the_called_function_is_a_fact_when_the_reference_follows_the_call(tmp_path, tok):
+    """pytest shows only the failing assertion in the test file. The reference then finds the function
+    that line calls (`grep -rn "def clamp"`) and shows its definition: the flipped guard in clamp() is
+    in it, so the cause is observable and kept; no earlier output shows it (a reference without the
+    follow drops it). The off-by-one in _stop(), which count_to() calls, is outside count_to()'s
+    lines: its cause stays dropped."""
+    entry = Entry("calls", "local", "0", "python", "python3 -m pytest -v -p no:cacheprovider", runner="pytest",
+                  path=_project(tmp_path / "calls", CALLS_PY))
+    out = tmp_path / "corpus"
+    [o] = build_corpus([entry], out, jobs=1, progress=lambda s: None)
+    assert not o.excluded, o.excluded
+    tasks = _all(out)
+    faults = [t for t in tasks if t.category in ("run_tests", "discover_tests", "run_one_test")
+              and "mutation" in t.ground_truth.observed]
+    assert {t.ground_truth.observed["mutation"]["operator"] for t in faults} == {"flip_lt", "offbyone"}
+    # the causes dropped as unobservable: the off-by-one's alone (every fault task's before the reference followed the call)
+    assert o.dropped.get("cause") == sum(t.ground_truth.observed["mutation"]["operator"] == "offbyone" for t in faults)
+    for t in faults:
+        facts = {f.kind: f for f in t.ground_truth.facts}
+        outputs = t.ground_truth.observed["outputs"]
+        name, sig, first, last = (("clamp", "x, low, high", 1, 4) if t.ground_truth.observed["mutation"]["operator"]
+                                  == "flip_lt" else ("count_to", "n", 7, 8))
+        assert t.reference.commands[-3].startswith("grep -Hn '' test_shapes.py | sed -n ")
+        assert t.reference.commands[-2] == f"grep -rnE --include='*.py' '^[[:space:]]*(async[[:space:]]+)?def {name}[[:space:]]*\\(' ."
+        assert t.reference.commands[-1] == f"grep -Hn '' shapes.py | sed -n '{first},{last}p'"
+        assert outputs[-2].strip() == f"./shapes.py:{first}:def {name}({sig}):"   # grep found it there
+        assert facts["failing_line"].value.startswith("the failing line test_shapes.py:")
+        if name == "clamp":   # shapes.py:2, the flipped guard, is shown by the follow alone
+            assert facts["cause"].value == "cause: a comparison is flipped (< became >=) in shapes.py:2"
+            assert facts["cause"].evidence == ["shapes.py:2"] and "shapes.py:2:    if x >= low:" in outputs[-1]
+            assert not any(re.search(r"(?<!test_)shapes\.py:2\b", o) for o in outputs[:-1])
+            assert "shapes.py:2" in t.reference.report
+        else:   # shapes.py:12 is _stop's, which no output shows
+            assert "cause" not in facts and not any(re.search(r"(?<!test_)shapes\.py:12\b", o) for o in outputs)
+    checks = asyncio.run(validate_tasks(tasks, SandboxConfig(), tok))
+    assert all(c.ok for c in checks), [(c.task_id, c.problems) for c in checks if not c.ok]
+
+
+def test_following_a_call_reads_the_statement_the_look_printed():
+    """The names a failing line calls, as the look printed it (a call spread over lines whole), the
+    builtins and assert helpers left out; a function's lines end where its body does."""
+    from tasks.runs import SourceView, called_names, python_end, statement_at
+
+    out = ("tests/test_x.py:4:def test_it(self):\ntests/test_x.py:5:    self.assertEqual(len(merge(\n"
+           "tests/test_x.py:6:        split(a), b)), 2)\ntests/test_x.py:7:    print(other(1))\n")
+    view = SourceView("look", out, 0, "tests/test_x.py", 5)
+    assert statement_at(view) == "    self.assertEqual(len(merge(         split(a), b)), 2)"
+    assert called_names(statement_at(view)) == ["merge", "split"]
+    assert called_names("assert isinstance(parse(x), dict) and obj.Value(1)") == ["parse", "Value"]
+    assert called_names("assert t.format(1) == format(2) and fmt (3)") == ["format", "fmt"]   # a method, not the builtin
+    src = ["class A:", "    def f(", "        self, x,", "    ):", "        y = x", "", "        return y", "",
+           "    def g(self):", "        pass"]
+    assert python_end(src, 2) == 7 and python_end(src, 9) == 10
+
+
+JS_DEFS = {   # name -> (its definition's first and last line in JS_SOURCE)
+    "plain": (1, 4), "gen": (5, 5), "arrow": (6, 7), "shortArrow": (8, 8), "exported": (9, 9), "proto": (10, 12),
+    "method": (14, 16), "prop": (19, 19), "$get": (25, 25),
+}
+JS_SOURCE = ("function plain(a,\n    b) {\n  return a < b;\n}\nexport async function* gen(x) { yield x; }\n"
+             "const arrow = (a) =>\n  a + 1;\nlet shortArrow = x => x * 2;\nmodule.exports.exported = function (n) { return n; };\n"
+             "Foo.prototype.proto = async function () {\n  if (this.a) { return 1; }\n};\nclass Foo {\n"
+             "  static method(a, b) {\n    return plain(a, b);\n  }\n}\nconst o = {\n  prop: (z) => z,\n};\n"
+             "plain(1, 2);\nif (plain(1, 2)) {\n}\nconst notAFunction = 3;\nconst $get = (k) => k;\n")
+
+
+def test_javascript_definitions_are_found_by_grep_and_by_the_builder_alike(tmp_path):
+    """Each form of a JavaScript function definition is found at its line, by `grep -rnE` (what the
+    reference runs) and by the builder's own scan alike, and not its calls; its window ends where
+    its braces close, or where an arrow's expression does."""
+    from tasks.runs import DEFINITIONS
+
+    js = DEFINITIONS[".js"]
+    _project(tmp_path, {"lib/defs.js": JS_SOURCE, "node_modules/dep/index.js": "function plain() {}\n",
+                        "test/defs.test.js": "function plain() {}\n"})
+    lines = JS_SOURCE.splitlines()
+    for name, (first, last) in [*JS_DEFS.items(), ("notAFunction", (0, 0))]:
+        at = [n for n, text in enumerate(lines, 1) if js.regex(name).match(text)]
+        grep = subprocess.run(js.command(name), shell=True, cwd=tmp_path, capture_output=True, text=True)
+        assert at == ([first] if first else []) and js.found(grep.stdout) == [("lib/defs.js", n) for n in at], name
+        assert not first or js.end(lines, first) == last, name
+    # the test file's definition is printed, but it is not the project's: found() leaves it out
+    assert "./test/defs.test.js:1:" in subprocess.run(js.command("plain"), shell=True, cwd=tmp_path, capture_output=True,
+                                                      text=True).stdout
 
 
 def test_a_failing_place_is_a_file_of_the_repository(tmp_path):
