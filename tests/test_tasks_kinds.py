@@ -102,6 +102,17 @@ def test_typescript_tests_that_run_compiled_are_built_first_in_the_build_and_in_
     assert all(c.ok for c in checks), [(c.task_id, c.problems) for c in checks if not c.ok]
 
 
+def test_a_typescript_build_step_that_fails_is_left_out_when_the_tests_run_without_it(tmp_path):
+    files = {"package.json": '{"name": "nobuild", "version": "0.0.0", "scripts": {"build": "tsc", "test": "node --test"}}',
+             "src/a.ts": "export const one: number = 1;\n",   # no typescript installed: `npm run build` fails
+             "test/a.test.js": "const test = require('node:test');\ntest('runs as shipped', () => {});\n"}
+    entry = Entry("nobuild", "local", "0", "typescript", "auto", path=_write(tmp_path / "nobuild", files))
+    out = tmp_path / "corpus"
+    [o] = build_corpus([entry], out, jobs=1, progress=lambda s: None)
+    assert not o.excluded, o.excluded
+    assert o.tasks and all(t.setup == [] for t in o.tasks)
+
+
 def test_a_c_build_broken_by_a_syntax_edit_names_the_compilers_first_error(tmp_path, tok):
     entry = Entry("minic", "local", "0", "c", "make check", setup=("make",), runner="automake",
                   path=_write(tmp_path / "minic", MINI_C))
