@@ -186,6 +186,7 @@ class ProjectCheck:
     outputs: list[str] = field(default_factory=list)
     durations: list[float] = field(default_factory=list)   # seconds of each test run
     probe: str = ""               # what the `probe` command printed (first run, after the setup)
+    setup_failed: bool = False    # cannot_run because a setup command failed (the tests did not run)
 
 
 def _parse(runner: str, output: str) -> dict[str, str]:
@@ -247,7 +248,8 @@ async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: flo
             for cmd in entry.setup:
                 r = await sb.run(cmd, timeout_s=setup_timeout_s or timeout_s)
                 if r.exit_code != 0 or r.timed_out:
-                    return ProjectCheck("cannot_run", f"setup `{cmd}` exited {r.exit_code}: {why_failed(r.output)}")
+                    return ProjectCheck("cannot_run", f"setup `{cmd}` exited {r.exit_code}: {why_failed(r.output)}",
+                                        setup_failed=True)
             if snapshot and seed == "1" and entry.setup:
                 await asyncio.to_thread(_snapshot, sb, snapshot)
             if probe and seed == "1":

@@ -266,11 +266,14 @@ AUTO = "auto"   # a manifest's test_command that the builder works out from the 
 
 def resolve_entry(entry: Entry, root: Path) -> Entry:
     """The entry with what its fetched source says: a JavaScript/TypeScript project's TAP-speaking
-    test command (test_command "auto", from package.json's test script and dev dependencies), and a
+    test command (test_command "auto", from package.json's test script and dev dependencies) and a
+    TypeScript project's build step (typescript_build, when the manifest gives no setup), and a
     Python project's dependencies as its source declares them (declared_dependencies) after the
     manifest's test_deps. Raises ValueError when the project's runner is not one the builder reads."""
     if entry.test_command == AUTO:
         entry = dataclasses.replace(entry, test_command=_npm_test_command(root), runner="tap")
+        if entry.language == "typescript" and not entry.setup:
+            entry = dataclasses.replace(entry, setup=typescript_build(_package_json(root) or {}, entry.test_command))
     if entry.language == "python":   # the manifest's list first (pinned versions win), then what the source says
         given = {_requirement_name(d) for d in entry.test_deps}
         declared = [d for d in declared_dependencies(root, entry.name) if _requirement_name(d) not in given]
@@ -284,6 +287,13 @@ _TAP_RUNNERS = (("tape", "node_modules/.bin/tape 'test/**/*.js'"), ("ava", "node
                 ("vitest", "node_modules/.bin/vitest run --reporter=tap-flat"))
 
 
+# in a test script: mocha's arguments (up to the end of its command); among them, what gives way to
+# the builder's needs: the reporter (TAP instead), stopping at the first failure, watching
+_MOCHA_ARGS = re.compile(r"(?:^|[\s/])_?mocha(?=\s|$)((?:\s+[^\s&|;]+)*)")
+_MOCHA_DROPPED = re.compile(r"\s(?:(?:-R|--reporter|-O|--reporter-options?)(?:=\S+|\s+[^\s-]\S*)"
+                            r"|(?:-b|--bail|-w|--watch)(?=\s|$))")
+
+
 def _npm_test_command(root: Path) -> str:
     package = _package_json(root)
     if package is None:
@@ -294,12 +304,42 @@ def _npm_test_command(root: Path) -> str:
         return "node --test"
     for runner, command in _TAP_RUNNERS:   # the runner the project's own test script names, else any it depends on
         if runner in dev and re.search(rf"\b{runner}\b", script):
+            if runner == "mocha" and (m := _MOCHA_ARGS.search(script)):
+                # the script's own arguments: which files (dist/test/*.js, a test.ts compiled to test.js)
+                # and loaders (--require ts-node/register)
+                command += _MOCHA_DROPPED.sub("", m.group(1))
             return command
     for runner, command in _TAP_RUNNERS:
         if runner in dev:
             return command
     raise ValueError(f"test_command auto: the test script {script[:80]!r} uses no runner that prints TAP "
                      f"({', '.join(r for r, _ in _TAP_RUNNERS)}, node --test); give test_command in the manifest")
+
+
+# what lets a test command load TypeScript itself, so that it needs no build step first
+_TS_LOADER = re.compile(r"ts-node|\btsx\b|@babel/register|esbuild-register|@swc/register|ts-mocha")
+_BUILD_SCRIPTS = ("build", "compile")
+_LIFECYCLE_SCRIPTS = ("prepare", "prepublishOnly", "prepublish", "pretest")   # npm runs them before packing, testing
+
+
+def typescript_build(package: dict, test_command: str) -> tuple[str, ...]:
+    """The setup of a TypeScript project whose tests run its compiled JavaScript (its package's main
+    is the build's output, or the tests are compiled too): the project's own build script (`build`,
+    `compile`), else the lifecycle script that runs tsc (e.g. `prepare`), through `npm run`, which
+    needs no network (the tools are in node_modules/.bin). None when the test command loads
+    TypeScript itself (ts-node, tsx) or the project has no build script. A script that is tsc alone
+    may end in tsc's status 2, "type errors, output emitted": the JavaScript the tests run is there
+    (an old release's sources often no longer type-check against today's versions of its
+    dependencies' type declarations), and a type error is what build tasks are about, not the tests."""
+    if _TS_LOADER.search(test_command):
+        return ()
+    scripts = package.get("scripts") or {}
+    chosen = next((n for n in _BUILD_SCRIPTS if isinstance(scripts.get(n), str)), None) or \
+        next((n for n in _LIFECYCLE_SCRIPTS if re.search(r"\btsc\b", str(scripts.get(n, "")))), None)
+    if chosen is None:
+        return ()
+    tsc_alone = re.fullmatch(r"\s*tsc(\s+[\w./=-]+)*\s*", scripts[chosen])
+    return (f"npm run {chosen}" + (" || [ $? -eq 2 ]" if tsc_alone else ""),)
 
 
 _TEST_REQUIREMENT_FILES = ("test-requirements.txt", "requirements-test.txt", "requirements-tests.txt",
@@ -452,6 +492,7 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
         root = await asyncio.to_thread(fetch, entry, work / entry.name)
     except Exception as e:   # noqa: BLE001 - any fetch failure excludes the project, with its reason
         return Outcome(entry, [], f"fetch: {e}")
+    given_setup = entry.setup
     try:
         entry = resolve_entry(entry, root)
     except ValueError as e:
@@ -472,6 +513,13 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
     built = work / f"{entry.name}.built"   # the tree after the setup (a build): fault runs rebuild from it
     shutil.rmtree(built, ignore_errors=True)
     chk = await check_project(str(root), entry, sandbox_cfg, environment=build_env, snapshot=str(built), probe="ls")
+    if chk.setup_failed and entry.setup != given_setup:
+        # the build step the builder chose fails (today's type declarations beyond the project's tsc,
+        # a build tool too old for this Node); its tests may not need it (ava, ts-node compile them)
+        entry = dataclasses.replace(entry, setup=given_setup)
+        shutil.rmtree(built, ignore_errors=True)
+        chk = await check_project(str(root), entry, sandbox_cfg, environment=build_env, snapshot=str(built),
+                                  probe="ls")
     if chk.verdict != "runs":
         return Outcome(entry, [], f"{chk.verdict}: {chk.reason}")
     outcome = Outcome(entry, [])

@@ -88,8 +88,9 @@ def corpus_commands() -> dict[str, str]:
                 out.setdefault(c, where)
             if e.test_command == "auto":   # npm projects: a TAP runner from node_modules/.bin
                 out.setdefault("node_modules/.bin/tape 'test/**/*.js'", where)
-                if e.language == "typescript":
+                if e.language == "typescript":   # the type-check of build tasks, the build step (typescript_build)
                     out.setdefault("npx --no-install tsc --noEmit --pretty false", where)
+                    out.setdefault("npm run build || [ $? -eq 2 ]", where)
             else:
                 out.setdefault(e.test_command, where)
             if e.language == "python":   # lint tasks and pytest through the project's venv

@@ -26,6 +26,20 @@ MINI_TS = {
                          "test('clampMax picks the larger', () => assert.strictEqual(clampMax(2, 3), 3));\n"
                          "test('label pads to three', () => assert.strictEqual(label(7), '  7'));\n",
 }
+# tests written in TypeScript that run compiled (dist/test/*.js): the builder finds the build step
+# (`npm run build`) and runs it before the tests, in the build and in every episode. The test file
+# uses `require` with no @types/node installed, a type error (TS2580) after which tsc still emits.
+BUILT_TS = {
+    "package.json": '{"name": "builtts", "version": "0.0.0", "devDependencies": {"typescript": "5.4.5"},\n'
+                    ' "scripts": {"build": "tsc", "test": "npm run build && node --test"}}\n',
+    "tsconfig.json": '{"compilerOptions": {"target": "ES2020", "module": "commonjs", "strict": true, "types": [],\n'
+                     ' "rootDir": ".", "outDir": "dist"}, "include": ["src", "test"]}\n',
+    "src/calc.ts": MINI_TS["src/calc.ts"],
+    "test/calc.test.ts": "const test = require('node:test');\nconst assert = require('node:assert');\n"
+                         "import { clampMax, label } from '../src/calc';\n"
+                         "test('clampMax picks the larger', () => assert.strictEqual(clampMax(2, 3), 3));\n"
+                         "test('label pads to three', () => assert.strictEqual(label(7), '  7'));\n",
+}
 MINI_C = {
     "mini.c": "#include \"mini.h\"\n\nint add(int a, int b) {\n    return a + b;\n}\n\n"
               "int twice(int a) {\n    return add(a, a);\n}\n",
@@ -69,6 +83,34 @@ def test_a_typescript_project_builds_tests_faults_and_type_checks(tmp_path, tok)
         "shared", str(out / "shared"), 1)] for t in tasks)   # typescript, installed once, bound read-only
     checks = asyncio.run(validate_tasks(tasks, SandboxConfig(), tok))
     assert all(c.ok for c in checks), [(c.task_id, c.problems) for c in checks if not c.ok]
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
+def test_typescript_tests_that_run_compiled_are_built_first_in_the_build_and_in_episodes(tmp_path, tok):
+    entry = Entry("builtts", "local", "0", "typescript", "auto", path=_write(tmp_path / "builtts", BUILT_TS))
+    out = tmp_path / "corpus"
+    [o] = build_corpus([entry], out, jobs=1, progress=lambda s: None)
+    assert not o.excluded, o.excluded   # without the build step `node --test` finds no compiled test
+    tasks = _tasks(out)
+    assert all(t.setup == ["npm run build || [ $? -eq 2 ]"] for t in tasks if t.category != "build")
+    clean = next(t for t in tasks if t.id == "local-builtts")
+    assert any(f.value == "all 2 TAP assertions pass" for f in clean.ground_truth.facts)
+    assert not (out / "repos" / "local-builtts" / "dist").exists()   # the source as released: episodes build it
+    fault = next(t for t in tasks if "flip_lt" in t.id)   # a fault in the TypeScript source, caught after the build
+    assert any(f.value == "clampMax picks the larger fails" for f in fault.ground_truth.facts)
+    checks = asyncio.run(validate_tasks(tasks, SandboxConfig(), tok))   # offline, node_modules read-only
+    assert all(c.ok for c in checks), [(c.task_id, c.problems) for c in checks if not c.ok]
+
+
+def test_a_typescript_build_step_that_fails_is_left_out_when_the_tests_run_without_it(tmp_path):
+    files = {"package.json": '{"name": "nobuild", "version": "0.0.0", "scripts": {"build": "tsc", "test": "node --test"}}',
+             "src/a.ts": "export const one: number = 1;\n",   # no typescript installed: `npm run build` fails
+             "test/a.test.js": "const test = require('node:test');\ntest('runs as shipped', () => {});\n"}
+    entry = Entry("nobuild", "local", "0", "typescript", "auto", path=_write(tmp_path / "nobuild", files))
+    out = tmp_path / "corpus"
+    [o] = build_corpus([entry], out, jobs=1, progress=lambda s: None)
+    assert not o.excluded, o.excluded
+    assert o.tasks and all(t.setup == [] for t in o.tasks)
 
 
 def test_a_c_build_broken_by_a_syntax_edit_names_the_compilers_first_error(tmp_path, tok):

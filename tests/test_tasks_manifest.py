@@ -59,6 +59,23 @@ def test_the_builder_reads_what_a_project_declares(tmp_path):
                                            '"tape": "5"}}')   # the runner the script names wins
     assert resolve_entry(Entry("a", "npm", "1.0.0", "javascript", "auto"), tmp_path).test_command == \
         "node_modules/.bin/ava --tap"
+    # mocha keeps the script's files and loaders, its reporter gives way to TAP
+    (tmp_path / "package.json").write_text('{"scripts": {"test": "c8 -r lcov mocha -R spec -r ts-node/register '
+                                           '\'test/**/*.ts\' && eslint ."}, "devDependencies": {"mocha": "10"}}')
+    assert resolve_entry(Entry("a", "npm", "1.0.0", "javascript", "auto"), tmp_path).test_command == \
+        "node_modules/.bin/mocha --reporter tap -r ts-node/register 'test/**/*.ts'"
+    # a TypeScript project's build step: none when the tests load TypeScript themselves (ts-node)...
+    assert resolve_entry(Entry("a", "npm", "1.0.0", "typescript", "auto"), tmp_path).setup == ()
+    # ...else its build script; tsc alone may end in status 2 (type errors, JavaScript emitted)
+    (tmp_path / "package.json").write_text('{"scripts": {"build": "rollup -c && tsc", "prepare": "tsc", "test": '
+                                           '"mocha --reporter=dot dist/test/*.js"}, "devDependencies": {"mocha": "10"}}')
+    ts = resolve_entry(Entry("a", "npm", "1.0.0", "typescript", "auto"), tmp_path)
+    assert ts.test_command == "node_modules/.bin/mocha --reporter tap dist/test/*.js" and ts.setup == ("npm run build",)
+    (tmp_path / "package.json").write_text('{"scripts": {"prepare": "tsc -p .", "test": "mocha test"}, '
+                                           '"devDependencies": {"mocha": "10"}}')
+    assert resolve_entry(Entry("a", "npm", "1.0.0", "typescript", "auto"), tmp_path).setup == \
+        ("npm run prepare || [ $? -eq 2 ]",)
+    assert resolve_entry(Entry("a", "npm", "1.0.0", "javascript", "auto"), tmp_path).setup == ()   # JavaScript: none
     (tmp_path / "package.json").write_text('{"scripts": {"test": "jest"}, "devDependencies": {"jest": "29"}}')
     with pytest.raises(ValueError, match="no runner that prints TAP"):
         resolve_entry(Entry("a", "npm", "1.0.0", "javascript", "auto"), tmp_path)
