@@ -135,9 +135,11 @@ def test_flaky_and_unrunnable_projects_are_detected(tmp_path):
 def test_real_builder_keeps_only_facts_the_output_shows(tmp_path):
     """The manifest builder end to end on a local project (no network): a clean run_tests task, and
     fault tasks whose tests really fail in the sandbox (twice alike). Where a fault was injected is
-    recorded for analysis; it is a fact only when the test output shows that file and line (an
-    IndexError raised in the library: its traceback does), never when it does not (a flipped
-    comparison that only makes an assertion in the test file fail)."""
+    recorded for analysis; it is a fact only when what the reference commands print shows that file
+    and line: an IndexError raised in the library (its traceback does), and a flipped comparison that
+    only makes an assertion in the test file fail once the reference follows the call of that
+    assertion's line to the function's definition (tasks.runs.follow_call). A fault the output never
+    shows stays metadata: tests/test_tasks_validate.py's `calls` project."""
     import json
 
     from tasks import load_tasks
@@ -168,8 +170,8 @@ def test_real_builder_keeps_only_facts_the_output_shows(tmp_path):
         mutation = t.ground_truth.observed["mutation"]
         assert (mutation["file"], mutation["line"], mutation["operator"]) == ("mini.py", where[op], op)
         causes = [f.value for f in t.ground_truth.facts if f.kind == "cause"]
-        assert causes == ([f"cause: {mutation['cause']} in mini.py:10"] if op == "offbyone" else []), (op, causes)
-        assert bool(re.search(r"(?<!test_)mini\.py:", t.reference.report)) == (op == "offbyone")   # none unseen
+        assert causes == [f"cause: {mutation['cause']} in mini.py:{where[op]}"], (op, causes)
+        assert re.search(r"(?<!test_)mini\.py:", t.reference.report)
         assert t.ground_truth.exit_status == 1
         failing = [f.value for f in t.ground_truth.facts if f.kind == "failing_test"]
         assert failing == [{"flip_eq": "test_even", "offbyone": "test_last", "flip_lt": "test_smaller"}[op] + " fails"]
@@ -178,6 +180,7 @@ def test_real_builder_keeps_only_facts_the_output_shows(tmp_path):
         # a request that names no command (discover_tests) has a reference that looks around first
         assert (t.category == "discover_tests") == (t.reference.commands[0] == "ls") == ("`" not in t.request)
     summary = json.loads((out / "corpus.json").read_text())
-    # flip_eq's and flip_lt's causes, and flip_eq's again in its run_one_test task
-    assert summary["unobservable_facts_dropped"] == {"cause": 3}
+    # every cause was shown (before the reference followed the call: flip_eq's and flip_lt's, and
+    # flip_eq's again in its run_one_test task, were dropped)
+    assert summary["unobservable_facts_dropped"] == {}
     assert len({t.split for t in tasks.values()}) == 1   # one project, one split
