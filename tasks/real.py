@@ -474,7 +474,7 @@ def suite_task(entry: Entry, tid: str, repo: str, env: TaskEnvironment, chk, mut
     first looks at the repository. `followups`: the look at the source the failure points to, after
     the run. The mutation, if any, is metadata unless the outputs show where."""
     results, code, output = chk.results[0], chk.exit_codes[0], chk.outputs[0]
-    facts = result_facts(results, entry.runner, output) + ([cause_fact(mutation)] if mutation else [])
+    facts = result_facts(results, entry.runner, output, cap) + ([cause_fact(mutation)] if mutation else [])
     if code == 0 and not [f for f in facts if f.kind == "counts" and f.evidence]:   # the exit status says they pass
         facts.append(Fact("outcome", "the tests pass", [r"pass|succe|\bok\b"], ["<exit_code>0</exit_code>"]))
     runs = [Run(entry.test_command, output, code)]

@@ -95,13 +95,19 @@ def summary_evidence(runner: str, output: str) -> list[str]:
     return found
 
 
-def result_facts(results: dict[str, str], runner: str = "unittest", output: str = "") -> list[Fact]:
+def result_facts(results: dict[str, str], runner: str = "unittest", output: str = "", cap: int = 0) -> list[Fact]:
     """Failing tests (up to 5) and the counts. A test's evidence is its name; the counts' evidence is
     the runner's summary lines in `output` (none there: the counts are unobservable). TAP counts its
-    test points, which for tape are assertions, so its counts say so."""
+    test points, which for tape are assertions, so its counts say so. With `cap` (the bytes of output
+    an episode shows), the failing tests that the capped output names come first: of a long run the
+    cut may hide the first five by name while its tail still prints later failures."""
     failing = sorted(t for t, s in results.items() if failed(s))
+    names = list(dict.fromkeys(short_name(t, runner) for t in failing))
+    if cap:
+        shown = format_output(output.encode(), limit=cap)[0]
+        names.sort(key=lambda n: n not in shown)   # stable: by name within the shown and the hidden
     facts = []
-    for short in list(dict.fromkeys(short_name(t, runner) for t in failing))[:5]:
+    for short in names[:5]:
         facts.append(Fact("failing_test", f"{short} fails", [re.escape(short)], [short]))
     counts = count_fact(len(failing), len(results), "TAP assertions" if runner == "tap" else "tests")
     counts.evidence = summary_evidence(runner, output)

@@ -184,3 +184,37 @@ def test_real_builder_keeps_only_facts_the_output_shows(tmp_path):
     # flip_eq's again in its run_one_test task, were dropped)
     assert summary["unobservable_facts_dropped"] == {}
     assert len({t.split for t in tasks.values()}) == 1   # one project, one split
+
+
+
+def test_a_long_runs_failing_tests_are_those_its_capped_output_shows(tmp_path):
+    """A fault that fails more tests than a task names (5), in a run longer than the observation cap
+    (head and tail shown): the failing tests a task names are ones the shown output prints (the tail's
+    last failure), not the first five by name, which the cut hides (the paper sample at a 4 KB cap
+    named none of a JUnit run's 18 failures though the tail printed two)."""
+    from tasks import load_tasks
+    from tasks.build import build_corpus
+
+    proj = tmp_path / "long"
+    proj.mkdir()
+    (proj / "mini.py").write_text("def is_even(n):\n    return n % 2 == 0\n")
+    passing = "".join(f"    def test_a{i:02}(self):\n        self.assertEqual(1, 1)\n" for i in range(20))
+    faulted = "".join(f"    def test_z{i}(self):\n        self.assertTrue(is_even({2 * i}))\n" for i in range(1, 9))
+    (proj / "test_mini.py").write_text("import unittest\nfrom mini import is_even\n\n\n"
+                                       "class T(unittest.TestCase):\n" + passing + faulted)
+    cap = 1024
+    entry = Entry("long", "local", "0", "python", "python3 -m unittest -v", path=str(proj))
+    out = tmp_path / "corpus"
+    outcomes = build_corpus([entry], out, jobs=1, observation_cap=cap, progress=lambda s: None)
+    assert not outcomes[0].excluded, outcomes[0].excluded
+    faults = [t for s in ("train", "validation", "test") if (out / f"{s}.jsonl").read_text()
+              for t in load_tasks(str(out), s) if "mutation" in t.ground_truth.observed
+              and t.category in ("run_tests", "discover_tests")]
+    assert any(t.ground_truth.observed["mutation"]["operator"] == "flip_eq" for t in faults)
+    for t in faults:
+        # what an episode shows of the test run (recorded capped)
+        shown = t.ground_truth.observed["outputs"][t.reference.commands.index(entry.test_command)]
+        assert "bytes omitted" in shown and "test_z1 " not in shown   # the cut hides the first failures
+        named = [f.value.removesuffix(" fails") for f in t.ground_truth.facts if f.kind == "failing_test"]
+        assert named and "test_z8" in named, (t.id, named)
+        assert all(f"{n} " in shown for n in named), (t.id, named)
