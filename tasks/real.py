@@ -382,7 +382,8 @@ def declared_dependencies(root: Path, own_name: str = "") -> list[str]:
         text = (root / "setup.py").read_text(errors="replace")
         for key in ("install_requires", "tests_require"):
             if m := re.search(rf"{key}\s*=\s*\[(.*?)\]", text, re.DOTALL):
-                found += re.findall(r"[\"']([^\"']+)[\"']", m.group(1))
+                # each string literal whole: a marker quotes inside it ("colorama ; sys_platform=='win32'")
+                found += [a or b for a, b in re.findall(r'"([^"]*)"|\'([^\']*)\'', m.group(1))]
     for name in _TEST_REQUIREMENT_FILES:
         if (root / name).is_file():
             found += [ln for ln in (root / name).read_text(errors="replace").splitlines()

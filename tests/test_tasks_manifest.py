@@ -96,6 +96,20 @@ def test_the_builder_reads_what_a_project_declares(tmp_path):
     assert "PyYAML" not in resolve_entry(pinned, tmp_path).test_deps
 
 
+def test_setup_py_requirements_with_quoted_markers_are_read_whole(tmp_path):
+    """loguru's setup.py quotes inside its markers ("colorama>=0.3.4 ; sys_platform=='win32'"): its
+    test dependencies were read as colorama, "3.7" and "win32" (the markers' values as packages)."""
+    from tasks.real import declared_dependencies
+    (tmp_path / "setup.py").write_text(
+        "setup(\n    name='loguru',\n    install_requires=[\n"
+        "        \"colorama>=0.3.4 ; sys_platform=='win32'\",\n"
+        "        \"aiocontextvars>=0.2.0 ; python_version<'3.7'\",\n"
+        "        'win32-setctime>=1.0.0 ; sys_platform==\"win32\"',\n    ],\n"
+        "    tests_require=['toolz', \"freezegun\"],\n)\n")
+    assert declared_dependencies(tmp_path, "loguru") == ["aiocontextvars>=0.2.0", "colorama>=0.3.4", "freezegun",
+                                                         "toolz", "win32-setctime>=1.0.0"]
+
+
 def _first_of_set(seed: str, words: list[str]) -> str:
     code = f"print(next(iter({set(words)!r})))"
     return subprocess.run(["/usr/bin/python3", "-c", code], env={"PYTHONHASHSEED": seed},
