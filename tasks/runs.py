@@ -373,24 +373,29 @@ def failures_command(test_command: str, runner: str) -> str:
     return f"({test_command}) 2>&1 | grep -E {shlex.quote(FAILURE_LINES[runner])}"
 
 
+def hides_failures(run: Run, results: dict[str, str], runner: str, cap: int) -> bool:
+    """Whether what an agent sees of a failing run (capped at `cap`, head and tail) may hide failing
+    tests by name, judged from that alone, as an expert would: the output was cut, it names fewer
+    failing tests than a task names (5), and no printed total says those are all."""
+    text, cut = format_output(run.output.encode(), limit=cap)
+    shown = sum(shows_name(n, text) for n in failing_names(results, runner))
+    totals = summary_totals(runner, text)
+    return run.exit_code != 0 and cut and shown < 5 and not (totals and totals.failed <= shown)
+
+
 async def show_failures(sandbox_cfg, repo: str, env: TaskEnvironment, entry: Entry, run: Run,
                         results: dict[str, str], cap: int, timeout_s: float) -> list[Look]:
-    """What an expert runs when a failing run's output, as the agent sees it (capped at `cap`, head
-    and tail), names fewer failing tests than a task names (5): the same tests again, filtered to
-    their failure lines (failures_command), after the setup that an episode runs first, in a fresh
-    sandbox of `repo`. [] when the output shows enough, the runner has no failure lines here, or
-    the filtered run shows no more failing tests than the output did."""
-    names = failing_names(results, entry.runner)
-
-    def shown(looks: list[Run]) -> int:
-        text = shown_text([run, *looks], cap)
-        return sum(shows_name(n, text) for n in names)
-    if entry.runner not in FAILURE_LINES or shown([]) >= min(5, len(names)):
+    """What an expert runs after a failing run whose output may hide failing tests by name
+    (hides_failures): the same tests again, filtered to their failure lines (failures_command),
+    after the setup that an episode runs first, in a fresh sandbox of `repo`. Kept whatever it
+    shows (grep's status 1: no failure lines), as an agent would run it on what it saw: two tasks
+    whose runs read the same then go on alike. [] when nothing may be hidden, the runner has no
+    failure lines here, or the setup fails."""
+    if entry.runner not in FAILURE_LINES or not hides_failures(run, results, entry.runner, cap):
         return []
     command = failures_command(entry.test_command, entry.runner)
     runs = await run_commands(sandbox_cfg, repo, env, [*entry.setup, command], timeout_s)
-    look = Look(command, runs[-1].output, runs[-1].exit_code)
-    return [look] if runs[-1].command == command and look.exit_code == 0 and shown([look]) > shown([]) else []
+    return [Look(command, runs[-1].output, runs[-1].exit_code)] if runs[-1].command == command else []
 
 
 # ---- following the call of a failing test line (Python, JavaScript) -----------------------------------

@@ -362,3 +362,23 @@ def test_real_builder_builds_a_java_project_with_the_manifests_commands(tmp_path
     _assert_fault_tasks(tasks, {"flip_eq": ("isZero", "Calc.java:9"), "flip_lt": ("max", "Calc.java:5")})
     for t in tasks.values():
         assert not (out / t.repo_dir / "build").exists()   # the task's snapshot is the clean source
+
+
+def test_a_run_may_hide_failing_tests_by_what_its_capped_output_shows():
+    """The reference reruns the tests filtered to their failure lines when what the agent saw of a
+    failing run may hide failing names: cut, fewer than five shown, no printed total saying those
+    are all. It is decided from what was seen (two tasks whose runs read the same go on alike)."""
+    from tasks.runs import Run, hides_failures
+    head = "".join(f"test_a{i:03} (t.T.test_a{i:03}) ... ok\n" for i in range(100))
+    results = {f"test_a{i:03}": "ok" for i in range(100)} | {"test_z1": "FAIL", "test_z2": "FAIL"}
+
+    def run(tail, code=1):
+        return Run("python3 -m unittest -v", head + tail, code)
+    one_shown = "test_z2 (t.T.test_z2) ... FAIL\n\nRan 102 tests in 0.1s\n\n"
+    assert hides_failures(run(one_shown + "FAILED (failures=2)\n"), results, "unittest", 1024)   # 1 of 2 shown
+    assert hides_failures(run(one_shown), results, "unittest", 1024)                             # no total shown
+    assert not hides_failures(run(one_shown + "FAILED (failures=1)\n"), results, "unittest", 1024)   # all shown
+    assert not hides_failures(run(one_shown + "FAILED (failures=2)\n", 0), results, "unittest", 1024)   # it passed
+    assert not hides_failures(run(one_shown + "FAILED (failures=2)\n"), results, "unittest", 1 << 20)   # not cut
+    # a run whose output shows no failing name at all, cut (loguru's INTERNALERROR): it may hide them
+    assert hides_failures(run("INTERNALERROR> TypeError: x\n"), {"test_a000": "ok"}, "unittest", 1024)
