@@ -32,6 +32,14 @@ def _word(s: str) -> str:
     return rf"(?<![\w.]){re.escape(s)}(?![\w])"
 
 
+def name_pattern(name: str) -> str:
+    """A regex matching a test's name whole, as a runner prints it or a report states it: not inside
+    a longer name (`testCreate` in `testCreateWith`, `test_x` in `test_x[1]`, `parse` in
+    `parse-json` or `re-parse`, `mod` in `mod.Class` or `mod::test`), though the name may be
+    qualified before it (`Class.testCreate`, `file.py::test_x`) or followed by a call's `(`."""
+    return rf"(?<![\w\[-]){re.escape(name)}(?![\w\[-]|[.:]\w)"
+
+
 def count_fact(failed: int, total: int, noun: str = "tests") -> Fact:
     """'2 of 5 tests fail' / 'all 5 tests pass', matched as numbers in context: both numbers in one
     clause (either order) for a failure, the total next to a word of passing for a success; a digit

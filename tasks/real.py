@@ -11,7 +11,9 @@ Every command runs in a sandbox with the project's environment (`environment`: t
 project's tests import, the node_modules an npm project's tests require, shared by its tasks), and
 each task records it, so its episodes run exactly where its ground truth was made.
 Ground truth an agent can earn: a fact enters a task only when its evidence is in what the reference
-command printed, as the agent sees it (capped at `observation_cap` bytes, head and tail). Where the
+command printed, as the agent sees it (capped at `observation_cap` bytes, head and tail); when the cut
+hides the failing tests' names, the reference runs the tests again filtered to their failure lines
+(tasks.runs.show_failures). Where the
 fault was injected stays in `observed["mutation"]` for analysis; it is a fact (the cause) only when
 an output shows the mutated file and line. After a failing run whose output points into the
 project's files, the reference looks at the lines there (tasks.runs.look_at_failure) and the report
@@ -42,7 +44,7 @@ from tasks import kinds
 from tasks.builtin import Mutation, apply_mutation
 from tasks.manifest import Entry, check_project, why_failed
 from tasks.runs import (Look, Run, base_name, cause_fact, copy_source, failed, look_at_failure, make_task,
-                        mutation_record, result_facts, task_id)
+                        mutation_record, result_facts, show_failures, task_id)
 from tasks.types import Fact, Task, TaskEnvironment
 
 # (operator name, old, new, cause): applied to the first matching source line of a file
@@ -382,7 +384,8 @@ def declared_dependencies(root: Path, own_name: str = "") -> list[str]:
         text = (root / "setup.py").read_text(errors="replace")
         for key in ("install_requires", "tests_require"):
             if m := re.search(rf"{key}\s*=\s*\[(.*?)\]", text, re.DOTALL):
-                found += re.findall(r"[\"']([^\"']+)[\"']", m.group(1))
+                # each string literal whole: a marker quotes inside it ("colorama ; sys_platform=='win32'")
+                found += [a or b for a, b in re.findall(r'"([^"]*)"|\'([^\']*)\'', m.group(1))]
     for name in _TEST_REQUIREMENT_FILES:
         if (root / name).is_file():
             found += [ln for ln in (root / name).read_text(errors="replace").splitlines()
@@ -471,10 +474,13 @@ def suite_task(entry: Entry, tid: str, repo: str, env: TaskEnvironment, chk, mut
     """A task about a checked test run (its first of two alike): run_tests with the command in the
     request, or (for half the tasks, by a hash of the id, and when `listing` is given: what `ls`
     printed in the repository) discover_tests, a request that names no command, whose reference
-    first looks at the repository. `followups`: the look at the source the failure points to, after
-    the run. The mutation, if any, is metadata unless the outputs show where."""
+    first looks at the repository. `followups`: what the reference runs after the tests (their
+    failure lines, when the capped output hides the failing tests' names; the look at the source the
+    failure points to). The mutation, if any, is metadata unless the outputs show where."""
     results, code, output = chk.results[0], chk.exit_codes[0], chk.outputs[0]
-    facts = result_facts(results, entry.runner, output, cap) + ([cause_fact(mutation)] if mutation else [])
+    facts = result_facts(results, entry.runner, output, cap, followups) + ([cause_fact(mutation)] if mutation else [])
+    if not any(f.kind == "counts" for f in facts):   # the runner printed no totals
+        dropped["counts"] = dropped.get("counts", 0) + 1
     if code == 0 and not [f for f in facts if f.kind == "counts" and f.evidence]:   # the exit status says they pass
         facts.append(Fact("outcome", "the tests pass", [r"pass|succe|\bok\b"], ["<exit_code>0</exit_code>"]))
     runs = [Run(entry.test_command, output, code)]
@@ -524,7 +530,10 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
         return Outcome(entry, [], f"{chk.verdict}: {chk.reason}")
     outcome = Outcome(entry, [])
     copy_source(root, out / "repos" / base)
-    outcome.tasks.append(suite_task(entry, base, f"repos/{base}", env, chk, None, cap, outcome.dropped, chk.probe))
+    shown = await show_failures(sandbox_cfg, str(out / "repos" / base), build_env, entry,
+                                Run(entry.test_command, chk.outputs[0], chk.exit_codes[0]), chk.results[0], cap, 300)
+    outcome.tasks.append(suite_task(entry, base, f"repos/{base}", env, chk, None, cap, outcome.dropped, chk.probe,
+                                    shown))
     baseline_fail = {t for t, s in chk.results[0].items() if failed(s)}
     prebuilt = built if built.is_dir() else None
     # a fault that makes a test loop forever must not cost the full timeout: a few times the clean run
@@ -554,8 +563,9 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
                 shutil.rmtree(run_dir, ignore_errors=True)
             continue
         mutation = mutation_record(m, line)
-        looks = await look_at_failure(sandbox_cfg, str(frepo), build_env,
-                                      Run(entry.test_command, fchk.outputs[0], fchk.exit_codes[0]), cap)
+        run = Run(entry.test_command, fchk.outputs[0], fchk.exit_codes[0])
+        looks = [*await show_failures(sandbox_cfg, str(frepo), build_env, entry, run, fchk.results[0], cap, 300),
+                 *await look_at_failure(sandbox_cfg, str(frepo), build_env, run, cap)]
         outcome.tasks.append(suite_task(entry, tid, f"repos/{tid}", env, fchk, mutation, cap, outcome.dropped,
                                         fchk.probe, looks))
         if not any(t.category == "run_one_test" for t in outcome.tasks):   # one per project, on this fault's tree

@@ -19,7 +19,7 @@ from pathlib import Path
 from core.protocol import Observation, format_observation
 from sandbox import format_output
 from tasks.builtin import Mutation, check_reference, reference_report
-from tasks.groundtruth import count_fact, location_fact, missing_evidence
+from tasks.groundtruth import count_fact, location_fact, missing_evidence, name_pattern
 from tasks.manifest import Entry, split_of
 from tasks.types import Fact, GroundTruth, ReferenceSolution, Task, TaskEnvironment
 
@@ -71,51 +71,104 @@ def short_name(test_id: str, runner: str) -> str:
     return base.rsplit("::", 1)[-1] + bracket + param
 
 
-# what a runner prints its totals in (no timings: evidence must read the same in every run)
+# what a runner prints its totals in, without timings (evidence must read the same in every run): each
+# line's numbers by name (a runner's words for the count of failed tests and for all tests)
 _SUMMARY_LINES = {
-    "pytest": re.compile(r"^[= ]*\d+ (?:passed|failed|errors?)\b.*? in [\d.]+s", re.MULTILINE),
-    "unittest": re.compile(r"^(?:Ran \d+ tests?|OK\b.*|FAILED \(.*\))$", re.MULTILINE),
-    "tap": re.compile(r"^# (?:tests|pass|fail) \d+$", re.MULTILINE),
-    "automake": re.compile(r"^# (?:TOTAL|PASS|FAIL|ERROR): +\d+$", re.MULTILINE),
-    "ctest": re.compile(r"^\d+% tests passed, \d+ tests? failed out of \d+$", re.MULTILINE),
-    "junit": re.compile(r"^\[ +\d+ tests (?:successful|failed|found) +\]$", re.MULTILINE),
+    "pytest": re.compile(r"^[= ]*\d+ \w+(?: \w+)?(?:, \d+ \w+(?: \w+)?)* in [\d.]+s", re.MULTILINE),
+    "unittest": re.compile(r"^(?:Ran (?P<total>\d+) tests?(?= in )|OK\b.*$|FAILED \(.*\)$)", re.MULTILINE),
+    # tape pads its counts ("# pass  2") and prints no fail line when none failed
+    "tap": re.compile(r"^# (?:tests +(?P<total>\d+)|fail +(?P<failed>\d+)|pass +(?P<passed>\d+))$", re.MULTILINE),
+    "automake": re.compile(r"^# (?:TOTAL: +(?P<total>\d+)|(?:FAIL|ERROR): +(?P<failed>\d+))$", re.MULTILINE),
+    "ctest": re.compile(r"^\d+% tests passed, (?P<failed>\d+) tests? failed out of (?P<total>\d+)$", re.MULTILINE),
+    "junit": re.compile(r"^\[ +(?:(?P<total>\d+) tests found|(?P<failed>\d+) tests failed) +\]$", re.MULTILINE),
 }
+# pytest's totals: every outcome of a test (not warnings, nor deselected tests, which did not run)
+_PYTEST_COUNT = re.compile(r"\b(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)\b")
+_UNITTEST_FAILED = re.compile(r"\b(?:failures|errors)=(\d+)")
 
 
-_PYTEST_COUNT = re.compile(r"\b\d+ (?:passed|failed|errors?)\b")
+@dataclass(frozen=True)
+class Totals:
+    """A run's counts as its runner printed them, and the strings they were read from."""
+    failed: int
+    total: int
+    evidence: list[str]
 
 
-def summary_evidence(runner: str, output: str) -> list[str]:
-    """The runner's totals as printed (pytest's and unittest's without their timings)."""
-    if runner not in _SUMMARY_LINES:
-        return []
-    found = [m.group(0) for m in _SUMMARY_LINES[runner].finditer(output)]
-    if runner == "pytest":   # "=== 2 failed, 5 passed in 0.12s ===" -> "2 failed", "5 passed"
-        found = [c for line in found[-1:] for c in _PYTEST_COUNT.findall(line)]
-    return found
+def summary_totals(runner: str, output: str) -> Totals | None:
+    """The failed and total counts of a run as its runner's summary prints them (None when it prints
+    none, or not both). They, not the count of parsed per-test lines, are what an agent reads and
+    reports: a parser may miss tests (pytest ids with spaces) that the summary counts. pytest's and
+    unittest's last summary (a test may print a nested run's first); the other runners' summaries
+    summed (a command may run several suites, each with its totals)."""
+    lines = list(_SUMMARY_LINES[runner].finditer(output)) if runner in _SUMMARY_LINES else []
+    if runner == "pytest":
+        counts = _PYTEST_COUNT.findall(lines[-1].group(0)) if lines else []
+        if not counts:
+            return None
+        failed = sum(int(n) for n, what in counts if what in ("failed", "error", "errors"))
+        return Totals(failed, sum(int(n) for n, _ in counts), [f"{n} {what}" for n, what in counts])
+    if runner == "unittest":
+        ran = [m for m in lines if m.group("total")]
+        verdict = [m for m in lines if not m.group("total")]
+        if not ran or not verdict:
+            return None
+        failed = sum(map(int, _UNITTEST_FAILED.findall(verdict[-1].group(0))))
+        return Totals(failed, int(ran[-1].group("total")), [ran[-1].group(0), verdict[-1].group(0)])
+    def total(group: str) -> int | None:
+        found = [int(m.group(group)) for m in lines if group in m.re.groupindex and m.group(group)]
+        return sum(found) if found else None
+    all_, failed, passed = total("total"), total("failed"), total("passed")
+    if failed is None and None not in (all_, passed):   # tape, when none failed
+        failed = all_ - passed
+    if all_ is None or failed is None or failed > all_:   # node's "# tests 0", "# fail 1": a file failed to load
+        return None
+    return Totals(failed, all_, list(dict.fromkeys(m.group(0) for m in lines)))
 
 
-def result_facts(results: dict[str, str], runner: str = "unittest", output: str = "", cap: int = 0) -> list[Fact]:
-    """Failing tests (up to 5) and the counts. A test's evidence is its name; the counts' evidence is
-    the runner's summary lines in `output` (none there: the counts are unobservable). TAP counts its
-    test points, which for tape are assertions, so its counts say so. With `cap` (the bytes of output
-    an episode shows), the failing tests that the capped output names come first: of a long run the
-    cut may hide the first five by name while its tail still prints later failures."""
-    failing = sorted(t for t, s in results.items() if failed(s))
-    names = list(dict.fromkeys(short_name(t, runner) for t in failing))
+def failing_names(results: dict[str, str], runner: str) -> list[str]:
+    """The names of the failing tests as the runner prints them (short_name), sorted, each once."""
+    return list(dict.fromkeys(short_name(t, runner) for t in sorted(results) if failed(results[t])))
+
+
+def shows_name(name: str, text: str) -> bool:
+    """Whether `text` shows a test's name whole (name_pattern, as the judge matches a report)."""
+    return re.search(name_pattern(name), text, re.IGNORECASE | re.MULTILINE) is not None
+
+
+def shown_text(runs: list["Run"], cap: int) -> str:
+    """What an episode shows of the runs' outputs, each capped at `cap` bytes (head and tail)."""
+    return "\n".join(format_output(r.output.encode(), limit=cap)[0] for r in runs)
+
+
+def result_facts(results: dict[str, str], runner: str = "unittest", output: str = "", cap: int = 0,
+                 looks: list["Run"] = ()) -> list[Fact]:
+    """Failing tests (up to 5) and the counts. A test's evidence is its name; the counts are the
+    runner's totals as its summary prints them in `output`, their evidence the summary (no summary:
+    no counts fact; a count of the parsed per-test results could disagree with what the output
+    says). TAP counts its test points, which for tape are assertions, so its
+    counts say so. With `cap` (the bytes of output an episode shows), the failing tests that the
+    capped output (or that of `looks`, the reference's later commands) names come first: of a long
+    run the cut may hide the first five by name while its tail still prints later failures."""
+    names = failing_names(results, runner)
     if cap:
-        shown = format_output(output.encode(), limit=cap)[0]
-        names.sort(key=lambda n: n not in shown)   # stable: by name within the shown and the hidden
-    facts = []
-    for short in names[:5]:
-        facts.append(Fact("failing_test", f"{short} fails", [re.escape(short)], [short]))
-    counts = count_fact(len(failing), len(results), "TAP assertions" if runner == "tap" else "tests")
-    counts.evidence = summary_evidence(runner, output)
+        shown = shown_text([Run("", output, 0), *looks], cap)
+        names.sort(key=lambda n: not shows_name(n, shown))   # stable: by name within the shown and the hidden
+    # no evidence recorded: make_task finds the name where its pattern matches, a whole name
+    facts = [Fact("failing_test", f"{short} fails", [name_pattern(short)]) for short in names[:5]]
+    totals = summary_totals(runner, output)
+    if totals is None:   # the runner printed no totals: an agent cannot report counts (the caller counts the drop)
+        return facts
+    counts = count_fact(totals.failed, totals.total, "TAP assertions" if runner == "tap" else "tests")
+    counts.evidence = totals.evidence
     return facts + [counts]
 
 
 def observable(facts: list[Fact], seen: str) -> tuple[list[Fact], list[Fact]]:
-    """(kept, dropped): a fact is kept when all its evidence is in `seen`, what the agent saw."""
+    """(kept, dropped): a fact is kept when all its evidence is in `seen`, what the agent saw; a fact
+    recorded without evidence gets what its patterns match there (evidence_by_patterns)."""
+    for f in facts:
+        f.evidence = f.evidence or evidence_by_patterns(f, seen)
     kept = [f for f in facts if not missing_evidence(f, seen)]
     return kept, [f for f in facts if f not in kept]
 
@@ -160,8 +213,6 @@ def make_task(entry: Entry, tid: str, category: str, request: str, runs: list[Ru
     capped = [format_output(r.output.encode(), limit=cap) for r in runs]   # (text, truncated): what an episode shows
     seen = "\n".join(format_observation(Observation(r.exit_code, text, truncated=cut), turns_left=1)
                      for r, (text, cut) in zip(runs, capped))
-    for f in facts:
-        f.evidence = f.evidence or evidence_by_patterns(f, seen)
     facts, lost = observable(facts, seen)
     for f in lost:
         dropped[f.kind] = dropped.get(f.kind, 0) + 1
@@ -246,8 +297,9 @@ def failing_place(shown: str, repo: Path, workdir: str) -> tuple[str, int] | Non
 
 @dataclass
 class Look(Run):
-    """A reference command run after the one the report is about, to look at the source; what it shows
-    may make facts observable (the injected cause), and may itself be a fact of the report."""
+    """A reference command run after the one the report is about, to look further (the failure lines a
+    cut hid, the source); what it shows may make facts observable (failing tests' names, the injected
+    cause), and may itself be a fact of the report."""
 
     def fact(self) -> Fact | None:
         return None
@@ -298,6 +350,52 @@ async def look_at_failure(sandbox_cfg, repo: str, env: TaskEnvironment, run: Run
         return []
     view = SourceView(r.command, r.output, r.exit_code, *place)
     return [view, *await follow_call(sandbox_cfg, repo, env, view)]
+
+
+# ---- showing the failing tests a long run's capped output hides -----------------------------------
+
+# the lines a runner prints where a test fails, with its name, for `grep -E`: pytest's `-v` lines and
+# short summary, unittest's `-v` lines and headers, TAP's points, the JUnit tree's leaves, ctest's and
+# automake's result lines
+FAILURE_LINES = {
+    "pytest": r" (FAILED|ERROR)( |$)|^(FAILED|ERROR) ",
+    "unittest": r"^(FAIL|ERROR): |\.\.\. (FAIL|ERROR)$",
+    "tap": r"^\s*not ok ",
+    "junit": "✘",
+    "ctest": r"\*\*\*(Failed|Exception|Timeout)|Not Run",
+    "automake": r"^(FAIL|ERROR): ",
+}
+
+
+def failures_command(test_command: str, runner: str) -> str:
+    """The test command again, its output (stderr too: unittest prints there) filtered to the
+    runner's failure lines."""
+    return f"({test_command}) 2>&1 | grep -E {shlex.quote(FAILURE_LINES[runner])}"
+
+
+def hides_failures(run: Run, results: dict[str, str], runner: str, cap: int) -> bool:
+    """Whether what an agent sees of a failing run (capped at `cap`, head and tail) may hide failing
+    tests by name, judged from that alone, as an expert would: the output was cut, it names fewer
+    failing tests than a task names (5), and no printed total says those are all."""
+    text, cut = format_output(run.output.encode(), limit=cap)
+    shown = sum(shows_name(n, text) for n in failing_names(results, runner))
+    totals = summary_totals(runner, text)
+    return run.exit_code != 0 and cut and shown < 5 and not (totals and totals.failed <= shown)
+
+
+async def show_failures(sandbox_cfg, repo: str, env: TaskEnvironment, entry: Entry, run: Run,
+                        results: dict[str, str], cap: int, timeout_s: float) -> list[Look]:
+    """What an expert runs after a failing run whose output may hide failing tests by name
+    (hides_failures): the same tests again, filtered to their failure lines (failures_command),
+    after the setup that an episode runs first, in a fresh sandbox of `repo`. Kept whatever it
+    shows (grep's status 1: no failure lines), as an agent would run it on what it saw: two tasks
+    whose runs read the same then go on alike. [] when nothing may be hidden, the runner has no
+    failure lines here, or the setup fails."""
+    if entry.runner not in FAILURE_LINES or not hides_failures(run, results, entry.runner, cap):
+        return []
+    command = failures_command(entry.test_command, entry.runner)
+    runs = await run_commands(sandbox_cfg, repo, env, [*entry.setup, command], timeout_s)
+    return [Look(command, runs[-1].output, runs[-1].exit_code)] if runs[-1].command == command else []
 
 
 # ---- following the call of a failing test line (Python, JavaScript) -----------------------------------

@@ -96,6 +96,20 @@ def test_the_builder_reads_what_a_project_declares(tmp_path):
     assert "PyYAML" not in resolve_entry(pinned, tmp_path).test_deps
 
 
+def test_setup_py_requirements_with_quoted_markers_are_read_whole(tmp_path):
+    """loguru's setup.py quotes inside its markers ("colorama>=0.3.4 ; sys_platform=='win32'"): its
+    test dependencies were read as colorama, "3.7" and "win32" (the markers' values as packages)."""
+    from tasks.real import declared_dependencies
+    (tmp_path / "setup.py").write_text(
+        "setup(\n    name='loguru',\n    install_requires=[\n"
+        "        \"colorama>=0.3.4 ; sys_platform=='win32'\",\n"
+        "        \"aiocontextvars>=0.2.0 ; python_version<'3.7'\",\n"
+        "        'win32-setctime>=1.0.0 ; sys_platform==\"win32\"',\n    ],\n"
+        "    tests_require=['toolz', \"freezegun\"],\n)\n")
+    assert declared_dependencies(tmp_path, "loguru") == ["aiocontextvars>=0.2.0", "colorama>=0.3.4", "freezegun",
+                                                         "toolz", "win32-setctime>=1.0.0"]
+
+
 def _first_of_set(seed: str, words: list[str]) -> str:
     code = f"print(next(iter({set(words)!r})))"
     return subprocess.run(["/usr/bin/python3", "-c", code], env={"PYTHONHASHSEED": seed},
@@ -187,13 +201,15 @@ def test_real_builder_keeps_only_facts_the_output_shows(tmp_path):
 
 
 
-def test_a_long_runs_failing_tests_are_those_its_capped_output_shows(tmp_path):
+def test_a_long_runs_hidden_failing_tests_are_shown_by_its_failure_lines(tmp_path):
     """A fault that fails more tests than a task names (5), in a run longer than the observation cap
-    (head and tail shown): the failing tests a task names are ones the shown output prints (the tail's
-    last failure), not the first five by name, which the cut hides (the paper sample at a 4 KB cap
-    named none of a JUnit run's 18 failures though the tail printed two)."""
+    (head and tail shown): the cut hides the first failures by name (the paper sample at a 4 KB cap
+    dropped 46 failing tests so), so the reference runs the tests again filtered to their failure
+    lines, and the task names the first five failing tests, which that shows. Before, it named
+    those the capped run printed (the tail's last failure) and lost the rest."""
     from tasks import load_tasks
     from tasks.build import build_corpus
+    from tasks.runs import failures_command
 
     proj = tmp_path / "long"
     proj.mkdir()
@@ -207,14 +223,20 @@ def test_a_long_runs_failing_tests_are_those_its_capped_output_shows(tmp_path):
     out = tmp_path / "corpus"
     outcomes = build_corpus([entry], out, jobs=1, observation_cap=cap, progress=lambda s: None)
     assert not outcomes[0].excluded, outcomes[0].excluded
-    faults = [t for s in ("train", "validation", "test") if (out / f"{s}.jsonl").read_text()
-              for t in load_tasks(str(out), s) if "mutation" in t.ground_truth.observed
-              and t.category in ("run_tests", "discover_tests")]
+    tasks = [t for s in ("train", "validation", "test") if (out / f"{s}.jsonl").read_text()
+             for t in load_tasks(str(out), s)]
+    faults = [t for t in tasks if "mutation" in t.ground_truth.observed and t.category in ("run_tests", "discover_tests")]
     assert any(t.ground_truth.observed["mutation"]["operator"] == "flip_eq" for t in faults)
+    filtered = failures_command(entry.test_command, "unittest")
     for t in faults:
-        # what an episode shows of the test run (recorded capped)
-        shown = t.ground_truth.observed["outputs"][t.reference.commands.index(entry.test_command)]
+        commands, outputs = t.reference.commands, t.ground_truth.observed["outputs"]
+        shown = outputs[commands.index(entry.test_command)]   # what an episode shows of the test run
         assert "bytes omitted" in shown and "test_z1 " not in shown   # the cut hides the first failures
+        lines = outputs[commands.index(filtered)]
+        assert commands.index(filtered) == commands.index(entry.test_command) + 1
+        assert lines.count("FAIL: test_z") == 8 and "test_a00" not in lines, lines
         named = [f.value.removesuffix(" fails") for f in t.ground_truth.facts if f.kind == "failing_test"]
-        assert named and "test_z8" in named, (t.id, named)
-        assert all(f"{n} " in shown for n in named), (t.id, named)
+        assert named == ["test_z1", "test_z2", "test_z3", "test_z4", "test_z5"], (t.id, named)
+        assert "8 of 28 tests fail" in [f.value for f in t.ground_truth.facts]
+    # the clean release fails nothing: no failure lines to show
+    assert not [t for t in tasks if filtered in t.reference.commands and "mutation" not in t.ground_truth.observed]
