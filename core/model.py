@@ -66,10 +66,14 @@ class TinySpec:
     seed: int = 0
     corpus_bytes: int = 6_000_000
     copy_circuit: bool = False  # layers 0-1 start as an induction (copy) circuit: `install_copy_circuit`
+    copy_from_user_turns: bool = False  # ... that copies only from user turns (request, observations)
 
 
-# The embedded models by name: `model.path=tiny-copy` starts from the copy circuit (docs/experiments.md).
-TINY_SPECS = {TINY: TinySpec(), "tiny-copy": TinySpec(copy_circuit=True)}
+# The embedded models by name (docs/experiments.md): `tiny` is random; `tiny-copy` starts with the copy
+# circuit; `tiny-copy-obs` (the tiny config's) with the circuit that copies only from user turns (the
+# request and the command outputs), never its own text, matching two tokens.
+TINY_SPECS = {TINY: TinySpec(), "tiny-copy": TinySpec(copy_circuit=True),
+              "tiny-copy-obs": TinySpec(copy_circuit=True, copy_from_user_turns=True)}
 
 
 @dataclass(frozen=True)
@@ -160,8 +164,8 @@ def tiny_model_dir(spec: TinySpec = TinySpec()) -> Path:
 
 
 def resolve_model_path(path: str) -> Path:
-    """The local directory of a model: 'tiny' (or 'tiny-copy', the same with the copy circuit) builds
-    (once) the embedded model; anything else must be an HF model directory (config.json, weights and
+    """The local directory of a model: a name of TINY_SPECS ('tiny', 'tiny-copy', 'tiny-copy-obs')
+    builds (once) that embedded model; anything else must be an HF model directory (config.json, weights and
     tokenizer files), else a ModelPathError says what is missing (before anything loads it)."""
     if path in TINY_SPECS:
         d = tiny_model_dir(TINY_SPECS[path])
@@ -263,7 +267,10 @@ def build_tiny(out_dir: str | os.PathLike, spec: TinySpec = TinySpec()) -> Path:
         model = Qwen3ForCausalLM(config)
         if spec.copy_circuit:
             state = model.state_dict()
-            install_copy_circuit(state, config, seed=spec.seed)
+            roles = None
+            if spec.copy_from_user_turns:
+                roles = RoleTokens.of(tokenizer)
+            install_copy_circuit(state, config, seed=spec.seed, roles=roles)
             model.load_state_dict(state)
         model = model.to(torch.bfloat16)
         model.generation_config = GenerationConfig(
@@ -283,11 +290,34 @@ def build_tiny(out_dir: str | os.PathLike, spec: TinySpec = TinySpec()) -> Path:
     return out
 
 
-# The copy circuit's residual-stream layout: token content, a constant, the previous token's content.
+# The copy circuit's residual-stream layout: token content, a constant, the previous token's content;
+# with the user-turn gate also: a role-marker strength, its sign (+1 user, -1 assistant), "in a user
+# turn", and the previous token's content kept only in user turns.
 CONTENT, CONSTANT, PREVIOUS = slice(0, 64), 64, slice(65, 129)
+MARKER, SIGN, IN_USER, USER_PREVIOUS = 129, 130, 131, slice(132, 196)
+# ... and, gated, the token before the previous one (a 30-dim projection), ungated and kept in user turns
+BEFORE, USER_BEFORE = slice(196, 226), slice(226, 256)
 
 
-def install_copy_circuit(state: dict, config, seed: int = 0) -> None:
+@dataclass(frozen=True)
+class RoleTokens:
+    """The token ids that open a turn in the chat template: `<|im_start|>`, then the role's first token."""
+    turn: int
+    user: int
+    assistant: int
+
+    @classmethod
+    def of(cls, tokenizer) -> "RoleTokens":
+        def first(text: str) -> int:
+            return tokenizer(text, add_special_tokens=False)["input_ids"][0]
+        turn = tokenizer.convert_tokens_to_ids("<|im_start|>")
+        user, assistant = first("user\n"), first("assistant\n")
+        if len({turn, user, assistant}) < 3:
+            raise ValueError("the chat template's role tokens are not distinct: cannot gate the copy circuit")
+        return cls(turn=turn, user=user, assistant=assistant)
+
+
+def install_copy_circuit(state: dict, config, seed: int = 0, roles: RoleTokens | None = None) -> None:
     """Set an induction circuit in layers 0 and 1 of a random tiny Qwen3 (in place): the model then
     predicts, at every position, the token that followed the previous occurrence of the current token.
 
@@ -306,13 +336,17 @@ def install_copy_circuit(state: dict, config, seed: int = 0) -> None:
         (position barely turns them), so a position whose previous token equals the current token
         scores high; the value, that position's CONTENT, is added to the residual, and the tied
         output head turns it into the copied token's logit.
+    With `roles` (the chat template's role tokens) the circuit is gated to user turns and matches two
+    tokens, not one (`_gate_to_user_turns`; layer 0's head 1 then reads the token two back into BEFORE).
     Everything else keeps its random initialisation; training is free to change all of it.
-    Copy accuracy on repeated random spans: ~92% before any training, 0% without the circuit
-    (tests/test_model.py)."""
+    Copy accuracy on repeated random spans: ~92% before any training, 0% without the circuit; of names
+    in a command's output, in a chat: 0.28 ungated, 0.90 gated (tests/test_model.py)."""
     import torch
 
     hidden, head_dim = config.hidden_size, config.head_dim
     n_q, n_kv = config.num_attention_heads, config.num_key_value_heads
+    if roles is not None and hidden < USER_BEFORE.stop:
+        raise ValueError(f"the gated copy circuit needs hidden_size >= {USER_BEFORE.stop}")
     if hidden < PREVIOUS.stop or head_dim != 64 or n_q != 2 * n_kv or config.num_hidden_layers < 2:
         raise ValueError("install_copy_circuit needs hidden_size >= 129, head_dim 64, two query heads per "
                          "KV head and at least 2 layers; set TinySpec.copy_circuit=False for other shapes")
@@ -329,6 +363,11 @@ def install_copy_circuit(state: dict, config, seed: int = 0) -> None:
     vectors = torch.randn(emb.shape[0], width, generator=g)
     emb[:, CONTENT] = vectors / vectors.norm(dim=1, keepdim=True) * width ** 0.5
     emb[:, CONSTANT] = 4.0
+    if roles is not None:
+        emb[:, MARKER:USER_BEFORE.stop] = 0.0                # the gate's dims start clean
+        emb[[roles.user, roles.assistant], MARKER] = MARKER_STRENGTH
+        emb[roles.turn, MARKER] = MARKER_STRENGTH / 10      # a weak sink: before any role token, attend here
+        emb[roles.user, SIGN], emb[roles.assistant, SIGN] = 1.0, -1.0
     if "lm_head.weight" in state:
         state["lm_head.weight"].copy_(emb)
 
@@ -356,22 +395,103 @@ def install_copy_circuit(state: dict, config, seed: int = 0) -> None:
         k[h * head_dim:(h + 1) * head_dim, CONSTANT] = key.float()
         v[h * head_dim + torch.arange(width), content] = 1.0
     o[previous, torch.arange(width)] = 1.0
+    before = None
+    if roles is not None:
+        # head 1 (KV head 0's second query): its query turned back one position, so it peaks at offset
+        # 2; it writes that token's CONTENT, projected to 30 dims, into BEFORE
+        a, b = query[:half] * torch.cos(-freqs) , query[:half] * torch.sin(-freqs)
+        q[head_dim:2 * head_dim, CONSTANT] = torch.cat([a, b]).float()
+        n_before = BEFORE.stop - BEFORE.start
+        before = torch.randn(n_before, width, generator=g) / n_before ** 0.5
+        o[BEFORE, head_dim:head_dim + width] = before
     attention(0, q, k, v, o, qk_scale=4.0)
+    if roles is not None:
+        _gate_to_user_turns(state, config, q, k, v, o)
 
-    # layer 1: induction heads on the 12 slowest RoPE pairs
-    slow = torch.arange(half - 12, half)
+    # layer 1: induction heads on the 12 slowest RoPE pairs. Gated: on 11 of them, the key reads the
+    # two tokens before its position as kept in user turns, the query the current and the previous
+    # token (two tokens pick out a name's continuation where one letter recurs all over the output);
+    # the slowest pair holds a constant the query never reads (it sets the key's length where the gated
+    # part is near zero, so assistant text scores ~0)
+    n_slow = 12 if roles is None else 11
+    slow = torch.arange(half - 12, half - 12 + n_slow)
     dims = torch.cat([slow, slow + half])
+    keyed = previous if roles is None else torch.arange(USER_PREVIOUS.start, USER_PREVIOUS.stop)
     q, k, v, o = blank()
     for h in range(n_kv):
         proj = torch.randn(len(dims), width, generator=g) / width ** 0.5
         q[2 * h * head_dim + dims[:, None], content[None, :]] = proj
-        k[h * head_dim + dims[:, None], previous[None, :]] = proj
+        k[h * head_dim + dims[:, None], keyed[None, :]] = proj
+        if roles is not None:
+            # the two tokens before a key position against the current and the previous token
+            n_before = before.shape[0]
+            proj2 = torch.randn(len(dims), n_before, generator=g) / n_before ** 0.5
+            q[2 * h * head_dim + dims[:, None], previous[None, :]] = proj2 @ before
+            k[h * head_dim + dims[:, None], torch.arange(USER_BEFORE.start, USER_BEFORE.stop)[None, :]] = proj2
+            k[h * head_dim + half - 1, CONSTANT] = KEY_ANCHOR
         v[h * head_dim + torch.arange(width), content] = 1.0
         o[content, 2 * h * head_dim + torch.arange(width)] = 1.5
     attention(1, q, k, v, o, qk_scale=5.0)
     # a calibrated output: the copied token at p ~0.7, and random text near the uniform loss (9.3 vs
     # 8.3 nats; at 3.0 it was 200, and SFT spent its first hundred steps undoing that confidence)
     state["model.norm.weight"] = torch.full((hidden,), 0.1)
+
+
+# The user-turn gate's constants (tests/test_model.py measures the gate they make).
+MARKER_STRENGTH = 8.0     # a role token's marker: its key scores ~16 in the role head, a plain token 0
+GATE_SLOPE, GATE_OFFSET, GATE_RANGE = 24.0, 2.0, 6.0
+GATE_OUT = 0.05
+KEY_ANCHOR = 0.1
+
+
+def _gate_to_user_turns(state: dict, config, q, k, v, o) -> None:
+    """Layer 0's second KV head becomes a role head, and 188 of layer 0's MLP units a gate, so that the
+    induction head's keys (USER_PREVIOUS, USER_BEFORE) hold the two tokens before a position only inside
+    user turns: the model copies from the request and the command outputs, never from its own turns.
+
+    - Role head (query head 2, KV head 1): the key reads MARKER on a RoPE pair too slow to turn, so
+      every position attends almost only to the role tokens before it (`user` +1, the assistant role's
+      first token -1, both in SIGN) and averages their signs: in the k-th user turn (k users, k-1
+      assistants) that is 1/(2k-1) > 0, in any assistant turn or before the first user turn exactly 0.
+      It writes IN_USER.
+    - Gate (MLP units 2j, 2j+1 for each of the 64 PREVIOUS and 30 BEFORE dims): silu(z) - silu(z -
+      GATE_RANGE) with z = GATE_SLOPE * IN_USER - GATE_OFFSET, times that dim: ~4-6 x it in a user turn,
+      whatever its k, and ~-0.24 x outside (a length the key's anchor then dwarfs)."""
+    import torch
+
+    head_dim, half = config.head_dim, config.head_dim // 2
+    gated = list(zip(range(PREVIOUS.start, PREVIOUS.stop), range(USER_PREVIOUS.start, USER_PREVIOUS.stop)))
+    gated += list(zip(range(BEFORE.start, BEFORE.stop), range(USER_BEFORE.start, USER_BEFORE.stop)))
+    role_q, role_kv, still = 2, 1, half - 2          # pair 30: ~0.01 rad over 4096 positions
+    q[role_q * head_dim:(role_q + 2) * head_dim] = 0.0
+    k[role_kv * head_dim:(role_kv + 1) * head_dim] = 0.0
+    v[role_kv * head_dim:(role_kv + 1) * head_dim] = 0.0
+    q[role_q * head_dim + still, CONSTANT] = 1.0
+    k[role_kv * head_dim + still, MARKER] = 1.0
+    k[role_kv * head_dim + still + 1, CONSTANT] = 0.25     # a marker of 8 then points the key along `still`
+    v[role_kv * head_dim, SIGN] = 1.0
+    o[IN_USER, role_q * head_dim] = 1.0
+    for name in ("q_norm", "k_norm"):                          # score = 16 * MARKER / sqrt(1 + MARKER^2)
+        w = state[f"model.layers.0.self_attn.{name}.weight"]
+        w[still], w[still + 1] = 2.0 ** 0.5, 2.0 ** 0.5
+    for name, w in (("q_proj", q), ("k_proj", k), ("v_proj", v), ("o_proj", o)):
+        state[f"model.layers.0.self_attn.{name}.weight"] = w
+
+    gate, up = state["model.layers.0.mlp.gate_proj.weight"], state["model.layers.0.mlp.up_proj.weight"]
+    down = state["model.layers.0.mlp.down_proj.weight"]
+    units = torch.arange(2 * len(gated))
+    gate[units], up[units] = 0.0, 0.0
+    down[:, units] = 0.0
+    down[USER_PREVIOUS] = 0.0                                   # nothing else writes the gated copies
+    down[USER_BEFORE] = 0.0
+    down[IN_USER] = 0.0
+    for j, (dim, out) in enumerate(gated):
+        for unit, offset, sign in ((2 * j, GATE_OFFSET, 1.0), (2 * j + 1, GATE_OFFSET + GATE_RANGE, -1.0)):
+            gate[unit, IN_USER] = GATE_SLOPE
+            gate[unit, CONSTANT] = -offset / 4.0 * 0.75        # CONSTANT (4) reads ~5.3 after the norm
+            up[unit, dim] = 1.0
+            down[out, unit] = sign * GATE_OUT
+    state["model.layers.0.post_attention_layernorm.weight"] = torch.ones(config.hidden_size)
 
 
 EMBED_WEIGHT, LM_HEAD_WEIGHT = "model.embed_tokens.weight", "lm_head.weight"

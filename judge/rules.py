@@ -30,6 +30,7 @@ _OUT_OF_SCOPE = [
 _INSTALL = r"\b(pip3?|npm|yarn|pnpm|apt(-get)?|cargo|go)\s+(install|add|get)\b"
 _TEST_NAME = re.compile(r"\btest_\w+")
 _QUOTED_NAME = re.compile(r"'([A-Za-z_][\w .:/-]{0,60})'")   # a test or file named in quotes ('sum values')
+_TAP_NAME = re.compile(r"\bnot ok \d+ - ([A-Za-z_][\w :/-]{0,60}?)\s*(?=[(.;,]|$)", re.MULTILINE)   # a TAP line quoted
 _EXIT_CLAIM = re.compile(r"\bexit(?:\s+(?:status|code))?\W{0,3}(-?\d+)\b", re.IGNORECASE)
 _LOCATION = re.compile(r"[\w./-]+\.\w+:\d+")
 _ERROR = re.compile(r"\b\w*(Error|Exception|error|failed|FAILED|panic)\b")
@@ -73,7 +74,7 @@ def invented_names(text: str, observed: str) -> list[str]:
 
 
 def _named_tests(text: str) -> set[str]:
-    return set(_TEST_NAME.findall(text)) | set(_QUOTED_NAME.findall(text))
+    return set(_TEST_NAME.findall(text)) | set(_QUOTED_NAME.findall(text)) | set(_TAP_NAME.findall(text))
 
 
 OTHER_COMMAND_NOTE = " (it reports another command: no exit status it states is the task's)"

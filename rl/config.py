@@ -155,6 +155,9 @@ class TrainerConfig:
                 "forces sdpa's slow math kernel (benchmarks/trainer.py); "
                 "the optimizer steps and the loss are the same"})
     use_reference_model: bool = False
+    frozen: list[str] = field(default_factory=list, metadata={
+        "help": "regexes of parameter names the trainer leaves as they are (no gradient, no optimizer "
+                "state), e.g. a circuit set in the weights: tiny-copy-obs's copy heads (docs/experiments.md)"})
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)

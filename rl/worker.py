@@ -40,6 +40,24 @@ def attention_implementation(requested: str, cuda: bool) -> str:
     return requested
 
 
+def freeze(model: torch.nn.Module, patterns: list[str]) -> int:
+    """Leave the parameters whose names match any of `patterns` (regexes) out of training; each pattern
+    must match some parameter (a typo would otherwise train everything). Returns how many are frozen."""
+    import re
+
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not any(re.search(pattern, n) for n in names):
+            raise ConfigError(f"trainer.frozen: {pattern!r} matches no parameter of the model "
+                              f"(names look like {names[1]!r})")
+    frozen = 0
+    for name, param in model.named_parameters():
+        if any(re.search(pattern, name) for pattern in patterns):
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
 @dataclass
 class SFTStep:
     """One SFT optimizer step for one rank (or, before `TrainerGroup` deals it, for all ranks).
@@ -106,6 +124,7 @@ class TrainerWorker:
             attn_implementation=attention_implementation(tc.attn_implementation, cuda)).to(self.device)
         if tc.activation_checkpointing:
             model.gradient_checkpointing_enable()
+        freeze(model, tc.frozen)
         mesh = init_device_mesh(self.device.type, (self.world_size,))
         kwargs: dict[str, Any] = {"mesh": mesh}
         if tc.param_dtype == "bfloat16":
@@ -118,8 +137,8 @@ class TrainerWorker:
         self.model = model
         self.tie = bool(getattr(model.config, "tie_word_embeddings", False))
         o = tc.optim
-        self.optim = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                       weight_decay=o.weight_decay)
+        self.optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr,
+                                       betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.set_schedule(total_steps)
         self.ref = None   # the KL term's frozen policy: loaded when GRPO starts (load_reference)
         n = sum(p.numel() for p in model.parameters())

@@ -281,7 +281,8 @@ def pyunit_facts(output: str) -> list[Fact]:
     for kind, name in failures:
         block = output.split(f"{kind}: {name} (", 1)[1].split("\n======", 1)[0]
         etype, _ = _exception(block)
-        facts.append(Fact("failing_test", f"{name} fails with {etype}", [_word(name), _word(etype)],
+        # in the words of the runner's own line, as a subagent quotes it: a reader finds it in the log
+        facts.append(Fact("failing_test", f"{kind}: {name} ({etype})", [_word(name), _word(etype)],
                            [f"{kind}: {name}", etype]))
     c = count_fact(len(failures), total)
     c.evidence = [f"Ran {total} test"] + (["FAILED ("] if failures else ["OK"])
@@ -295,7 +296,7 @@ def jsnode_facts(output: str) -> list[Fact]:
     facts = []
     for i, (line, name) in enumerate(failing):
         etype = errors[i] if i < len(errors) else "error"
-        facts.append(Fact("failing_test", f"'{name}' fails with {etype}", [re.escape(name), _word(etype)],
+        facts.append(Fact("failing_test", f"{line} ({etype})", [re.escape(name), _word(etype)],
                            [line, f"name: '{etype}'"]))
     c = count_fact(counts.get("fail", 0), counts.get("tests", 0))
     c.evidence = [f"# tests {counts.get('tests', 0)}", f"# fail {counts.get('fail', 0)}"]

@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from core.errors import UserError, one_line
+from core.model import TINY_SPECS
 from terminus import __version__
 from terminus.commands import cluster, evaluation, judge, rl, rollout, tasks
 from terminus.commands.args import DEFAULT_CONFIG, add_config_args
@@ -36,8 +37,9 @@ COMMAND_MODULES = (
 def _model_build_tiny(args: argparse.Namespace) -> int:
     from core.model import build_tiny, describe, resolve_model_path, tiny_model_dir
 
-    path = build_tiny(args.out) if args.out else (
-        build_tiny(tiny_model_dir()) if args.force else resolve_model_path("tiny"))
+    spec = TINY_SPECS[args.name]
+    path = build_tiny(args.out, spec) if args.out else (
+        build_tiny(tiny_model_dir(spec), spec) if args.force else resolve_model_path(args.name))
     print(describe(path))
     return 0
 
@@ -101,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="build or inspect models")
     msub = model.add_subparsers(dest="model_command", metavar="ACTION")
     bt = msub.add_parser("build-tiny", help="build the embedded tiny Qwen3 model + tokenizer (cached)")
+    bt.add_argument("--name", default="tiny-copy-obs", choices=sorted(TINY_SPECS),
+                    help="which embedded model: tiny-copy-obs (tiny_cpu's) starts with a copy circuit that reads "
+                         "user turns only; tiny-copy copies from anywhere; tiny has none (default: %(default)s)")
     bt.add_argument("--out", help="write here instead of the cache directory")
     bt.add_argument("--force", action="store_true", help="rebuild even if cached")
     bt.set_defaults(func=_model_build_tiny)

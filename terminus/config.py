@@ -34,7 +34,7 @@ PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 @dataclass
 class ModelConfig:
-    path: str = "tiny"  # "tiny" = the embedded model built by `terminus model build-tiny`; else a local HF dir
+    path: str = "tiny"  # "tiny" (or "tiny-copy", "tiny-copy-obs") = an embedded model (`terminus model build-tiny`); else a local HF dir
     dtype: str = one_of("float32", "bfloat16", "float16", default="bfloat16")
     max_model_len: int = at_least(256, default=4096)
 

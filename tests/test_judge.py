@@ -241,6 +241,11 @@ def test_rules_judge_flags_an_invented_quoted_test_name():
     assert not ok.failures["hallucination"].flag
     assert bad.failures["hallucination"].flag and "sum totals" in bad.failures["hallucination"].evidence
     assert bad.dimensions["faithfulness"].score < ok.dimensions["faithfulness"].score
+    # ... and so is a name in a quoted TAP line (the generated corpus's reports quote the runner's line)
+    quoted, made_up = (dict(seen, summary=f"not ok 1 - {name} (AssertionError).") for name in ("sum values", "sum totals"))
+    ok, bad = (judge_rules(task, traj([("node --test", 1, out)], r)) for r in (quoted, made_up))
+    assert not ok.failures["hallucination"].flag
+    assert bad.failures["hallucination"].flag and "sum totals" in bad.failures["hallucination"].evidence
 
 
 def test_rules_judge_rewards_substance_over_form():

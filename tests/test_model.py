@@ -42,6 +42,56 @@ def test_tiny_model_copies_what_it_saw_before_any_training(tmp_path):
     assert _copy_accuracy(build_tiny(tmp_path / "plain", TinySpec(copy_circuit=False))) < 0.05
 
 
+def _chat_copy_accuracy(model_dir: Path, source: str) -> float:
+    """Share of a report's random names (after their first token) the model predicts by copying, when
+    the names were seen earlier in a command's output (source="observation") or only in its own
+    earlier turn (source="own turn")."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = Qwen3ForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(1)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+
+    def words(n: int, length: int) -> str:
+        return " ".join("".join(letters[int(c)] for c in torch.randint(0, 26, (length,), generator=g))
+                        for _ in range(n))
+
+    hits = total = 0
+    for _ in range(12):
+        names, filler = words(3, 7), words(30, 5)
+        seen_in_output = source == "observation"
+        messages = [
+            {"role": "system", "content": "You are a subagent. " + filler},
+            {"role": "user", "content": "Please run the tests."},
+            {"role": "assistant", "content": "<command>make test</command>" + ("" if seen_in_output else " Failing: " + names)},
+            {"role": "user", "content": f"<observation>\n<output>\n{filler}\nFAIL {names if seen_in_output else 'none'}\n"
+                                        f"{filler}\n</output>\n</observation>"},
+            {"role": "assistant", "content": "<report>Failing: " + names}]
+        ids = tok.apply_chat_template(messages, tokenize=True, return_tensors="pt", return_dict=True)["input_ids"]
+        span = len(tok(" " + names, add_special_tokens=False)["input_ids"])
+        end = ids.shape[1] - 2                                   # before <|im_end|>\n
+        with torch.no_grad():
+            predicted = model(input_ids=ids).logits[0, end - span:end - 1].argmax(-1)
+        hits += (predicted == ids[0, end - span + 1:end]).sum().item()
+        total += span - 1
+    return hits / total
+
+
+def test_gated_copy_circuit_copies_observations_not_its_own_text():
+    """`tiny-copy-obs` (core.model.RoleTokens, _gate_to_user_turns): the induction head reads only user
+    turns and matches the two tokens before a position, so the model copies names from a command's
+    output (0.90; the one-token ungated circuit 0.28, lost among the letters repeated in the output),
+    and not from its own earlier turn, which the ungated circuit copies as readily (its reports looped
+    on their own phrases: docs/experiments.md)."""
+    gated, ungated = resolve_model_path("tiny-copy-obs"), resolve_model_path("tiny-copy")
+    from_output = _chat_copy_accuracy(gated, "observation")
+    assert from_output > 0.6 and from_output > 2 * _chat_copy_accuracy(ungated, "observation")
+    assert _chat_copy_accuracy(gated, "own turn") < 0.05
+    assert _chat_copy_accuracy(ungated, "own turn") > 0.2
+
+
 def test_resolve_tiny_is_cached():
     p = resolve_model_path("tiny")
     assert p == tiny_model_dir()

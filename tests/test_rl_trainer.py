@@ -99,6 +99,34 @@ def test_resume_gives_the_same_weights_and_data_order(cluster, tok, tmp_path):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
 
 
+def test_frozen_parameters_stay_as_they_were_and_resume(cluster, tok, tmp_path):
+    """trainer.frozen: the matching parameters are exactly the initial ones after SFT (and after a resume
+    from its checkpoint), the rest trained; a pattern matching nothing is a config error."""
+    from core.model import resolve_model_path
+    from rl import TrainerGroup
+    over = ("trainer.sft.epochs=1", "trainer.sft.max_steps=2", "trainer.sft.checkpoint_every=1",
+            "trainer.optim.lr=1e-2", r"trainer.frozen=[layers\.0\.self_attn,layers\.1\.mlp\.down]")
+    cfg = config(tmp_path, *over)
+    g = TrainerGroup(cfg)
+    try:
+        g.sft(demos(tok))
+    finally:
+        g.shutdown()
+    again = TrainerGroup(config(tmp_path, *over))      # resumes from the checkpoint of step 2
+    try:
+        assert again.sft_step == 2
+        again.export_hf(tmp_path / "hf")
+    finally:
+        again.shutdown()
+    before, after = weights(resolve_model_path(cfg.model.path)), weights(tmp_path / "hf")
+    frozen = [k for k in before if "layers.0.self_attn" in k or "layers.1.mlp.down" in k]
+    assert len(frozen) == 7
+    assert all(torch.equal(before[k].float(), after[k].float()) for k in frozen)
+    assert all(not torch.equal(before[k].float(), after[k].float()) for k in before if "layers.2." in k)
+    with pytest.raises(Exception, match="matches no parameter"):
+        TrainerGroup(config(tmp_path / "typo", r"trainer.frozen=[layers\.9\.attn]"))
+
+
 def test_pad_free_takes_the_same_steps_as_padded_micro_batches(cluster, tok, tmp_path):
     """trainer.pad_free splits each micro-batch into unpadded sequences (uneven counts per rank,
     filled with empties): the same optimizer steps, the same weights."""
