@@ -9,7 +9,7 @@ from rollout.config import RolloutConfig
 
 def test_shipped_configs_load():
     tiny = load_config("tiny_cpu")
-    assert tiny.model.path == "tiny" and tiny.judge.backend == "rules"
+    assert tiny.model.path == "tiny-copy-obs" and tiny.judge.backend == "rules"
     big = load_config("configs/qwen3_4b.yaml")
     assert big.rollout.episode.max_turns == 10 and big.trainer.param_dtype == "bfloat16"
 

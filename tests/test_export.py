@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from core.model import LM_HEAD_WEIGHT, resolve_model_path
@@ -52,7 +53,7 @@ def hf_state(path: Path) -> dict[str, torch.Tensor]:
 
 def test_a_checkpoint_exports_to_sharded_safetensors_transformers_loads(run, tmp_path):
     ckpt = checkpoint_model_state(run / "checkpoints" / "step_000002")
-    base = hf_state(resolve_model_path("tiny"))
+    base = hf_state(resolve_model_path(OmegaConf.load(run / "config.yaml").model.path))   # the model it trained
     r = terminus("model", "export", str(run), "--step", "2", "--dtype", "bfloat16", "--out", str(tmp_path / "hf"),
                  "--max-shard-size", "1MB")
     assert r.returncode == 0, r.stderr
@@ -72,8 +73,8 @@ def test_a_checkpoint_exports_to_sharded_safetensors_transformers_loads(run, tmp
         want = ckpt[name if name in ckpt else "model.embed_tokens.weight"].to(torch.bfloat16)
         assert torch.equal(t, want), name
     # the trained weights, not the base model's
-    assert not torch.equal(loaded["model.layers.0.mlp.up_proj.weight"],
-                           base["model.layers.0.mlp.up_proj.weight"].to(torch.bfloat16))
+    assert not torch.equal(loaded["model.layers.2.mlp.up_proj.weight"],
+                           base["model.layers.2.mlp.up_proj.weight"].to(torch.bfloat16))
     # the tokenizer and its chat template travel with it
     from transformers import AutoTokenizer
     msgs = [{"role": "user", "content": "run the tests"}]
@@ -92,8 +93,8 @@ def test_the_newest_checkpoint_in_the_training_dtype_is_the_final_model(run):
     assert out == run / "hf_step_000004"
     exported, trained = hf_state(out), hf_state(final)
     assert all(torch.equal(exported[k], trained[k]) for k in trained)
-    step2 = checkpoint_model_state(run / "checkpoints" / "step_000002")["model.layers.0.mlp.up_proj.weight"]
-    assert not torch.equal(exported["model.layers.0.mlp.up_proj.weight"], step2.to(torch.bfloat16))
+    step2 = checkpoint_model_state(run / "checkpoints" / "step_000002")["model.layers.2.mlp.up_proj.weight"]
+    assert not torch.equal(exported["model.layers.2.mlp.up_proj.weight"], step2.to(torch.bfloat16))
 
 
 def test_export_errors_name_what_is_wrong(run, tmp_path):

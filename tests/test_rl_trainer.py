@@ -38,7 +38,10 @@ def demos(tok, k=12):
 
 
 def config(tmp_path, *over):
-    return load_config("tiny_cpu", [f"output_dir={tmp_path}", "trainer.num_workers=2", "cluster.trainer.num_cpus=1",
+    # the plain random model, all of it trained: these tests check the trainer's mechanics at tolerances
+    # set for it (the copy circuit's sharp attention makes float32 sums over other orders differ more)
+    return load_config("tiny_cpu", [f"output_dir={tmp_path}", "model.path=tiny", "trainer.frozen=[]",
+                                    "trainer.num_workers=2", "cluster.trainer.num_cpus=1",
                                     "logging.wandb_mode=disabled", "trainer.sft.micro_batch_tokens=512",
                                     "trainer.optim.warmup_steps=1", *over])
 
@@ -104,7 +107,7 @@ def test_frozen_parameters_stay_as_they_were_and_resume(cluster, tok, tmp_path):
     from its checkpoint), the rest trained; a pattern matching nothing is a config error."""
     from core.model import resolve_model_path
     from rl import TrainerGroup
-    over = ("trainer.sft.epochs=1", "trainer.sft.max_steps=2", "trainer.sft.checkpoint_every=1",
+    over = ("trainer.sft.epochs=2", "trainer.sft.max_steps=2", "trainer.sft.checkpoint_every=1",
             "trainer.optim.lr=1e-2", r"trainer.frozen=[layers\.0\.self_attn,layers\.1\.mlp\.down]")
     cfg = config(tmp_path, *over)
     g = TrainerGroup(cfg)
@@ -114,7 +117,7 @@ def test_frozen_parameters_stay_as_they_were_and_resume(cluster, tok, tmp_path):
         g.shutdown()
     again = TrainerGroup(config(tmp_path, *over))      # resumes from the checkpoint of step 2
     try:
-        assert again.sft_step == 2
+        assert again.resume_point() == (0, 0) and again.sft_step == 2
         again.export_hf(tmp_path / "hf")
     finally:
         again.shutdown()

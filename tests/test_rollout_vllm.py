@@ -119,8 +119,8 @@ def test_weight_update_matches_transformers(cluster, tok, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from core.model import save_hf_weights
-    _, engine, _, _ = cluster
-    model = AutoModelForCausalLM.from_pretrained(str(resolve_model_path("tiny")), dtype=torch.float32)
+    cfg, engine, _, _ = cluster
+    model = AutoModelForCausalLM.from_pretrained(str(resolve_model_path(cfg.model.path)), dtype=torch.float32)
     ids = tok.apply_chat_template(
         [{"role": "user", "content": "Run the tests."}, {"role": "assistant", "content": "<command>pytest -q</command>"}],
         tokenize=True, return_dict=False)
