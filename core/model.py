@@ -399,7 +399,7 @@ def install_copy_circuit(state: dict, config, seed: int = 0, roles: RoleTokens |
     if roles is not None:
         # head 1 (KV head 0's second query): its query turned back one position, so it peaks at offset
         # 2; it writes that token's CONTENT, projected to 30 dims, into BEFORE
-        a, b = query[:half] * torch.cos(-freqs) , query[:half] * torch.sin(-freqs)
+        a, b = query[:half] * torch.cos(-freqs), query[:half] * torch.sin(-freqs)
         q[head_dim:2 * head_dim, CONSTANT] = torch.cat([a, b]).float()
         n_before = BEFORE.stop - BEFORE.start
         before = torch.randn(n_before, width, generator=g) / n_before ** 0.5

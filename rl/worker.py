@@ -40,22 +40,19 @@ def attention_implementation(requested: str, cuda: bool) -> str:
     return requested
 
 
-def freeze(model: torch.nn.Module, patterns: list[str]) -> int:
+def freeze(model: torch.nn.Module, patterns: list[str]) -> None:
     """Leave the parameters whose names match any of `patterns` (regexes) out of training; each pattern
-    must match some parameter (a typo would otherwise train everything). Returns how many are frozen."""
+    must match some parameter (a typo would otherwise train everything)."""
     import re
 
-    names = [n for n, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
     for pattern in patterns:
-        if not any(re.search(pattern, n) for n in names):
+        matched = [p for name, p in params.items() if re.search(pattern, name)]
+        if not matched:
             raise ConfigError(f"trainer.frozen: {pattern!r} matches no parameter of the model "
-                              f"(names look like {names[1]!r})")
-    frozen = 0
-    for name, param in model.named_parameters():
-        if any(re.search(pattern, name) for pattern in patterns):
+                              f"(names look like {list(params)[1]!r})")
+        for param in matched:
             param.requires_grad_(False)
-            frozen += 1
-    return frozen
 
 
 @dataclass
