@@ -193,6 +193,28 @@ def entropy(logits: torch.Tensor, keep: torch.Tensor | None = None, t: int | Non
     return _at_positions(-(logp.exp() * logp).sum(-1), keep, t or 0)
 
 
+def top_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, frac: float) -> torch.Tensor:
+    """The forking tokens of each sequence: of its masked tokens, the ceil(frac x n) whose next-token
+    entropy is highest (ties: the earlier position first); `mask` unchanged for frac >= 1.
+
+    Wang et al. 2025 ("Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective RL") train
+    only the ~20% highest-entropy tokens: the policy gradient then moves the choices that were open
+    (a name's first token, where a report goes wrong) and leaves the tokens the policy was sure of
+    alone. Here the reason is the failed episode: its confident tokens are mostly the protocol's own
+    (`</status>` then `<summary>`), shared with the successful ones, and a negative advantage on them
+    teaches the policy to break the format. Ranked within each sequence (they rank over the batch),
+    so a step's update does not depend on how it is split into micro-batches or ranks."""
+    if frac >= 1.0:
+        return mask
+    trained = mask.bool()
+    k = torch.ceil(trained.sum(-1).to(torch.float64) * frac).long()
+    scores = entropy.detach().float().masked_fill(~trained, float("-inf"))
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device)
+                                            .expand_as(order).contiguous())
+    return ((rank < k[:, None]) & trained).to(mask.dtype)
+
+
 def loss_normaliser(masks: Sequence[Sequence[int]], mode: str, tokens_per_sequence: int = 0) -> float:
     """The denominator of one optimizer step's loss: THE place it is computed (SFT and GRPO alike).
 

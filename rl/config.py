@@ -109,6 +109,11 @@ class GRPOConfig:
         "help": "leave out of the loss the trajectories whose last turn was cut at its token budget "
                 "(DAPO's overlong filtering): their reward judges an unfinished answer; they still count "
                 "in their group's baseline"})
+    top_entropy_frac: float = positive(default=1.0, hi=1.0, help=(
+        "train the policy loss on only this share of each trajectory's tokens, those whose next-token "
+        "entropy is highest (the 'forking' tokens; Wang et al. 2025); 1 = every generated token. The "
+        "tokens the policy was sure of (the protocol's tags) are then not pushed down with a failed "
+        "episode's advantage (docs/trainer.md)"))
     fresh_optimizer: bool = field(default=True, metadata={
         "help": "start GRPO with a fresh optimizer (no Adam moments or step count): SFT's moments are "
                 "of another loss and would scale GRPO's first updates by stale statistics; false keeps "

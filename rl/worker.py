@@ -255,6 +255,9 @@ class TrainerWorker:
                 ref_logits, _, _, _ = self._trained_logits(self.ref, mb, step.sampling)
                 ref_lp = algos.token_logprobs(ref_logits, ids, keep)
         agg = algos.effective_loss_agg(g.policy_loss, g.loss_agg)
+        ent = algos.entropy(logits if g.entropy_coef else logits.detach(), keep, t - 1)
+        trained = mask   # the metrics and the entropy bonus see every trained token; the policy loss
+        mask = algos.top_entropy_mask(ent, mask, g.top_entropy_frac)   # only the forking ones (< 1)
         if g.policy_loss == "gspo":   # one clipped ratio per sequence (rl/algos.py gspo_loss)
             loss, m = algos.gspo_loss(lp, old_lp, rollout_lp, adv, mask, clip_low=g.gspo_clip_low,
                                       clip_high=g.gspo_clip_high, tis_cap=g.tis_cap, ref_logprobs=ref_lp,
@@ -263,15 +266,15 @@ class TrainerWorker:
             loss, m = algos.policy_loss(lp, old_lp, rollout_lp, adv, mask, clip_low=g.clip_low,
                                         clip_high=g.clip_high, tis_cap=g.tis_cap, agg=agg, norm=step.norm,
                                         ref_logprobs=ref_lp, kl_coef=g.kl_coef, clip_ratio_c=g.clip_ratio_c)
-        ent = algos.entropy(logits if g.entropy_coef else logits.detach(), keep, t - 1)
         if g.entropy_coef:   # an entropy bonus, aggregated like the loss (per sequence in seq_mean_*)
-            loss = loss - g.entropy_coef * algos.aggregate(ent, mask, agg, step.norm)
-        metrics = {"tokens": mask.sum().item(), "entropy_sum": (ent.detach() * mask).sum().item()}
+            loss = loss - g.entropy_coef * algos.aggregate(ent, trained, agg, step.norm)
+        metrics = {"tokens": trained.sum().item(), "entropy_sum": (ent.detach() * trained).sum().item()}
         # mismatch between what vLLM computed and what the trainer computes, same weights
         # (exact when old == current policy, i.e. the first mini-batch of a step)
-        diff = (old_lp - rollout_lp).abs()[mask.bool()]
+        diff = (old_lp - rollout_lp).abs()[trained.bool()]
         if diff.numel():   # no trained token (a filler): no per-token metrics to dilute the means
-            metrics.update(logprob_mismatch_mean=diff.mean().item(), logprob_mismatch_max=diff.max().item(), **m)
+            metrics.update(logprob_mismatch_mean=diff.mean().item(), logprob_mismatch_max=diff.max().item(),
+                           policy_token_frac=(mask.sum() / trained.sum()).item(), **m)
         return loss, metrics
 
     def skip_steps(self, n: int) -> None:

@@ -435,3 +435,38 @@ def test_penalties_count_this_turns_output_as_vllm_does():
     x = logits.clone().requires_grad_()
     sampled_logits(x, sampling, ids, generated).logsumexp(-1).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_top_entropy_mask_keeps_each_sequences_forking_tokens_by_hand():
+    from rl.algos import top_entropy_mask
+    ent = torch.tensor([[0.1, 0.5, 0.9, 0.2, 0.7], [0.3, 0.3, 0.1, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0, 1], [0, 1, 1, 1, 0]])
+    # row 0: 4 trained tokens, half -> the two highest of 0.1, 0.5, 0.9, 0.7 (0.2 is not trained);
+    # row 1: 3 trained, ceil(1.5) = 2 -> 0.3 (position 1; position 0's 0.3 is not trained) and 0.1
+    assert top_entropy_mask(ent, mask, 0.5).tolist() == [[0, 0, 1, 0, 1], [0, 1, 1, 0, 0]]
+    assert top_entropy_mask(ent, mask, 0.2).tolist() == [[0, 0, 1, 0, 0], [0, 1, 0, 0, 0]]
+    assert top_entropy_mask(ent, mask, 1.0) is mask
+    tied = torch.tensor([[0.4, 0.4, 0.4]])   # ties: the earlier position first
+    assert top_entropy_mask(tied, torch.ones(1, 3, dtype=torch.long), 0.5).tolist() == [[1, 1, 0]]
+    # per sequence, so a split into micro-batches keeps the same tokens as the whole batch
+    assert torch.equal(torch.cat([top_entropy_mask(ent[i:i + 1], mask[i:i + 1], 0.5) for i in range(2)]),
+                       top_entropy_mask(ent, mask, 0.5))
+
+
+def test_top_entropy_mask_leaves_confident_tokens_out_of_the_policy_gradient():
+    # one sequence, a negative advantage: position 0 is a sure protocol token (p ~ 1), position 1 an open
+    # choice. With every token trained the sure token is pushed down too; with the forking half, only the
+    # open one moves.
+    from rl.algos import top_entropy_mask
+    logits = torch.tensor([[[12.0, 0.0, 0.0], [0.5, 0.4, 0.3], [0.0, 0.0, 0.0]]], requires_grad=True)
+    ids = torch.tensor([[0, 0, 1]])
+    lp = token_logprobs(logits, ids)
+    ent = entropy(logits.detach())
+    full = torch.tensor([[1, 1]])
+    for frac, moved in ((1.0, [True, True]), (0.5, [False, True])):
+        logits.grad = None
+        mask = top_entropy_mask(ent, full, frac)
+        loss, _ = policy_loss(lp, lp.detach(), lp.detach(), torch.tensor([-1.0]), mask, clip_low=0.2,
+                              clip_high=0.2, tis_cap=2.0)
+        loss.backward(retain_graph=True)
+        assert [bool(logits.grad[0, i].abs().sum() > 0) for i in range(2)] == moved
