@@ -672,17 +672,22 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
 
 async def python_tasks(entry: Entry, root: Path, out: Path, base: str, shared: str, venv: str, sandbox_cfg, cap: int,
                        outcome: Outcome) -> list[Task]:
-    """A Python project's install tasks (with its wheelhouse bound) and its run_script task, both from
-    what its own wheel says. A project pip cannot build a wheelhouse for gets neither; the reason is
-    kept in corpus.json (`no_wheelhouse`)."""
-    try:
-        wheels = await asyncio.to_thread(project_wheels, entry, root, out)
-    except Exception as e:   # noqa: BLE001 - any failure only costs these kinds, with the reason kept
-        outcome.no_wheelhouse = str(e)[:300]
-        return []
-    env, install_env = environment(shared, venv), environment(shared, venv, wheels.path)
-    tasks = await kinds.install_tasks(entry, root, out, base, wheels, install_env, install_env.resolved(str(out)),
-                                      sandbox_cfg, cap, outcome.dropped)
-    script = await kinds.script_task(entry, root, out, base, wheels.scripts, env, env.resolved(str(out)),
-                                     sandbox_cfg, cap, outcome.dropped)
+    """A Python project's install tasks (with its wheelhouse bound) and its run_script task (its
+    console scripts, from its own wheel's metadata, or a `__main__` module). No install tasks for a
+    tree without packaging metadata (nothing to install), nor for a project pip cannot build a
+    wheelhouse for (the reason kept in corpus.json, `no_wheelhouse`)."""
+    env = environment(shared, venv)
+    tasks, scripts = [], ()
+    if any((root / n).is_file() for n in _METADATA_FILES):
+        try:
+            wheels = await asyncio.to_thread(project_wheels, entry, root, out)
+        except Exception as e:   # noqa: BLE001 - any failure only costs these tasks, with the reason kept
+            outcome.no_wheelhouse = str(e)[:300]
+        else:
+            scripts = wheels.scripts
+            install_env = environment(shared, venv, wheels.path)
+            tasks = await kinds.install_tasks(entry, root, out, base, wheels, install_env, install_env.resolved(str(out)),
+                                              sandbox_cfg, cap, outcome.dropped)
+    script = await kinds.script_task(entry, root, out, base, scripts, env, env.resolved(str(out)), sandbox_cfg, cap,
+                                     outcome.dropped)
     return tasks + ([script] if script else [])
