@@ -24,6 +24,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+from sandbox.config import SandboxConfig
 from tasks.builtin import Mutation, apply_mutation
 from tasks.groundtruth import build_facts, location_fact, python_traceback_facts
 from tasks.manifest import Entry, check_project
@@ -230,7 +231,8 @@ INSTALL_DIRECT = ("Run `{cmd}` and tell me whether the install succeeds; if not,
                   "Please install the project with `{cmd}` and report what was installed or what failed.")
 _NO_MATCH = re.compile(r"^ERROR: No matching distribution found for (\S+)$", re.MULTILINE)
 _INSTALLED = re.compile(r"^Successfully installed (.+)$", re.MULTILINE)
-UNSATISFIABLE = "999.0"   # the version a fault pins a requirement to: no package has it
+UNSATISFIABLE = "999.0"
+EPISODE_COMMAND_S = SandboxConfig.command_timeout_s   # an episode's command limit, by default   # the version a fault pins a requirement to: no package has it
 
 
 def install_command(wheels_mount: str) -> str:
@@ -298,7 +300,8 @@ async def install_tasks(entry: Entry, root: Path, out: Path, base: str, wheels, 
         repo = out / "repos" / tid
         copy_source(root, repo)
         line = apply_mutation(repo, m) if m else 0
-        runs = [await run_commands(sandbox_cfg, str(repo), build_env, [cmd], 600) for _ in range(2)]
+        # an episode's command limit: an install that takes longer (a C extension's build) gives no task
+        runs = [await run_commands(sandbox_cfg, str(repo), build_env, [cmd], EPISODE_COMMAND_S) for _ in range(2)]
         facts = [install_facts(r[0].output) for r in runs]
         if (not facts[0] or [f.value for f in facts[0]] != [f.value for f in facts[1]]
                 or runs[0][0].exit_code != runs[1][0].exit_code or (runs[0][0].exit_code == 0) != (m is None)):
@@ -372,11 +375,12 @@ def script_facts(flag: str, output: str) -> list[Fact]:
 async def script_task(entry: Entry, root: Path, out: Path, base: str, scripts, env: TaskEnvironment,
                       build_env: TaskEnvironment, sandbox_cfg, cap: int, dropped: dict) -> Task | None:
     """A run_script task of a Python project: the first of its programs (script_commands, at most 3
-    tried) that, run with --version (else --help), exits 0 twice alike and prints its key value."""
+    tried) that, run with --version (else --help), exits 0 within an episode's command limit twice
+    alike and prints its key value."""
     for program, command in script_commands(root, scripts)[:3]:
         for flag in ("--version", "--help"):
             cmd = f"{command} {flag}"
-            runs = [await run_commands(sandbox_cfg, str(root), build_env, [cmd], 60) for _ in range(2)]
+            runs = [await run_commands(sandbox_cfg, str(root), build_env, [cmd], EPISODE_COMMAND_S) for _ in range(2)]
             facts = script_facts(flag, runs[0][0].output)
             if runs[0][0].exit_code != 0 or runs[0][0].output != runs[1][0].output or not facts:
                 continue
