@@ -222,7 +222,10 @@ async def lint_task(entry: Entry, root: Path, out: Path, base: str, env: TaskEnv
 
 # ---- install (Python) -----------------------------------------------------------------------------
 
-INSTALL_TARGET = "/tmp/site"   # a throwaway target inside the sandbox: the venv stays read-only
+WHEELS_MOUNT = "/opt/wheels"   # where a Python project's wheelhouse appears in its install tasks' sandboxes
+# into a throwaway target inside the sandbox (the venv stays read-only): pip builds the project from its
+# source in an isolated environment, filled from the wheelhouse too
+INSTALL_COMMAND = f"python3 -m pip install --no-index --find-links {WHEELS_MOUNT} --target /tmp/site ."
 INSTALL_GOALS = ("Install {name} with its dependencies from the wheels in {wheels} (there is no network) and tell "
                  "me whether it works; if not, which requirement fails?",
                  "Can {name} be installed offline from the wheelhouse {wheels}? Tell me what gets installed, or what "
@@ -233,10 +236,6 @@ _NO_MATCH = re.compile(r"^ERROR: No matching distribution found for (\S+)$", re.
 _INSTALLED = re.compile(r"^Successfully installed (.+)$", re.MULTILINE)
 UNSATISFIABLE = "999.0"
 EPISODE_COMMAND_S = SandboxConfig.command_timeout_s   # an episode's command limit, by default   # the version a fault pins a requirement to: no package has it
-
-
-def install_command(wheels_mount: str) -> str:
-    return f"python3 -m pip install --no-index --find-links {wheels_mount} --target {INSTALL_TARGET} ."
 
 
 def _name_pattern(name: str) -> str:
@@ -291,8 +290,7 @@ async def install_tasks(entry: Entry, root: Path, out: Path, base: str, wheels, 
     `env`): the release installs offline (clean), and a copy whose metadata pins a runtime requirement
     to a version no wheel has fails, naming it; the reference then finds that pin in the metadata
     (grep). Each run twice alike; none when the release does not install."""
-    from tasks.real import WHEELS_MOUNT
-    cmd = install_command(WHEELS_MOUNT)
+    cmd = INSTALL_COMMAND
     tasks = []
     variants = [None, unsatisfiable(root, wheels.requires)]
     for m in variants if variants[1] else variants[:1]:

@@ -83,7 +83,6 @@ OBSERVATION_CAP = 16384   # bytes of a command's output an episode shows (rollou
 
 VENV_MOUNT = "/opt/venv"   # where a Python project's virtual environment appears in its sandboxes
 VENV_TOOLS = ("pytest", "pyflakes")   # in every project's venv: the test runner and the linter of lint tasks
-WHEELS_MOUNT = "/opt/wheels"   # where a Python project's wheelhouse appears in its install tasks' sandboxes
 
 
 def environment(shared_node_modules: str = "", venv: str = "", wheels: str = "") -> TaskEnvironment:
@@ -101,7 +100,7 @@ def environment(shared_node_modules: str = "", venv: str = "", wheels: str = "")
     if shared_node_modules:
         binds.append(f"{shared_node_modules}:node_modules")
     if wheels:
-        binds.append(f"{wheels}:{WHEELS_MOUNT}")
+        binds.append(f"{wheels}:{kinds.WHEELS_MOUNT}")
         env |= {"PIP_CONFIG_FILE": "/dev/null", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     return TaskEnvironment(binds, env)
 
