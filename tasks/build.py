@@ -148,8 +148,9 @@ def exclusion_kind(reason: str) -> str:
 
 def build_summary(outcomes: list[Outcome], observation_cap: int) -> dict:
     """What corpus.json adds for a manifest build: exclusions with reasons (and counted by kind),
-    unobservable facts dropped (by kind), flaky faults, build times, and the observation cap the
-    facts were checked against."""
+    unobservable facts dropped (by kind), flaky faults, Python projects without install and run_script
+    tasks because pip could not build their wheelhouse (with its reason), build times, and the
+    observation cap the facts were checked against."""
     dropped: Counter = Counter()
     for o in outcomes:
         dropped.update(o.dropped)
@@ -161,6 +162,7 @@ def build_summary(outcomes: list[Outcome], observation_cap: int) -> dict:
             "manifest_projects_by_language": dict(Counter(o.entry.language for o in outcomes)),
             "unobservable_facts_dropped": dict(dropped),
             "flaky_faults_dropped": sum(o.flaky_faults for o in outcomes),
+            "no_wheelhouse": {o.entry.key: o.no_wheelhouse for o in outcomes if o.no_wheelhouse},
             "build_seconds": {"total": round(sum(times), 1), "median": round(times[len(times) // 2], 1) if times else 0,
                               "max": round(times[-1], 1) if times else 0},
             "observation_cap": observation_cap}
@@ -181,5 +183,6 @@ def summary_table(summary: dict) -> str:
         summary.get("excluded_by_kind", {}).items())) or "none"))
     lines.append("unobservable facts dropped: " + (", ".join(f"{k} {n}" for k, n in sorted(
         summary.get("unobservable_facts_dropped", {}).items())) or "none")
-                 + f"; flaky faults dropped: {summary.get('flaky_faults_dropped', 0)}")
+                 + f"; flaky faults dropped: {summary.get('flaky_faults_dropped', 0)}"
+                 + f"; no wheelhouse (no install, run_script): {len(summary.get('no_wheelhouse', {}))}")
     return "\n".join(lines)

@@ -8,6 +8,11 @@ request phrasings (half of them goals that name no command), and only facts the 
                   syntax-breaking edit; the report names the compiler's first error and file:line
     lint          pyflakes on a Python project as released; the report gives the count and the first
                   findings with file:line
+    install       a Python project installed offline (pip --no-index) from the wheelhouse the build made
+                  (tasks.real.project_wheels), as released (what got installed) and with a runtime
+                  requirement pinned to a version no wheel has (pip names it; grep finds the pin)
+    run_script    a Python project's console script or `__main__` module, run from the source with
+                  --version (else --help); the report gives the version (else the usage line's program)
 Each kind's task is made once per project, when the project's tools allow it.
 """
 from __future__ import annotations
@@ -19,14 +24,15 @@ import shlex
 import shutil
 from pathlib import Path
 
+from sandbox.config import SandboxConfig
 from tasks.builtin import Mutation, apply_mutation
 from tasks.groundtruth import build_facts, location_fact, python_traceback_facts
 from tasks.manifest import Entry, check_project
-from tasks.runs import (Run, cause_fact, copy_source, failed, look_at_failure, make_task, mutation_record, result_facts,
-                        run_commands, short_name, task_id)
+from tasks.runs import (Look, Run, cause_fact, copy_source, failed, look_at_failure, make_task, mutation_record,
+                        result_facts, run_commands, short_name, task_id)
 from tasks.types import Fact, Task, TaskEnvironment
 
-KINDS = ("run_tests", "discover_tests", "run_one_test", "build", "lint")
+KINDS = ("run_tests", "discover_tests", "run_one_test", "build", "lint", "install", "run_script")
 
 
 def _hash(tid: str) -> int:
@@ -212,3 +218,172 @@ async def lint_task(entry: Entry, root: Path, out: Path, base: str, env: TaskEnv
     request = _pick(tid, LINT_GOALS, LINT_DIRECT, name=entry.name, cmd=LINT_COMMAND)
     return make_task(entry, tid, "lint", request, runs[0], lint_facts(runs[0][0].output), env, f"repos/{tid}", [],
                      cap, dropped)
+
+
+# ---- install (Python) -----------------------------------------------------------------------------
+
+WHEELS_MOUNT = "/opt/wheels"   # where a Python project's wheelhouse appears in its install tasks' sandboxes
+# into a throwaway target inside the sandbox (the venv stays read-only): pip builds the project from its
+# source in an isolated environment, filled from the wheelhouse too
+INSTALL_COMMAND = f"python3 -m pip install --no-index --find-links {WHEELS_MOUNT} --target /tmp/site ."
+INSTALL_GOALS = ("Install {name} with its dependencies from the wheels in {wheels} (there is no network) and tell "
+                 "me whether it works; if not, which requirement fails?",
+                 "Can {name} be installed offline from the wheelhouse {wheels}? Tell me what gets installed, or what "
+                 "fails.")
+INSTALL_DIRECT = ("Run `{cmd}` and tell me whether the install succeeds; if not, which requirement fails.",
+                  "Please install the project with `{cmd}` and report what was installed or what failed.")
+_NO_MATCH = re.compile(r"^ERROR: No matching distribution found for (\S+)$", re.MULTILINE)
+_INSTALLED = re.compile(r"^Successfully installed (.+)$", re.MULTILINE)
+UNSATISFIABLE = "999.0"
+EPISODE_COMMAND_S = SandboxConfig.command_timeout_s   # an episode's command limit, by default   # the version a fault pins a requirement to: no package has it
+
+
+def _name_pattern(name: str) -> str:
+    """A requirement's name as a regex: case aside, `-`, `_` and `.` are one (PEP 503)."""
+    return "[-_.]".join(map(re.escape, re.split(r"[-_.]+", name)))
+
+
+def _bare_name(req: str) -> str:
+    """A requirement's name as written: `Tomli_W[x]>=1 ; marker` -> `Tomli_W`."""
+    return re.split(r"[\s\[<>=!~;@(]", req.strip(), maxsplit=1)[0]
+
+
+def unsatisfiable(root: Path, requires: tuple[str, ...]) -> Mutation | None:
+    """A fault for an install task: the first runtime requirement written as a string literal
+    (pyproject.toml, setup.py) or a line (setup.cfg) in the project's metadata, pinned to a version
+    that does not exist."""
+    for req in requires:
+        name = _name_pattern(_bare_name(req))
+        written = {"setup.cfg": rf"^[ \t]+((?i:{name})(?![\w.-])[^\n#]*?)[ \t]*$",
+                   "quoted": rf"\"((?i:{name})(?![\w.-])[^\"\n]*)\"|'((?i:{name})(?![\w.-])[^'\n]*)'"}
+        for file in ("pyproject.toml", "setup.cfg", "setup.py"):
+            text = (root / file).read_text(errors="replace") if (root / file).is_file() else ""
+            for m in re.finditer(written.get(file, written["quoted"]), text, re.MULTILINE):
+                old, spec = m.group(0), next(g for g in m.groups() if g)
+                if text.count(old) == 1:
+                    return Mutation("unsatisfiable", file, old, old.replace(spec, f"{_bare_name(spec)}=={UNSATISFIABLE}"),
+                                    f"the requirement {_bare_name(req)} is pinned to a version that does not exist "
+                                    f"({UNSATISFIABLE})")
+    return None
+
+
+def install_facts(output: str) -> list[Fact]:
+    """What pip says: the requirement no wheel satisfies, or the packages it installed (how many, and
+    which)."""
+    if m := _NO_MATCH.search(output):
+        req = m.group(1)
+        name, _, version = req.partition("==")
+        return [Fact("failing_requirement", f"no distribution satisfies the requirement {req}",
+                     [_name_pattern(name), re.escape(version or req)], [m.group(0)])]
+    if m := _INSTALLED.search(output):
+        packages = m.group(1).split()
+        n = len(packages)
+        return [Fact("outcome", "the install succeeds", [r"succe|\binstalled\b"], ["Successfully installed"]),
+                Fact("counts", f"{n} package{'s' * (n != 1)} installed: {', '.join(packages)}",
+                     [rf"\b{n}\b[^.;\n]{{0,30}}packages?"] + [re.escape(p) for p in packages[:5]], [m.group(0)])]
+    return []
+
+
+async def install_tasks(entry: Entry, root: Path, out: Path, base: str, wheels, env: TaskEnvironment,
+                        build_env: TaskEnvironment, sandbox_cfg, cap: int, dropped: dict) -> list[Task]:
+    """Install tasks of a Python project (its wheelhouse `wheels`, tasks.real.Wheelhouse, bound in
+    `env`): the release installs offline (clean), and a copy whose metadata pins a runtime requirement
+    to a version no wheel has fails, naming it; the reference then finds that pin in the metadata
+    (grep). Each run twice alike; none when the release does not install."""
+    cmd = INSTALL_COMMAND
+    tasks = []
+    variants = [None, unsatisfiable(root, wheels.requires)]
+    for m in variants if variants[1] else variants[:1]:
+        tid = task_id(base, "install", *([m.name] if m else []))
+        repo = out / "repos" / tid
+        copy_source(root, repo)
+        line = apply_mutation(repo, m) if m else 0
+        # an episode's command limit: an install that takes longer (a C extension's build) gives no task
+        runs = [await run_commands(sandbox_cfg, str(repo), build_env, [cmd], EPISODE_COMMAND_S) for _ in range(2)]
+        facts = [install_facts(r[0].output) for r in runs]
+        if (not facts[0] or [f.value for f in facts[0]] != [f.value for f in facts[1]]
+                or runs[0][0].exit_code != runs[1][0].exit_code or (runs[0][0].exit_code == 0) != (m is None)):
+            shutil.rmtree(repo)
+            if m is None:
+                return []   # the release does not install offline: no fault of it either
+            continue
+        looks, extra, observed = [], [], {}
+        if m:
+            pin = m.new.strip("\"' \t")
+            grep = f"grep -rnF {shlex.quote(pin)} --include=pyproject.toml --include=setup.cfg --include=setup.py ."
+            [r] = await run_commands(sandbox_cfg, str(repo), build_env, [grep], 60)
+            looks = [Look(r.command, r.output, r.exit_code)] if r.exit_code == 0 else []
+            observed = {"mutation": mutation_record(m, line)}
+            extra = [cause_fact(observed["mutation"])]
+        request = _pick(tid, INSTALL_GOALS, INSTALL_DIRECT, name=entry.name, wheels=WHEELS_MOUNT, cmd=cmd)
+        tasks.append(make_task(entry, tid, "install", request, runs[0], facts[0] + extra, env, f"repos/{tid}", [], cap,
+                               dropped, observed, looks))
+    return tasks
+
+
+# ---- run_script (Python) --------------------------------------------------------------------------
+
+_VERSION = re.compile(r"(?<![\w.])v?(\d+(?:\.\d+)+(?:[-+.]?(?:a|b|rc|dev|post)\d*)?)(?![\w.])")
+_USAGE = re.compile(r"^\s*usage:\s*(\S+)", re.IGNORECASE | re.MULTILINE)
+SCRIPT_GOALS = {"--version": ("Which version of {name} is this? Its command-line program {program} can tell; it is "
+                              "not installed, so run it from the source and tell me what it reports.",),
+                "--help": ("How is {name}'s command-line program {program} used? It is not installed: run it from "
+                           "the source, ask for its help, and tell me its usage line.",)}
+SCRIPT_DIRECT = ("Run `{cmd}` and tell me what it prints (the key values) and whether it exits cleanly.",
+                 "Please run `{cmd}` and report the result.")
+
+
+def script_commands(root: Path, scripts: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """(program, the command that runs it from the source) for each console script (`module:function`:
+    as the script pip would write does it, with the script's name as argv[0]) and each top-level
+    package with a `__main__` module (`python3 -m`); `PYTHONPATH=src` for a src layout."""
+    def prefix(module: str) -> str | None:
+        top = module.split(".")[0]
+        for where, pre in ((root, ""), (root / "src", "PYTHONPATH=src ")):
+            if (where / top).is_dir() or (where / f"{top}.py").is_file():
+                return pre
+        return None
+    found = []
+    for name, target in scripts:
+        module, _, attr = target.split("[")[0].strip().partition(":")
+        if not attr or not re.fullmatch(r"[\w.-]+", name) or (pre := prefix(module)) is None:
+            continue
+        code = f'import sys; sys.argv[0] = "{name}"; from {module} import {attr.split(".")[0]}; sys.exit({attr}())'
+        found.append((name, f"{pre}python3 -c {shlex.quote(code)}"))
+    for main in sorted([*root.glob("*/__main__.py"), *root.glob("src/*/__main__.py")]):
+        pkg = main.parent.name
+        if pkg.isidentifier() and "test" not in pkg.lower() and (pre := prefix(pkg)) is not None:
+            found.append((pkg, f"{pre}python3 -m {pkg}"))
+    return found
+
+
+def script_facts(flag: str, output: str) -> list[Fact]:
+    """The key value a program prints: with --version the version (on its first line), with --help
+    the program its usage line names."""
+    lines = [ln for ln in output.splitlines() if ln.strip()]
+    if flag == "--version" and lines and (m := _VERSION.search(lines[0])):
+        return [Fact("version", f"it reports version {m.group(1)}", [rf"(?<![\w.]){re.escape(m.group(1))}(?!\.?\w)"],
+                     [lines[0].strip()])]
+    if flag == "--help" and (m := _USAGE.search(output)):
+        return [Fact("usage", f"its usage line names the program {m.group(1)}", [re.escape(m.group(1))],
+                     [m.group(0).strip()])]
+    return []
+
+
+async def script_task(entry: Entry, root: Path, out: Path, base: str, scripts, env: TaskEnvironment,
+                      build_env: TaskEnvironment, sandbox_cfg, cap: int, dropped: dict) -> Task | None:
+    """A run_script task of a Python project: the first of its programs (script_commands, at most 3
+    tried) that, run with --version (else --help), exits 0 within an episode's command limit twice
+    alike and prints its key value."""
+    for program, command in script_commands(root, scripts)[:3]:
+        for flag in ("--version", "--help"):
+            cmd = f"{command} {flag}"
+            runs = [await run_commands(sandbox_cfg, str(root), build_env, [cmd], EPISODE_COMMAND_S) for _ in range(2)]
+            facts = script_facts(flag, runs[0][0].output)
+            if runs[0][0].exit_code != 0 or runs[0][0].output != runs[1][0].output or not facts:
+                continue
+            tid = task_id(base, "script")
+            copy_source(root, out / "repos" / tid)
+            request = _pick(tid, SCRIPT_GOALS[flag], SCRIPT_DIRECT, name=entry.name, program=program, cmd=cmd)
+            return make_task(entry, tid, "run_script", request, runs[0], facts, env, f"repos/{tid}", [], cap, dropped)
+    return None

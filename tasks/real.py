@@ -85,11 +85,13 @@ VENV_MOUNT = "/opt/venv"   # where a Python project's virtual environment appear
 VENV_TOOLS = ("pytest", "pyflakes")   # in every project's venv: the test runner and the linter of lint tasks
 
 
-def environment(shared_node_modules: str = "", venv: str = "") -> TaskEnvironment:
+def environment(shared_node_modules: str = "", venv: str = "", wheels: str = "") -> TaskEnvironment:
     """What the project's commands run with, in the build and in every episode of its tasks: a Python
     project its own virtual environment (`venv`, relative to the corpus: bound read-only at
     /opt/venv, first on PATH, with the interpreter it was made from); an npm project its
-    node_modules, shared by the project's tasks (bound read-only into the repository)."""
+    node_modules, shared by the project's tasks (bound read-only into the repository). An install
+    task adds the project's wheelhouse (`wheels`, bound at /opt/wheels), with pip reading no
+    configuration file (the host's /etc/pip.conf may name indexes and constraints the build did not use)."""
     binds: list[str] = []
     env = {"HOME": "/tmp"}
     if venv:
@@ -97,6 +99,9 @@ def environment(shared_node_modules: str = "", venv: str = "") -> TaskEnvironmen
         env["PATH"] = f"{VENV_MOUNT}/bin:/usr/local/bin:/usr/bin:/bin"
     if shared_node_modules:
         binds.append(f"{shared_node_modules}:node_modules")
+    if wheels:
+        binds.append(f"{wheels}:{kinds.WHEELS_MOUNT}")
+        env |= {"PIP_CONFIG_FILE": "/dev/null", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     return TaskEnvironment(binds, env)
 
 
@@ -132,6 +137,85 @@ def project_venv(entry: Entry, out: Path) -> str:
             shutil.rmtree(out / rel, ignore_errors=True)
             shutil.copytree(cached, out / rel, symlinks=True)
     return rel
+
+
+@dataclass(frozen=True)
+class Wheelhouse:
+    """A Python project's dependencies as wheels, for installing it offline (install tasks), and what
+    its own wheel's metadata says (run_script tasks)."""
+    path: str                  # relative to the corpus: shared/wheels/<hash>
+    requires: tuple[str, ...]  # its runtime requirements (Requires-Dist without an extra)
+    scripts: tuple[tuple[str, str], ...]   # its console scripts: (name, "module:function")
+
+
+_METADATA_FILES = ("pyproject.toml", "setup.cfg", "setup.py")
+
+
+def _wheel_metadata(wheel: Path) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """(runtime requirements, console scripts) from a built wheel's METADATA and entry_points.txt."""
+    import configparser
+    import zipfile
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode(errors="replace")
+        points = next((n for n in names if n.endswith(".dist-info/entry_points.txt")), None)
+        cfg = configparser.ConfigParser(interpolation=None, delimiters=("=",))
+        cfg.optionxform = str   # a script's name as written
+        if points:
+            cfg.read_string(z.read(points).decode(errors="replace"))
+    requires = tuple(r for r in re.findall(r"^Requires-Dist: (.+)$", meta, re.MULTILINE)
+                     if "extra" not in r.partition(";")[2])
+    scripts = tuple(sorted(cfg.items("console_scripts"))) if cfg.has_section("console_scripts") else ()
+    return requires, scripts
+
+
+def project_wheels(entry: Entry, root: Path, out: Path) -> Wheelhouse:
+    """The wheels `pip install --no-index --find-links` needs to install the project from its source
+    offline: its runtime dependencies and its build backend (pyproject's build-system.requires, else
+    setuptools; and wheel), from PyPI at build time, never the project's own wheel (the install
+    builds it). Built once per project source (a hash of its metadata files) into
+    ~/.cache/terminus/wheels, copied into the corpus (shared/wheels/<hash>). Raises RuntimeError
+    when pip cannot build them."""
+    import tomllib
+    from core.model import cache_root
+    texts = [(root / n).read_text(errors="replace") if (root / n).is_file() else "" for n in _METADATA_FILES]
+    key = hashlib.sha256("\n".join([sys.version, entry.key, *texts]).encode()).hexdigest()[:12]
+    cached = cache_root() / "wheels" / key
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with open(cached.parent / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (cached / "COMPLETE").exists():
+            shutil.rmtree(cached, ignore_errors=True)
+            own = cached.with_name(key + ".own")
+            shutil.rmtree(own, ignore_errors=True)
+            try:
+                backend = tomllib.loads(texts[0]).get("build-system", {}).get("requires") if texts[0] else None
+            except ValueError:
+                backend = None
+
+            def wheel(dest: Path, *args: str) -> None:
+                r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
+                                    "-w", str(dest), *args], capture_output=True, text=True, timeout=900)
+                if r.returncode != 0:
+                    raise RuntimeError(f"building the wheelhouse failed: {why_failed(r.stderr + r.stdout)}")
+            src = cached.with_name(key + ".src")   # a copy: building leaves build/ and *.egg-info behind
+            shutil.rmtree(src, ignore_errors=True)
+            copy_source(root, src)
+            wheel(own, "--no-deps", str(src))    # the project's own wheel, built once...
+            shutil.rmtree(src)
+            [wheel_file] = own.glob("*.whl")
+            wheel(cached, str(wheel_file))       # ...then its dependencies
+            wheel(cached, "wheel", *(backend or ["setuptools>=40.8.0"]))
+            (cached / wheel_file.name).unlink(missing_ok=True)   # the install builds the project itself
+            requires, scripts = _wheel_metadata(wheel_file)
+            shutil.rmtree(own)
+            (cached / "COMPLETE").write_text(json.dumps({"requires": requires, "scripts": scripts}))
+        meta = json.loads((cached / "COMPLETE").read_text())
+        rel = f"shared/wheels/{key}"
+        if not (out / rel / "COMPLETE").exists():
+            shutil.rmtree(out / rel, ignore_errors=True)
+            shutil.copytree(cached, out / rel)
+    return Wheelhouse(rel, tuple(meta["requires"]), tuple(map(tuple, meta["scripts"])))
 
 
 def sandbox_config(base=None):
@@ -453,20 +537,21 @@ class Outcome:
     dropped: dict[str, int] = dataclasses.field(default_factory=dict)   # unobservable facts, by kind
     flaky_faults: int = 0
     duration_s: float = 0.0
+    no_wheelhouse: str = ""  # why a Python project got no install and run_script tasks (pip's error)
     cached: bool = False     # reused from an earlier build (tasks.build), not built now
     node: str = ""           # the Ray node that built it (tasks.build)
 
     def to_dict(self) -> dict:
         return {"entry": dataclasses.asdict(self.entry), "tasks": [dataclasses.asdict(t) for t in self.tasks],
                 "excluded": self.excluded, "dropped": self.dropped, "flaky_faults": self.flaky_faults,
-                "duration_s": self.duration_s}
+                "duration_s": self.duration_s, "no_wheelhouse": self.no_wheelhouse}
 
     @staticmethod
     def from_dict(d: dict) -> "Outcome":
         e = d["entry"]
         return Outcome(Entry(**{**e, "setup": tuple(e["setup"]), "test_deps": tuple(e.get("test_deps", ()))}),
                        [Task.from_dict(t) for t in d["tasks"]],
-                       d["excluded"], d["dropped"], d["flaky_faults"], d["duration_s"])
+                       d["excluded"], d["dropped"], d["flaky_faults"], d["duration_s"], d.get("no_wheelhouse", ""))
 
 
 def suite_task(entry: Entry, tid: str, repo: str, env: TaskEnvironment, chk, mutation: dict | None, cap: int,
@@ -579,4 +664,29 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
                                         source_files(root, entry.language, prebuilt), cap, outcome.dropped)
     lint = await kinds.lint_task(entry, root, out, base, env, build_env, sandbox_cfg, cap, outcome.dropped)
     outcome.tasks += [t for t in (built_task, lint) if t]
+    if entry.language == "python":
+        outcome.tasks += await python_tasks(entry, root, out, base, shared, venv, sandbox_cfg, cap, outcome)
     return outcome
+
+
+async def python_tasks(entry: Entry, root: Path, out: Path, base: str, shared: str, venv: str, sandbox_cfg, cap: int,
+                       outcome: Outcome) -> list[Task]:
+    """A Python project's install tasks (with its wheelhouse bound) and its run_script task (its
+    console scripts, from its own wheel's metadata, or a `__main__` module). No install tasks for a
+    tree without packaging metadata (nothing to install), nor for a project pip cannot build a
+    wheelhouse for (the reason kept in corpus.json, `no_wheelhouse`)."""
+    env = environment(shared, venv)
+    tasks, scripts = [], ()
+    if any((root / n).is_file() for n in _METADATA_FILES):
+        try:
+            wheels = await asyncio.to_thread(project_wheels, entry, root, out)
+        except Exception as e:   # noqa: BLE001 - any failure only costs these tasks, with the reason kept
+            outcome.no_wheelhouse = str(e)[:300]
+        else:
+            scripts = wheels.scripts
+            install_env = environment(shared, venv, wheels.path)
+            tasks = await kinds.install_tasks(entry, root, out, base, wheels, install_env, install_env.resolved(str(out)),
+                                              sandbox_cfg, cap, outcome.dropped)
+    script = await kinds.script_task(entry, root, out, base, scripts, env, env.resolved(str(out)), sandbox_cfg, cap,
+                                     outcome.dropped)
+    return tasks + ([script] if script else [])

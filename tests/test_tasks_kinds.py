@@ -1,13 +1,16 @@
 """Task kinds beyond the test suite on local fixture projects: a TypeScript project (typescript from
-the npm registry, installed into the project's tree at build time), and a C project's build broken
-by a syntax edit whose compiler error names file:line. Every task replays through episodes."""
+the npm registry, installed into the project's tree at build time), a C project's build broken
+by a syntax edit whose compiler error names file:line, and Python projects installed offline from
+the wheelhouse the build made (as released, and with a requirement no wheel satisfies) and whose
+programs are run from the source. Every task replays through episodes."""
 import asyncio
+import json
 import shutil
 
 import pytest
 
 from sandbox.config import SandboxConfig
-from tasks import load_tasks
+from tasks import kinds, load_tasks
 from tasks.build import build_corpus
 from tasks.manifest import Entry
 from evaluation.validate import validate_tasks
@@ -132,3 +135,103 @@ def test_a_c_build_broken_by_a_syntax_edit_names_the_compilers_first_error(tmp_p
     assert not any(t.category == "run_one_test" for t in tasks)   # this harness ignores TESTS=: no such task
     checks = asyncio.run(validate_tasks(tasks, SandboxConfig(), tok))
     assert all(c.ok for c in checks), [(c.task_id, c.problems) for c in checks if not c.ok]
+
+
+# a console script with --version, a runtime requirement (tomli_w) the wheelhouse holds
+MINI_CLI = {
+    "pyproject.toml": '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n\n'
+                      '[project]\nname = "minicli"\nversion = "1.4.2"\ndependencies = ["tomli_w>=1.0"]\n\n'
+                      '[project.scripts]\nminicli = "minicli.cli:main"\n',
+    "minicli/__init__.py": '__version__ = "1.4.2"\n',
+    "minicli/cli.py": "import argparse\n\nimport tomli_w\n\nfrom minicli import __version__\n\n\n"
+                      "def main(argv=None):\n    p = argparse.ArgumentParser()\n"
+                      "    p.add_argument('--version', action='version', version=f'%(prog)s {__version__}')\n"
+                      "    p.add_argument('key')\n    print(tomli_w.dumps({p.parse_args(argv).key: 1}), end='')\n"
+                      "    return 0\n",
+    "tests/test_cli.py": "from minicli.cli import main\n\n\ndef test_main(capsys):\n"
+                         "    assert main(['a']) == 0 and capsys.readouterr().out == 'a = 1\\n'\n",
+}
+# a src layout, no requirement, a __main__ module with --help only (its --version is an error)
+MINI_MAIN = {
+    "setup.cfg": "[metadata]\nname = minimain\nversion = 0.3\n\n[options]\npackage_dir =\n    = src\n"
+                 "packages = find:\n\n[options.packages.find]\nwhere = src\n",
+    "setup.py": "from setuptools import setup\nsetup()\n",
+    "src/minimain/__init__.py": "",
+    "src/minimain/__main__.py": "import argparse\n\np = argparse.ArgumentParser(prog='minimain')\n"
+                                "p.add_argument('words', nargs='*')\nprint(' '.join(p.parse_args().words))\n",
+    "tests/test_main.py": "import subprocess\nimport sys\n\n\ndef test_echo():\n"
+                          "    r = subprocess.run([sys.executable, '-m', 'minimain', 'a', 'b'], capture_output=True, text=True,\n"
+                          "                       env={'PYTHONPATH': 'src'})\n    assert r.stdout == 'a b\\n'\n",
+}
+
+
+@pytest.fixture(scope="module")
+def python_corpus(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pykinds")
+    cmd = "python3 -m pytest -v -p no:cacheprovider"
+    entries = [Entry("minicli", "local", "0", "python", cmd, runner="pytest", path=_write(tmp / "minicli", MINI_CLI)),
+               Entry("minimain", "local", "0", "python", cmd, runner="pytest", path=_write(tmp / "minimain", MINI_MAIN))]
+    out = tmp / "corpus"
+    outcomes = build_corpus(entries, out, jobs=2, progress=lambda s: None)
+    assert not [(o.excluded, o.no_wheelhouse) for o in outcomes if o.excluded or o.no_wheelhouse]
+    return out, {t.id: t for t in _tasks(out)}
+
+
+def test_a_python_project_installs_offline_and_a_pinned_requirement_no_wheel_has_fails(python_corpus):
+    out, tasks = python_corpus
+    clean, fault = tasks["local-minicli~install"], tasks["local-minicli~install~unsatisfiable"]
+    assert clean.category == fault.category == "install"
+    cmd = "python3 -m pip install --no-index --find-links /opt/wheels --target /tmp/site ."
+    assert clean.reference.commands == [cmd] and clean.ground_truth.exit_status == 0
+    facts = {f.kind: f.value for f in clean.ground_truth.facts}
+    assert facts["counts"] == "2 packages installed: minicli-1.4.2, tomli_w-" + facts["counts"].split("tomli_w-")[1]
+    # the wheelhouse holds the dependency and the build backend, never the project's own wheel
+    [bind] = [b for b in clean.environment.ro_binds if b.endswith(":/opt/wheels")]
+    wheels = sorted(p.name.split("-")[0] for p in (out / bind.split(":")[0]).glob("*.whl"))
+    assert "tomli_w" in wheels and "setuptools" in wheels and "minicli" not in wheels
+    # the fault: pip names the requirement; a grep of the metadata shows where it is pinned
+    assert fault.ground_truth.exit_status == 1
+    assert fault.reference.commands[1].startswith("grep -rnF tomli_w==999.0 ")
+    facts = {f.kind: f.value for f in fault.ground_truth.facts}
+    assert facts["failing_requirement"] == "no distribution satisfies the requirement tomli_w==999.0"
+    assert facts["cause"] == "cause: the requirement tomli_w is pinned to a version that does not exist (999.0) in pyproject.toml:8"
+    assert fault.ground_truth.observed["mutation"]["file"] == "pyproject.toml"
+    assert "local-minimain~install" in tasks and "local-minimain~install~unsatisfiable" not in tasks   # nothing to pin
+
+
+def test_a_python_projects_program_runs_from_the_source_and_reports_its_version_or_usage(python_corpus):
+    _, tasks = python_corpus
+    cli, main = tasks["local-minicli~script"], tasks["local-minimain~script"]
+    assert cli.category == main.category == "run_script"
+    # the console script as pip's wrapper runs it; its --version exits 0
+    assert cli.reference.commands == ["""python3 -c 'import sys; sys.argv[0] = "minicli"; from minicli.cli import main; """
+                                      """sys.exit(main())' --version"""]
+    assert {f.kind: f.value for f in cli.ground_truth.facts}["version"] == "it reports version 1.4.2"
+    # the __main__ module of a src layout: no --version (argparse exits 2), so --help
+    assert main.reference.commands == ["PYTHONPATH=src python3 -m minimain --help"]
+    assert {f.kind: f.value for f in main.ground_truth.facts}["usage"] == "its usage line names the program minimain"
+    for t in (cli, main):
+        assert t.environment.ro_binds[0].endswith(":/opt/venv") and not any("/opt/wheels" in b for b in t.environment.ro_binds)
+
+
+def test_install_and_run_script_tasks_replay_through_episodes(python_corpus, tok):
+    out, tasks = python_corpus
+    summary = json.loads((out / "corpus.json").read_text())
+    assert summary["by_category"]["install"] == 3 and summary["by_category"]["run_script"] == 2
+    chosen = [t for t in tasks.values() if t.category in ("install", "run_script")]
+    assert sum(kinds.asks_goal(t.id) for t in chosen) and not all(kinds.asks_goal(t.id) for t in chosen)
+    checks = asyncio.run(validate_tasks(chosen, SandboxConfig(), tok, teacher_tasks=list(tasks.values())))
+    assert all(c.ok for c in checks), [(c.task_id, c.problems) for c in checks if not c.ok]
+
+
+def test_the_install_fault_pins_a_runtime_requirement_where_the_metadata_writes_it(tmp_path):
+    from tasks.kinds import unsatisfiable
+    cfg = "[options]\ninstall_requires =\n    attrs>=20\n    Tomli_W ; python_version<'4'\n\n[options.extras_require]\ntest =\n    zz\n"
+    (tmp_path / "setup.cfg").write_text(cfg)
+    m = unsatisfiable(tmp_path, ("tomli-w; python_version < \"4\"",))   # as the wheel's METADATA normalizes it
+    assert (m.file, m.old, m.new) == ("setup.cfg", "    Tomli_W ; python_version<'4'", "    Tomli_W==999.0")
+    (tmp_path / "setup.cfg").unlink()
+    (tmp_path / "setup.py").write_text("setup(install_requires=['tomli_wx', \"tomli-w[x]>=1 ; sys_platform=='linux'\"])\n")
+    m = unsatisfiable(tmp_path, ("tomli-w[x]>=1",))
+    assert (m.file, m.old, m.new) == ("setup.py", "\"tomli-w[x]>=1 ; sys_platform=='linux'\"", '"tomli-w==999.0"')
+    assert unsatisfiable(tmp_path, ("zz",)) is None   # not written in the metadata: no fault
