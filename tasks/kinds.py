@@ -234,8 +234,8 @@ INSTALL_DIRECT = ("Run `{cmd}` and tell me whether the install succeeds; if not,
                   "Please install the project with `{cmd}` and report what was installed or what failed.")
 _NO_MATCH = re.compile(r"^ERROR: No matching distribution found for (\S+)$", re.MULTILINE)
 _INSTALLED = re.compile(r"^Successfully installed (.+)$", re.MULTILINE)
-UNSATISFIABLE = "999.0"
-EPISODE_COMMAND_S = SandboxConfig.command_timeout_s   # an episode's command limit, by default   # the version a fault pins a requirement to: no package has it
+UNSATISFIABLE = "999.0"   # the version a fault pins a requirement to: no package has it
+EPISODE_COMMAND_S = SandboxConfig.command_timeout_s   # an episode's command limit, by default
 
 
 def _name_pattern(name: str) -> str:
