@@ -39,8 +39,11 @@ def demos(tok, k=12):
 
 def config(tmp_path, *over):
     # the plain random model, all of it trained: these tests check the trainer's mechanics at tolerances
-    # set for it (the copy circuit's sharp attention makes float32 sums over other orders differ more)
+    # set for it (the copy circuit's sharp attention makes float32 sums over other orders differ more);
+    # the plain GRPO loss, every generated token in it (the tests compute it by hand; tiny_cpu trains
+    # only the forking tokens, tested in tests/test_rl_algos.py)
     return load_config("tiny_cpu", [f"output_dir={tmp_path}", "model.path=tiny", "trainer.frozen=[]",
+                                    "trainer.grpo.loss_agg=token_mean", "trainer.grpo.top_entropy_frac=1.0",
                                     "trainer.num_workers=2", "cluster.trainer.num_cpus=1",
                                     "logging.wandb_mode=disabled", "trainer.sft.micro_batch_tokens=512",
                                     "trainer.optim.warmup_steps=1", *over])
