@@ -105,38 +105,49 @@ def environment(shared_node_modules: str = "", venv: str = "", wheels: str = "")
     return TaskEnvironment(binds, env)
 
 
+def shared_build(kind: str, key: str, out: Path, build, symlinks: bool = False) -> tuple[str, dict]:
+    """A tree built once per `key` into ~/.cache/terminus/<kind>/<key> (`build(dir)` fills it and
+    returns what its COMPLETE marker records), then copied into the corpus at shared/<kind>/<key>.
+    Returns that path, relative to the corpus, and the record. Ray tasks of one machine may race for
+    a key: a file lock makes one build it and the others wait for it."""
+    from core.model import cache_root
+    cached = cache_root() / kind / key
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with open(cached.parent / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (cached / "COMPLETE").exists():
+            shutil.rmtree(cached, ignore_errors=True)
+            record = build(cached)
+            (cached / "COMPLETE").write_text(json.dumps(record))
+        rel = f"shared/{kind}/{key}"
+        if not (out / rel / "COMPLETE").exists():
+            shutil.rmtree(out / rel, ignore_errors=True)
+            shutil.copytree(cached, out / rel, symlinks=symlinks)
+        return rel, json.loads((cached / "COMPLETE").read_text())
+
+
 def project_venv(entry: Entry, out: Path) -> str:
     """The virtual environment of a Python project: VENV_TOOLS and the manifest's `test_deps`, from
     PyPI at build time. Built once per set of packages (a content hash) into ~/.cache/terminus/venvs,
     copied into the corpus (shared/venvs/<hash>, shared by every project with that set); returns its
     path relative to the corpus. Its scripts name the cache path, so tasks run `python3 -m ...`."""
-    from core.model import cache_root
     deps = sorted({*VENV_TOOLS, *entry.test_deps})
     key = hashlib.sha256("\n".join([sys.version, *deps]).encode()).hexdigest()[:12]
-    cached = cache_root() / "venvs" / key
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with open(cached.parent / f"{key}.lock", "w") as lock:   # Ray tasks of one machine may race for it
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (cached / "COMPLETE").exists():
-            shutil.rmtree(cached, ignore_errors=True)
-            base = getattr(sys, "_base_executable", sys.executable)
-            pip = [str(cached / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
 
-            def run(cmd: list[str]) -> subprocess.CompletedProcess:
-                return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-            for cmd in ([base, "-m", "venv", str(cached)], [*pip, *VENV_TOOLS]):
-                if (r := run(cmd)).returncode != 0:
-                    raise RuntimeError(f"creating the test environment failed: {why_failed(r.stderr + r.stdout)}")
-            missing = []
-            if run([*pip, *deps]).returncode != 0:   # one unknown package must not sink the others
-                missing = [d for d in deps if run([*pip, d]).returncode != 0]
-            (cached / "COMPLETE").write_text(json.dumps({"installed": [d for d in deps if d not in missing],
-                                                         "not_on_pypi": missing}))
-        rel = f"shared/venvs/{key}"
-        if not (out / rel / "COMPLETE").exists():
-            shutil.rmtree(out / rel, ignore_errors=True)
-            shutil.copytree(cached, out / rel, symlinks=True)
-    return rel
+    def build(cached: Path) -> dict:
+        base = getattr(sys, "_base_executable", sys.executable)
+        pip = [str(cached / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+
+        def run(cmd: list[str]) -> subprocess.CompletedProcess:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        for cmd in ([base, "-m", "venv", str(cached)], [*pip, *VENV_TOOLS]):
+            if (r := run(cmd)).returncode != 0:
+                raise RuntimeError(f"creating the test environment failed: {why_failed(r.stderr + r.stdout)}")
+        missing = []
+        if run([*pip, *deps]).returncode != 0:   # one unknown package must not sink the others
+            missing = [d for d in deps if run([*pip, d]).returncode != 0]
+        return {"installed": [d for d in deps if d not in missing], "not_on_pypi": missing}
+    return shared_build("venvs", key, out, build, symlinks=True)[0]
 
 
 @dataclass(frozen=True)
@@ -177,44 +188,35 @@ def project_wheels(entry: Entry, root: Path, out: Path) -> Wheelhouse:
     ~/.cache/terminus/wheels, copied into the corpus (shared/wheels/<hash>). Raises RuntimeError
     when pip cannot build them."""
     import tomllib
-    from core.model import cache_root
     texts = [(root / n).read_text(errors="replace") if (root / n).is_file() else "" for n in _METADATA_FILES]
     key = hashlib.sha256("\n".join([sys.version, entry.key, *texts]).encode()).hexdigest()[:12]
-    cached = cache_root() / "wheels" / key
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with open(cached.parent / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (cached / "COMPLETE").exists():
-            shutil.rmtree(cached, ignore_errors=True)
-            own = cached.with_name(key + ".own")
-            shutil.rmtree(own, ignore_errors=True)
-            try:
-                backend = tomllib.loads(texts[0]).get("build-system", {}).get("requires") if texts[0] else None
-            except ValueError:
-                backend = None
 
-            def wheel(dest: Path, *args: str) -> None:
-                r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-                                    "-w", str(dest), *args], capture_output=True, text=True, timeout=900)
-                if r.returncode != 0:
-                    raise RuntimeError(f"building the wheelhouse failed: {why_failed(r.stderr + r.stdout)}")
-            src = cached.with_name(key + ".src")   # a copy: building leaves build/ and *.egg-info behind
-            shutil.rmtree(src, ignore_errors=True)
-            copy_source(root, src)
-            wheel(own, "--no-deps", str(src))    # the project's own wheel, built once...
-            shutil.rmtree(src)
-            [wheel_file] = own.glob("*.whl")
-            wheel(cached, str(wheel_file))       # ...then its dependencies
-            wheel(cached, "wheel", *(backend or ["setuptools>=40.8.0"]))
-            (cached / wheel_file.name).unlink(missing_ok=True)   # the install builds the project itself
-            requires, scripts = _wheel_metadata(wheel_file)
-            shutil.rmtree(own)
-            (cached / "COMPLETE").write_text(json.dumps({"requires": requires, "scripts": scripts}))
-        meta = json.loads((cached / "COMPLETE").read_text())
-        rel = f"shared/wheels/{key}"
-        if not (out / rel / "COMPLETE").exists():
-            shutil.rmtree(out / rel, ignore_errors=True)
-            shutil.copytree(cached, out / rel)
+    def build(cached: Path) -> dict:
+        own = cached.with_name(key + ".own")
+        shutil.rmtree(own, ignore_errors=True)
+        try:
+            backend = tomllib.loads(texts[0]).get("build-system", {}).get("requires") if texts[0] else None
+        except ValueError:
+            backend = None
+
+        def wheel(dest: Path, *args: str) -> None:
+            r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
+                                "-w", str(dest), *args], capture_output=True, text=True, timeout=900)
+            if r.returncode != 0:
+                raise RuntimeError(f"building the wheelhouse failed: {why_failed(r.stderr + r.stdout)}")
+        src = cached.with_name(key + ".src")   # a copy: building leaves build/ and *.egg-info behind
+        shutil.rmtree(src, ignore_errors=True)
+        copy_source(root, src)
+        wheel(own, "--no-deps", str(src))    # the project's own wheel, built once...
+        shutil.rmtree(src)
+        [wheel_file] = own.glob("*.whl")
+        wheel(cached, str(wheel_file))       # ...then its dependencies
+        wheel(cached, "wheel", *(backend or ["setuptools>=40.8.0"]))
+        (cached / wheel_file.name).unlink(missing_ok=True)   # the install builds the project itself
+        requires, scripts = _wheel_metadata(wheel_file)
+        shutil.rmtree(own)
+        return {"requires": requires, "scripts": scripts}
+    rel, meta = shared_build("wheels", key, out, build)
     return Wheelhouse(rel, tuple(meta["requires"]), tuple(map(tuple, meta["scripts"])))
 
 
