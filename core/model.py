@@ -294,6 +294,7 @@ def build_tiny(out_dir: str | os.PathLike, spec: TinySpec = TinySpec()) -> Path:
 # with the user-turn gate also: a role-marker strength, its sign (+1 user, -1 assistant), "in a user
 # turn", and the previous token's content kept only in user turns.
 CONTENT, CONSTANT, PREVIOUS = slice(0, 64), 64, slice(65, 129)
+CONSTANT_VALUE = 4.0   # what every token embedding holds in CONSTANT
 MARKER, SIGN, IN_USER, USER_PREVIOUS = 129, 130, 131, slice(132, 196)
 # ... and, gated, the token before the previous one (a 30-dim projection), ungated and kept in user turns
 BEFORE, USER_BEFORE = slice(196, 226), slice(226, 256)
@@ -362,7 +363,7 @@ def install_copy_circuit(state: dict, config, seed: int = 0, roles: RoleTokens |
     emb = state["model.embed_tokens.weight"]
     vectors = torch.randn(emb.shape[0], width, generator=g)
     emb[:, CONTENT] = vectors / vectors.norm(dim=1, keepdim=True) * width ** 0.5
-    emb[:, CONSTANT] = 4.0
+    emb[:, CONSTANT] = CONSTANT_VALUE
     if roles is not None:
         emb[:, MARKER:USER_BEFORE.stop] = 0.0                # the gate's dims start clean
         emb[[roles.user, roles.assistant], MARKER] = MARKER_STRENGTH
@@ -488,7 +489,7 @@ def _gate_to_user_turns(state: dict, config, q, k, v, o) -> None:
     for j, (dim, out) in enumerate(gated):
         for unit, offset, sign in ((2 * j, GATE_OFFSET, 1.0), (2 * j + 1, GATE_OFFSET + GATE_RANGE, -1.0)):
             gate[unit, IN_USER] = GATE_SLOPE
-            gate[unit, CONSTANT] = -offset / 4.0 * 0.75        # CONSTANT (4) reads ~5.3 after the norm
+            gate[unit, CONSTANT] = -offset / CONSTANT_VALUE * 0.75   # CONSTANT reads ~5.3 after the norm
             up[unit, dim] = 1.0
             down[out, unit] = sign * GATE_OUT
     state["model.layers.0.post_attention_layernorm.weight"] = torch.ones(config.hidden_size)
