@@ -110,20 +110,32 @@ def shared_build(kind: str, key: str, out: Path, build, symlinks: bool = False) 
     returns what its COMPLETE marker records), then copied into the corpus at shared/<kind>/<key>.
     Returns that path, relative to the corpus, and the record. Ray tasks of one machine may race for
     a key: a file lock makes one build it and the others wait for it."""
+    from core.files import write_json_atomic
     from core.model import cache_root
     cached = cache_root() / kind / key
     cached.parent.mkdir(parents=True, exist_ok=True)
     with open(cached.parent / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (cached / "COMPLETE").exists():
+        record = _marker(cached)
+        if record is None:   # never built, or a build that died before its marker was whole
             shutil.rmtree(cached, ignore_errors=True)
             record = build(cached)
-            (cached / "COMPLETE").write_text(json.dumps(record))
+            write_json_atomic(cached / "COMPLETE", record)
         rel = f"shared/{kind}/{key}"
-        if not (out / rel / "COMPLETE").exists():
+        if _marker(out / rel) != record:
             shutil.rmtree(out / rel, ignore_errors=True)
             shutil.copytree(cached, out / rel, symlinks=symlinks)
-        return rel, json.loads((cached / "COMPLETE").read_text())
+        return rel, record
+
+
+def _marker(tree: Path) -> dict | None:
+    """What a shared tree's COMPLETE marker records; None when it has none, or one that does not parse
+    (a cache written by a build killed mid-write, or by an older version of this builder)."""
+    try:
+        record = json.loads((tree / "COMPLETE").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def project_venv(entry: Entry, out: Path) -> str:

@@ -235,3 +235,26 @@ def test_the_install_fault_pins_a_runtime_requirement_where_the_metadata_writes_
     m = unsatisfiable(tmp_path, ("tomli-w[x]>=1",))
     assert (m.file, m.old, m.new) == ("setup.py", "\"tomli-w[x]>=1 ; sys_platform=='linux'\"", '"tomli-w==999.0"')
     assert unsatisfiable(tmp_path, ("zz",)) is None   # not written in the metadata: no fault
+
+
+def test_a_shared_tree_whose_marker_was_cut_short_is_built_again(tmp_path, monkeypatch):
+    """A cache left by a build killed while writing its COMPLETE marker (an empty file) is rebuilt,
+    not read as a record (CI's persistent cache once held one: 'Expecting value' for every project);
+    a whole one is reused, and the corpus's copy follows the cache's record."""
+    from tasks.real import shared_build
+    monkeypatch.setenv("TERMINUS_CACHE", str(tmp_path / "cache"))
+    builds = []
+
+    def build(d):
+        d.mkdir(parents=True)
+        (d / "payload").write_text(str(len(builds)))
+        builds.append(d)
+        return {"built": len(builds)}
+    stale = tmp_path / "cache" / "venvs" / "k1"
+    stale.mkdir(parents=True)
+    (stale / "COMPLETE").write_text("")
+    out = tmp_path / "corpus"
+    assert shared_build("venvs", "k1", out, build) == ("shared/venvs/k1", {"built": 1})
+    assert shared_build("venvs", "k1", out, build) == ("shared/venvs/k1", {"built": 1})
+    assert len(builds) == 1 and (out / "shared/venvs/k1/payload").read_text() == "0"
+    assert json.loads((out / "shared/venvs/k1/COMPLETE").read_text()) == {"built": 1}
