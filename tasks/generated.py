@@ -249,6 +249,7 @@ def draft(family: str, seed: str, held_out: bool) -> Draft:
 
 _PY_FAILURE = re.compile(r"^(FAIL|ERROR): (\w+) \(", re.MULTILINE)
 _PY_RAN = re.compile(r"^Ran (\d+) tests?", re.MULTILINE)
+_PY_VERDICT = re.compile(r"^(FAILED \([\w=, ]+\)|OK)$", re.MULTILINE)
 _EXC_LINE = re.compile(r"^(\w+(?:Error|Exception))\b(.*)$", re.MULTILINE)
 _PY_FRAME = re.compile(r'File "(?:/work/repo/)?([^"/]+)", line (\d+)')
 _TAP_FAIL = re.compile(r"^not ok \d+ - (.+)$", re.MULTILINE)
@@ -284,8 +285,10 @@ def pyunit_facts(output: str) -> list[Fact]:
         # in the words of the runner's own line, as a subagent quotes it: a reader finds it in the log
         facts.append(Fact("failing_test", f"{kind}: {name} ({etype})", [_word(name), _word(etype)],
                            [f"{kind}: {name}", etype]))
-    c = count_fact(len(failures), total)
-    c.evidence = [f"Ran {total} test"] + (["FAILED ("] if failures else ["OK"])
+    verdict = _PY_VERDICT.search(output)
+    ran = f"Ran {total} test" + ("s" if total != 1 else "")
+    c = count_fact(len(failures), total, quoted=(ran, verdict.group(0)) if verdict else ())
+    c.evidence = [ran] + ([verdict.group(0)] if verdict else [])
     return facts + [c]
 
 
@@ -298,8 +301,10 @@ def jsnode_facts(output: str) -> list[Fact]:
         etype = errors[i] if i < len(errors) else "error"
         facts.append(Fact("failing_test", f"{line} ({etype})", [re.escape(name), _word(etype)],
                            [line, f"name: '{etype}'"]))
-    c = count_fact(counts.get("fail", 0), counts.get("tests", 0))
-    c.evidence = [f"# tests {counts.get('tests', 0)}", f"# fail {counts.get('fail', 0)}"]
+    failed, total = counts.get("fail", 0), counts.get("tests", 0)
+    quoted = (f"# tests {total}", f"# fail {failed}" if failed else f"# pass {counts.get('pass', 0)}")
+    c = count_fact(failed, total, quoted=quoted)
+    c.evidence = list(quoted)
     return facts + [c]
 
 

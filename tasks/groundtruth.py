@@ -40,15 +40,22 @@ def name_pattern(name: str) -> str:
     return rf"(?<![\w\[-]){re.escape(name)}(?![\w\[-]|[.:]\w)"
 
 
-def count_fact(failed: int, total: int, noun: str = "tests") -> Fact:
+def count_fact(failed: int, total: int, noun: str = "tests", quoted: tuple[str, ...] = ()) -> Fact:
     """'2 of 5 tests fail' / 'all 5 tests pass', matched as numbers in context: both numbers in one
     clause (either order) for a failure, the total next to a word of passing for a success; a digit
-    elsewhere in a report (a line number, a version) does not count."""
+    elsewhere in a report (a line number, a version) does not count. `quoted`: the runner's own
+    summary lines ('# tests 5', '# fail 2'): the fact is stated in their words, which a report may
+    also use (a model that copies continues the line it saw; '2 of 5' is a number it must compute)."""
     if failed:
-        return Fact("counts", f"{failed} of {total} {noun} fail",
-                    [rf"\b{failed}\b[^.;\n]{{0,30}}\b{total}\b|\b{total}\b[^.;\n]{{0,30}}\b{failed}\b"])
-    return Fact("counts", f"all {total} {noun} pass",
-                [rf"\b{total}\b[^.;\n]{{0,40}}(pass|\bok\b|succe)|(pass|succe)[^.;\n]{{0,40}}\b{total}\b"])
+        value = f"{failed} of {total} {noun} fail"
+        pattern = rf"\b{failed}\b[^.;\n]{{0,30}}\b{total}\b|\b{total}\b[^.;\n]{{0,30}}\b{failed}\b"
+    else:
+        value = f"all {total} {noun} pass"
+        pattern = rf"\b{total}\b[^.;\n]{{0,40}}(pass|\bok\b|succe)|(pass|succe)[^.;\n]{{0,40}}\b{total}\b"
+    if quoted:
+        value = ", ".join(quoted)
+        pattern += "|" + r"\W{0,6}".join(re.escape(q) for q in quoted)
+    return Fact("counts", value, [pattern])
 
 
 def missing_evidence(fact: Fact, visible: str) -> list[str]:

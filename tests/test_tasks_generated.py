@@ -101,7 +101,27 @@ def test_facts_come_from_the_output_not_the_generator():
     out = ("F.\n======\nFAIL: test_made_up (m.T.test_made_up)\n------\nAssertionError: 1 != 2\n\n------\n"
            "Ran 2 tests in 0.001s\n\nFAILED (failures=1)\n")
     facts = facts_from_output(d, out, 1)
-    assert [f.value for f in facts] == ["FAIL: test_made_up (AssertionError)", "1 of 2 tests fail", "exit status 1"]
+    assert [f.value for f in facts] == ["FAIL: test_made_up (AssertionError)", "Ran 2 tests, FAILED (failures=1)",
+                                        "exit status 1"]
+
+
+def test_counts_are_stated_in_the_runners_words_and_either_wording_counts():
+    """The reference quotes the runner's summary lines (which a model can copy: '2 of 4' is arithmetic it
+    cannot do from the log); a report with the same numbers in other words states the fact too, one with
+    the numbers of the errors alone ('failures=1, errors=1' says 2 failed, but not as '2') only in quotes."""
+    d = draft("pyunit", "0:train:0", False)
+    out = ("EF..\n======\nERROR: test_a (m.T.test_a)\n------\nTypeError: x\n\n======\nFAIL: test_b (m.T.test_b)\n"
+           "------\nAssertionError: 1 != 2\n\n------\nRan 4 tests in 0.001s\n\nFAILED (failures=1, errors=1)\n")
+    counts = next(f for f in facts_from_output(d, out, 1) if f.kind == "counts")
+    assert counts.value == "Ran 4 tests, FAILED (failures=1, errors=1)"
+    assert counts.evidence == ["Ran 4 tests", "FAILED (failures=1, errors=1)"]
+    matches = [s for s in ("Ran 4 tests, FAILED (failures=1, errors=1).", "2 of 4 tests fail.", "4 tests ran, 2 failed.",
+                           "Ran 4 tests; FAILED (failures=1)", "3 of 4 tests fail.", "Ran 4 tests.")
+               if re.search(counts.patterns[0], s)]
+    assert matches == ["Ran 4 tests, FAILED (failures=1, errors=1).", "2 of 4 tests fail.", "4 tests ran, 2 failed."]
+    tap = "TAP version 13\nok 1 - a b\nok 2 - c d\n1..2\n# tests 2\n# suites 0\n# pass 2\n# fail 0\n"
+    counts = next(f for f in facts_from_output(draft("jsnode", "0:train:0", False), tap, 0) if f.kind == "counts")
+    assert counts.value == "# tests 2, # pass 2" and re.search(counts.patterns[0], "all 2 tests pass")
 
 
 def test_reference_solutions_replayed_through_episodes_are_exact_reports(corpus, tok):
