@@ -121,6 +121,12 @@ class RolloutSampling:
     def penalized(self) -> bool:
         return bool(self.frequency_penalty or self.presence_penalty)
 
+    @staticmethod
+    def from_config(cfg) -> "RolloutSampling":
+        """The distribution a `rollout.sampling` section samples from (rollout.engine.Sampling.from_config
+        sends the same fields to the engine)."""
+        return RolloutSampling(float(cfg.temperature), float(cfg.frequency_penalty), float(cfg.presence_penalty))
+
 
 def turn_output_counts(ids: torch.Tensor, generated: torch.Tensor, keep: torch.Tensor | None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -208,8 +208,7 @@ class TrainerGroup:
         g, r = self.cfg.trainer.grpo, self.cfg.rollout
         # The distribution the rollouts were sampled from: every logprob of the step, old policy's
         # included, is computed under it, sent with the step (the ranks read no rollout config).
-        sampling = algos.RolloutSampling(float(r.sampling.temperature), float(r.sampling.frequency_penalty),
-                                         float(r.sampling.presence_penalty))
+        sampling = algos.RolloutSampling.from_config(r.sampling)
         if self.stage != "grpo":
             self._start_grpo()
         t0 = time.time()

@@ -409,7 +409,9 @@ def test_penalties_count_this_turns_output_as_vllm_does():
     ids = torch.tensor([[1, 2, 5, 5, 3, 5, 7, 7, 5, 5, 0], [4, 5, 6, 5, 6, 5, 0, 0, 0, 0, 0]])
     generated = torch.tensor([[0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]])
     logits = torch.randn(2, 11, 9, generator=g)
-    sampling = RolloutSampling(0.7, frequency_penalty=0.9, presence_penalty=0.4)
+    from rollout.config import SamplingConfig
+    sampling = RolloutSampling.from_config(SamplingConfig(temperature=0.7, frequency_penalty=0.9, presence_penalty=0.4))
+    assert sampling == RolloutSampling(0.7, frequency_penalty=0.9, presence_penalty=0.4)
     expected = logits.clone()
     for b in range(2):
         for p in range(10):
