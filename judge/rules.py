@@ -59,6 +59,16 @@ def task_items(task: Task, text: str) -> list[ItemCheck]:
     return items
 
 
+def misstated_facts(task: Task, text: str) -> list[str]:
+    """Ground-truth facts the report states wrongly (a value or a count the output does not show), as
+    the report's words: claims no observation backs."""
+    found = []
+    for fact in task.ground_truth.facts:
+        for c in fact.contradictions:
+            found += [m.group(0) for m in re.finditer(c, text, re.IGNORECASE | re.MULTILINE)]
+    return sorted(set(found))
+
+
 def expected_statuses(task: Task) -> tuple[str, ...] | None:
     """Statuses consistent with the ground-truth exit status (None: unknown)."""
     es = task.ground_truth.exit_status
@@ -95,7 +105,8 @@ def exact_facts(task: Task, traj: Trajectory) -> bool:
     text, expected = report_text(traj), expected_statuses(task)
     if expected is not None and traj.report.get("status") not in expected:
         return False
-    return not invented_names(text, observed_text(traj)) and all(i.code is not False for i in task_items(task, text))
+    return (not invented_names(text, observed_text(traj)) and not misstated_facts(task, text)
+            and all(i.code is not False for i in task_items(task, text)))
 
 
 def out_of_scope(task: Task, cmds: list[str]) -> list[str]:
@@ -201,8 +212,9 @@ def judge_rules(task: Task, traj: Trajectory) -> Verdict:
                                     f"{fact_frac:.0%} of the facts stated")
     dims["task_completion"] = completion
 
-    claims = _named_tests(text) | set(_LOCATION.findall(text))
-    unsupported = [c for c in claims if c not in observed]
+    misstated = misstated_facts(task, text)   # 'records: 7' where the output says 'records: 11'
+    claims = _named_tests(text) | set(_LOCATION.findall(text)) | set(misstated)
+    unsupported = [c for c in claims if c not in observed or c in misstated]
     seen_codes = {str(code) for _, code in cmds if code is not None}
     exits = {f"exit {n}" for n in _EXIT_CLAIM.findall(text)}   # an exit status no command returned is made up
     claims |= exits
@@ -213,7 +225,7 @@ def judge_rules(task: Task, traj: Trajectory) -> Verdict:
         frac = len(unsupported) / len(claims) if claims else 0.0
         score = MAX_SCORE * (1 - frac) - len(invented) - (2 if not status_ok else 0) - (2 if not cmds else 0)
         dims["faithfulness"] = DimensionScore(_clip(score), f"{len(unsupported)} of {len(claims)} named "
-                                              f"tests/locations/exit codes unobserved; status "
+                                              f"tests/locations/exit codes/values unobserved; status "
                                               f"{'ok' if status_ok else 'wrong'}")
 
     dims["completeness"] = (DimensionScore(_clip(MAX_SCORE * fact_frac), f"{sum(bool(i.code) for i in checkable)} "
@@ -262,7 +274,7 @@ def judge_rules(task: Task, traj: Trajectory) -> Verdict:
         dims["protocol_compliance"] = DimensionScore(_clip(score), f"{format_errors} format errors, missing "
                                                      f"{missing or 'nothing'}, status '{status}'")
     if report:   # form counts in proportion to substance: a short, well-formed report that states nothing is empty
-        substance = 0.5 + 0.5 * fact_frac
+        substance = fact_frac
         for name in ("concision", "actionability", "command_efficiency", "protocol_compliance"):
             d = dims[name]
             dims[name] = DimensionScore(round(d.score * substance, 3), f"{d.rationale}; x{substance:.2f} for the "

@@ -319,8 +319,9 @@ def script_facts(output: str, keys: tuple[str, ...]) -> list[Fact]:
     facts = []
     for key in keys:
         if m := re.search(rf"^{key}: (\S+)$", output, re.MULTILINE):
-            facts.append(Fact("output", m.group(0), [rf"\b{key}\W{{1,3}}{re.escape(m.group(1))}(?!\w|\.\d)"],
-                               [m.group(0)]))
+            value = re.escape(m.group(1))
+            facts.append(Fact("output", m.group(0), [rf"\b{key}\W{{1,3}}{value}(?!\w|\.\d)"], [m.group(0)],
+                              contradictions=[rf"\b{key}\W{{1,3}}(?!{value}(?!\w|\.\d))\w[\w.-]*"]))
     if m := re.search(r"^error: (.+)$", output, re.MULTILINE):
         facts.append(Fact("error_message", m.group(0), [re.escape(m.group(1)[:40])], [m.group(0)]))
     if "Traceback" in output:

@@ -52,10 +52,18 @@ def count_fact(failed: int, total: int, noun: str = "tests", quoted: tuple[str, 
     else:
         value = f"all {total} {noun} pass"
         pattern = rf"\b{total}\b[^.;\n]{{0,40}}(pass|\bok\b|succe)|(pass|succe)[^.;\n]{{0,40}}\b{total}\b"
+    phrases = [value]
     if quoted:
-        value = ", ".join(quoted)
+        value, phrases = ", ".join(quoted), list(quoted)
         pattern += "|" + r"\W{0,6}".join(re.escape(q) for q in quoted)
-    return Fact("counts", value, [pattern])
+    return Fact("counts", value, [pattern], contradictions=[misstated(p) for p in phrases])
+
+
+def misstated(phrase: str) -> str:
+    """A regex for `phrase` with other numbers in it ('# tests 5' for '# tests 4', '3 of 4 tests fail'
+    for '2 of 4 tests fail'): the words of a fact around a number the output does not show."""
+    pattern = re.sub(r"\d+", lambda m: r"\d+", re.escape(phrase))
+    return rf"(?<!\w)(?!{re.escape(phrase)}(?!\d)){pattern}(?!\d)"
 
 
 def missing_evidence(fact: Fact, visible: str) -> list[str]:

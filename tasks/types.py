@@ -18,11 +18,14 @@ class Fact:
     patterns: regexes that a report mentioning the fact matches (all must match, case-insensitive).
     evidence: exact strings of what the agent sees (the reference commands' observations) that back the
         fact; a corpus that records them can check that the fact is observable (tasks/generated.py).
+    contradictions: regexes that a report stating the fact wrongly matches (the same key with another
+        value, other counts): a claim the output does not back.
     """
     kind: str
     value: str
     patterns: list[str] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
+    contradictions: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 
@@ -278,3 +279,40 @@ def test_rules_judge_gives_no_status_credit_for_another_commands_failure():
     build = Task(id="t1", language="c", category="build", project="p", repo_dir="/x", request="Build it.",
                  ground_truth=GroundTruth(exit_status=2, facts=[]))
     assert judge_rules(build, traj(make, other)).dimensions["task_completion"].score == 4.0
+
+
+def test_rules_judge_counts_a_misstated_value_as_an_unsupported_claim():
+    """'records: 7' where the script printed 'records: 11' is a claim no output backs, and counts that
+    are not the runner's ('3 of 4', '# tests 5') too; the same keys with the right values are not. A
+    wrong value ranks below leaving it out, which ranks below stating it: GRPO learned to drop the
+    values when dropping them cost nothing (docs/experiments.md)."""
+    from judge.rules import exact_facts, misstated_facts
+    from tasks.generated import script_facts
+    from tasks.groundtruth import count_fact
+    out = "records: 11\nlimit: 7\n"
+    task = Task(id="t1", language="shell", category="run_script", project="p", repo_dir="/x", request="Run it.",
+                ground_truth=GroundTruth(exit_status=0, facts=script_facts(out, ("records", "limit")) + [
+                    Fact("exit_status", "exit status 0", [r"\bexit\b\D{0,20}\b0\b"])]))
+    assert misstated_facts(task, "records: 7; limit: 7") == ["records: 7"]
+    assert misstated_facts(task, "records: 110, limit: 7.") == ["records: 110"]
+    assert misstated_facts(task, "records: 11, limit: 7. Exit status 0.") == []
+    run = [("sh p.sh", 0, out)]
+    reports = [{"status": "success", "summary": f"`sh p.sh` succeeds{s}.", "details": "Exit status 0."}
+               for s in (": records: 11, limit: 7", ": limit: 7", ": records: 7, limit: 7", "")]
+    right, omitted, wrong, bare = (judge_rules(task, traj(run, r)) for r in reports)
+    assert [exact_facts(task, traj(run, r)) for r in reports] == [True, False, False, False]
+    assert wrong.dimensions["faithfulness"].score < right.dimensions["faithfulness"].score == 4.0
+
+    def score(v):
+        return reward({k: d.score for k, d in v.dimensions.items()}, {k: f.flag for k, f in v.failures.items()},
+                      JudgeConfig().weights, JudgeConfig().penalties)
+    assert score(right) > score(omitted) > score(wrong)
+    assert score(bare) < 0.6   # the right status and none of the values asked for: not most of the reward
+
+    counts = count_fact(2, 4, quoted=("# tests 4", "# fail 2"))
+    assert [c for c in ("# tests 4, # fail 2", "# tests 5, # fail 2", "# tests 4; # fail 3", "2 of 4 tests fail")
+            if any(re.search(p, c, re.IGNORECASE) for p in counts.contradictions)] == ["# tests 5, # fail 2",
+                                                                                      "# tests 4; # fail 3"]
+    plain = count_fact(2, 4)
+    assert [c for c in ("2 of 4 tests fail", "3 of 4 tests fail", "2 of 4 tests failed", "12 of 40 tests fail")
+            if any(re.search(p, c) for p in plain.contradictions)] == ["3 of 4 tests fail", "12 of 40 tests fail"]
