@@ -285,10 +285,10 @@ def pyunit_facts(output: str) -> list[Fact]:
         # in the words of the runner's own line, as a subagent quotes it: a reader finds it in the log
         facts.append(Fact("failing_test", f"{kind}: {name} ({etype})", [_word(name), _word(etype)],
                            [f"{kind}: {name}", etype]))
+    ran_line = ran.group(0) if ran else "Ran 0 tests"   # as printed: 'Ran 1 test', 'Ran 4 tests'
     verdict = _PY_VERDICT.search(output)
-    ran = f"Ran {total} test" + ("s" if total != 1 else "")
-    c = count_fact(len(failures), total, quoted=(ran, verdict.group(0)) if verdict else ())
-    c.evidence = [ran] + ([verdict.group(0)] if verdict else [])
+    c = count_fact(len(failures), total, quoted=(ran_line, verdict.group(0)) if verdict else ())
+    c.evidence = [ran_line] + ([verdict.group(0)] if verdict else [])
     return facts + [c]
 
 
@@ -319,9 +319,9 @@ def script_facts(output: str, keys: tuple[str, ...]) -> list[Fact]:
     facts = []
     for key in keys:
         if m := re.search(rf"^{key}: (\S+)$", output, re.MULTILINE):
-            value = re.escape(m.group(1))
-            facts.append(Fact("output", m.group(0), [rf"\b{key}\W{{1,3}}{value}(?!\w|\.\d)"], [m.group(0)],
-                              contradictions=[rf"\b{key}\W{{1,3}}(?!{value}(?!\w|\.\d))\w[\w.-]*"]))
+            value = rf"{re.escape(m.group(1))}(?!\w|\.\d)"   # the value whole: 11 is not 110 or 11.5
+            facts.append(Fact("output", m.group(0), [rf"\b{key}\W{{1,3}}{value}"], [m.group(0)],
+                              contradictions=[rf"\b{key}\W{{1,3}}(?!{value})\w[\w.-]*"]))
     if m := re.search(r"^error: (.+)$", output, re.MULTILINE):
         facts.append(Fact("error_message", m.group(0), [re.escape(m.group(1)[:40])], [m.group(0)]))
     if "Traceback" in output:
