@@ -16,7 +16,8 @@ reason) what does not. The measured yields are in docs/tasks.md.
     javascript   dh-nodejs + tape, mocha, tap or ava: test_command auto (the builder reads package.json
                  for the runner and its TAP reporter); dependencies from the npm registry
     typescript   the same, with node-typescript among the build dependencies
-    java         maven-debian-helper + junit4/junit5: javac and JUnit's console launcher
+    java         maven-debian-helper + junit4/junit5: the package's own Maven build, offline, as Debian
+                 builds it (debian/ fetched too, Build-Depends installed by `tasks build --apt-install`)
     c, cpp       cmake + ctest, or autotools + `make check` (C++ when it builds with gtest/boost/catch2/Qt)
     pypi         the most used sdists: pytest in the project's venv, its test extras as test_deps
     npm          the most used packages: test_command "auto" (the builder reads package.json)
@@ -34,13 +35,12 @@ SOURCES = "http://deb.debian.org/debian/dists/bookworm/main/source/Sources.xz"
 PYTEST = "python3 -m pytest -v -p no:cacheprovider -p no:warnings"
 CMAKE = ["cmake -B build -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON", "cmake --build build -j2"]
 AUTOTOOLS = ["[ -f configure ] || autoreconf -fi", "[ -f config.status ] || ./configure", "make -j2"]
-JAVA_SETUP = ["mkdir -p build/main build/test",
-              "javac -nowarn -encoding UTF-8 -d build/main -cp '/usr/share/java/*' $(find src/main/java -name '*.java')",
-              "javac -nowarn -encoding UTF-8 -d build/test -cp 'build/main:/usr/share/java/*' "
-              "$(find src/test/java -name '*.java')",
-              "for d in main test; do if [ -d src/$d/resources ]; then cp -r src/$d/resources/. build/$d/; fi; done"]
-JAVA_TEST = ("java -Xmx512m -cp 'build/main:build/test:/usr/share/java/*' org.junit.platform.console.ConsoleLauncher "
-             "--scan-classpath build/test --disable-banner --disable-ansi-colors")
+# Java: the package's own Maven build, as Debian builds it (maven-debian-helper: its poms patched to the
+# versions in /usr/share/maven-repo, Maven offline), the build fetching debian/ with the source and its
+# Build-Depends installed (`tasks build --apt-install`); Surefire prints each test (plain report on the console)
+MAVEN_SETUP = ["test -e debian/stamp-poms-patched || dh_auto_configure",   # once: the built tree keeps it
+               "dh_auto_build -- -B test-compile"]
+MAVEN_TEST = "dh_auto_test -- -B test -Dsurefire.useFile=false -Dsurefire.reportFormat=plain"
 # build tools and documentation: not what a project's tests import
 PY_TOOLS = re.compile(r"^python3-(all|dev|all-dev|setuptools.*|wheel|pip|pytest.*|sphinx.*|docutils|pbr|poetry.*|"
                       r"hatch.*|flit.*|pdm.*|installer|build|tox|coverage|mock|nose.*|myst.*|recommonmark|"
@@ -80,7 +80,7 @@ def recipe(src: dict) -> dict | None:
             return base | {"language": language, "runner": "tap", "test_command": "auto"}
         return None
     if "maven-debian-helper" in deps and {"junit4", "junit5"} & deps:
-        return base | {"language": "java", "runner": "junit", "setup": JAVA_SETUP, "test_command": JAVA_TEST}
+        return base | {"language": "java", "runner": "surefire", "setup": MAVEN_SETUP, "test_command": MAVEN_TEST}
     if {"libgtk-3-dev", "libgtk2.0-dev", "qtbase5-dev", "qt6-base-dev", "libx11-dev"} & deps:
         return None   # a GUI: its tests want a display
     language = "cpp" if CPP_HINTS.search(" ".join(sorted(deps))) else "c"

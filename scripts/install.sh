@@ -4,8 +4,10 @@
 #   bash scripts/install.sh          # or: make install
 #
 # What it does, and why:
-#  * system packages the sandboxes need (bubblewrap), via apt when missing, and the JUnit 5 jars
-#    (Debian's junit5: Maven Central is unreachable) that Java tasks of the real corpus run with;
+#  * system packages the sandboxes need (bubblewrap), via apt when missing, the JUnit 5 jars
+#    (Debian's junit5: Maven Central is unreachable) that Java tasks of the real corpus run with, and
+#    Debian's Maven build (maven-debian-helper, debhelper; Maven offline against /usr/share/maven-repo)
+#    that the paper manifest's Java projects are built by;
 #  * a virtual environment in the repository (.venv), so nothing leaks into the system Python;
 #  * torch 2.13.0+cpu first: a local wheel where pip's find-links hold one (the project's machines),
 #    else from PyTorch's CPU wheel index (PyPI's Linux torch is the CUDA build, gigabytes of CUDA
@@ -32,11 +34,11 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && command -v bwrap >/dev/
   exit 0
 fi
 
-# System packages: bubblewrap is required; junit5 only for Java projects of `terminus tasks build`.
-# One `apt-get update` for both, and a junit5 failure only warns.
-apt_install() {   # package: install it quietly, after one `apt-get update` per run of this script
+# System packages: bubblewrap is required; junit5 and Debian's Maven build only for Java projects of
+# `terminus tasks build`. One `apt-get update` for all, and a Java tool's failure only warns.
+apt_install() {   # packages: install them quietly, after one `apt-get update` per run of this script
   [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq >/dev/null; APT_UPDATED=1; }
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 if ! command -v bwrap >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
@@ -54,6 +56,16 @@ if [ ! -f /usr/share/java/junit-platform-console-standalone.jar ]; then
   else
     echo "[install] junit5 is missing and this is not root: Java projects of a corpus build will be excluded" \
          "until 'sudo apt-get install junit5'" >&2
+  fi
+fi
+if ! command -v dh_auto_configure >/dev/null 2>&1 || [ ! -d /usr/share/maven-repo/org/apache/maven/plugins/maven-surefire-plugin ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "[install] installing maven-debian-helper (Debian's Maven build of the corpus's Java projects)"
+    apt_install maven-debian-helper debhelper dpkg-dev \
+      || echo "[install] apt-get install maven-debian-helper failed: Java projects of a corpus build will be excluded" >&2
+  else
+    echo "[install] maven-debian-helper is missing and this is not root: Java projects of a corpus build will be" \
+         "excluded until 'sudo apt-get install maven-debian-helper debhelper dpkg-dev'" >&2
   fi
 fi
 

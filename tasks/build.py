@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tasks.manifest import Entry, stratified_splits
 from tasks.store import write_corpus
-from tasks.real import OBSERVATION_CAP, Outcome, build_project, sandbox_config
+from tasks.real import MISSING_PACKAGES, OBSERVATION_CAP, Outcome, build_project, sandbox_config
 from tasks.runs import base_name, check_distinct, of_project
 
 _BUILDER_SOURCES = ("real.py", "runs.py", "kinds.py", "manifest.py", "groundtruth.py", "builtin.py", "types.py", "build.py")
@@ -47,7 +47,7 @@ def _clear_partial(entry: Entry, out: Path) -> None:
     shutil.rmtree(out / "shared" / base, ignore_errors=True)
 
 
-def build_project_cached(entry: Entry, out: str, observation_cap: int = OBSERVATION_CAP) -> dict:
+def build_project_cached(entry: Entry, out: str, observation_cap: int = OBSERVATION_CAP, apt_install: bool = False) -> dict:
     """Build one project into `out` unless its cached result is there; returns Outcome.to_dict()
     (plus "cached"). Runs in a Ray task: synchronous, and it owns its work directory."""
     import asyncio
@@ -62,14 +62,15 @@ def build_project_cached(entry: Entry, out: str, observation_cap: int = OBSERVAT
     shutil.rmtree(work, ignore_errors=True)
     started = time.monotonic()
     try:
-        outcome = asyncio.run(build_project(entry, out_dir, work, sandbox_config(), observation_cap))
+        outcome = asyncio.run(build_project(entry, out_dir, work, sandbox_config(), observation_cap, apt_install))
     except Exception as e:   # noqa: BLE001 - a builder bug on one project must not lose the rest
         outcome = Outcome(entry, [], f"build error: {type(e).__name__}: {e}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     outcome.duration_s = time.monotonic() - started
     result = outcome.to_dict()
-    if not outcome.excluded.startswith("build error"):   # a builder bug is retried by the next build
+    if not outcome.excluded.startswith(("build error", MISSING_PACKAGES)):   # retried by the next build: a builder
+        # bug, or packages that may be installed by then
         record.parent.mkdir(parents=True, exist_ok=True)
         tmp = record.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(result))
@@ -91,12 +92,14 @@ def _bar(done: int, total: int, started: float, width: int = 24) -> str:
 
 
 def build_corpus(entries: list[Entry], out: Path, *, address: str = "", jobs: int = 2, cpus_per_project: float = 1,
-                 observation_cap: int = OBSERVATION_CAP, progress=print) -> list[Outcome]:
+                 observation_cap: int = OBSERVATION_CAP, apt_install: bool = False, progress=print) -> list[Outcome]:
     """Build every project of `entries` into the corpus `out`, one Ray task each, and write the corpus.
 
     `address`: a Ray cluster to run on ("" starts a private local Ray with `jobs` CPUs for the build).
     `observation_cap`: the output an episode shows per command (rollout.sandbox.output_limit_bytes of
-    the runs that will train on the corpus): facts are kept only where that much output shows them."""
+    the runs that will train on the corpus): facts are kept only where that much output shows them.
+    `apt_install`: install the Debian packages a project built by its Debian packaging needs (its
+    Build-Depends; as root, on the node that builds it); without it such a project is excluded."""
     import ray
 
     from core.raycluster import init_ray
@@ -108,7 +111,7 @@ def build_corpus(entries: list[Entry], out: Path, *, address: str = "", jobs: in
     started_ray = init_ray(address, num_cpus=jobs, logging_level="ERROR", log_to_driver=False)
     try:
         remote = ray.remote(num_cpus=cpus_per_project, max_retries=0)(build_project_cached)
-        pending = {remote.remote(e, str(out), observation_cap): e for e in entries}
+        pending = {remote.remote(e, str(out), observation_cap, apt_install): e for e in entries}
         outcomes: list[Outcome] = []
         started = time.monotonic()
         while pending:

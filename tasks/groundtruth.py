@@ -20,6 +20,8 @@ _TAP_COUNT = re.compile(r"^# (tests|pass|fail) (\d+)$", re.MULTILINE)
 _TAP_ERROR_NAME = re.compile(r"^\s+name: '(\w+)'", re.MULTILINE)
 # gcc/g++ ("file.c:12:5: error: msg") and javac ("File.java:12: error: msg")
 _GCC_ERROR = re.compile(r"^([\w./-]+\.(?:c|h|cc|cpp|cxx|hh|hpp|java)):(\d+):(?:\d+:)? error: (.+)$", re.MULTILINE)
+# Maven's compiler plugin: "[ERROR] /work/repo/src/main/java/a/B.java:[12,5] msg" (the path absolute in the sandbox)
+_MAVEN_ERROR = re.compile(r"^\[ERROR\] (?:/work/repo/)?(/?[\w./-]+\.java):\[(\d+),\d+\] (.+)$", re.MULTILINE)
 # tsc --pretty false: "src/calc.ts(5,3): error TS2322: msg"
 _TSC_ERROR = re.compile(r"^([\w./-]+\.tsx?)\((\d+),\d+\): error (TS\d+): (.+)$", re.MULTILINE)
 _MAKE_NO_RULE = re.compile(r"No rule to make target '([^']+)'")
@@ -133,17 +135,18 @@ def tap_facts(output: str) -> tuple[list[Fact], dict]:
 
 
 def build_facts(output: str) -> list[Fact]:
-    """Facts from make/gcc/javac/tsc: the first compiler error with file:line, a missing file, a link error,
+    """Facts from make/gcc/javac/Maven/tsc: the first compiler error with file:line, a missing file, a link error,
     or a failed C assertion; the compiler and linker facts carry their evidence (the lines they
     come from)."""
-    if m := _GCC_ERROR.search(output):
-        path, line, msg = m.groups()
-        key = re.findall(r"[‘'](\w+)[’']", msg)
-        words = re.findall(r"[A-Za-z_]\w+", msg)[:2]   # no name in quotes: the message's first words, any quotes
-        pats = [_word(key[0])] if key else [".{1,8}".join(map(re.escape, words))] if words else [r"error"]
-        loc = location_fact(path, line)
-        loc.evidence = [f"{path}:{line}:"]
-        return [Fact("error_message", msg.strip(), pats, [msg.strip()]), loc]
+    for compiler, where in ((_GCC_ERROR, "{path}:{line}:"), (_MAVEN_ERROR, "{path}:[{line},")):
+        if m := compiler.search(output):
+            path, line, msg = m.groups()
+            key = re.findall(r"[‘'](\w+)[’']", msg)
+            words = re.findall(r"[A-Za-z_]\w+", msg)[:2]   # no name in quotes: the message's first words, any quotes
+            pats = [_word(key[0])] if key else [".{1,8}".join(map(re.escape, words))] if words else [r"error"]
+            loc = location_fact(path, line)   # a report may say B.java:12 or B.java line 12
+            loc.evidence = [where.format(path=path, line=line)]
+            return [Fact("error_message", msg.strip(), pats, [msg.strip()]), loc]
     if m := _TSC_ERROR.search(output):
         path, line, code, msg = m.groups()
         loc = location_fact(path, line)   # a report may say calc.ts:5 or calc.ts line 5

@@ -70,6 +70,8 @@ def single_test_command(entry: Entry, test_id: str, output: str) -> str:
         return f"{cmd} -R {shlex.quote('^' + re.escape(test_id) + '$')}"
     if entry.runner == "automake" and re.fullmatch(r"[\w.-]+", test_id):
         return f"{cmd} TESTS={test_id}"
+    if entry.runner == "surefire" and re.fullmatch(r"[\w$]+::\w+", test_id):   # Class::method, its -Dtest=Class#method
+        return f"{cmd} -Dtest={test_id.replace('::', '#')}"
     return ""
 
 

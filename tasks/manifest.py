@@ -28,7 +28,7 @@ from pathlib import Path
 
 ECOSYSTEMS = ("pypi", "npm", "debian", "crates", "local")
 LANGUAGES = ("python", "javascript", "typescript", "java", "c", "cpp", "rust", "shell")
-RUNNERS = ("unittest", "pytest", "tap", "automake", "ctest", "junit")
+RUNNERS = ("unittest", "pytest", "tap", "automake", "ctest", "junit", "surefire")
 _PYTEST_LINE = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", re.MULTILINE)
 _TAP_LINE = re.compile(r"^(not ok|ok) (\d+) (?:- )?(.*)$", re.MULTILINE)
 # automake's parallel test harness (`make check`): "PASS: name", "FAIL: name", ...
@@ -40,6 +40,11 @@ _CTEST_STATUS = {"Passed": "PASS", "Failed": "FAIL", "Skipped": "SKIP"}   # anyt
 # the JUnit Platform console launcher's tree: "│  ├─ testName ✔" / "└─ testName ✘ message" / "↷" skipped
 _JUNIT_LINE = re.compile(r"^((?:[│ ]  )*)[├└]─ (.*?) ([✔✘↷■])(?: .*)?$")
 _JUNIT_STATUS = {"✔": "PASS", "✘": "FAIL", "↷": "SKIP", "■": "SKIP"}   # aborted: an assumption not met
+# Maven Surefire with its plain report on the console (`-Dsurefire.useFile=false
+# -Dsurefire.reportFormat=plain`): "[INFO] name(pkg.Class)  Time elapsed: 0.01 s", then
+# "  <<< FAILURE!" (an assertion), "<<< ERROR!" (an exception) or "<<< SKIPPED!" after a test that did not pass
+_SUREFIRE_LINE = re.compile(r"^\[[A-Z]+\] (.+?)\(([\w.$]+)\)  Time elapsed: [\d.,]+ s(?:  <<< (FAILURE|ERROR|SKIPPED)!)?$",
+                            re.MULTILINE)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@/+-]*$")   # never "~": tasks.runs.ID_SEP
 
 
@@ -203,6 +208,9 @@ def _parse(runner: str, output: str) -> dict[str, str]:
         return {name: _CTEST_STATUS.get(st, "ERROR") for name, st in _CTEST_LINE.findall(output)}
     if runner == "junit":
         return junit_tree_results(output)
+    if runner == "surefire":   # named like the console launcher's leaves: `Class::method`
+        return {f"{cls.rsplit('.', 1)[-1]}::{name}": {"FAILURE": "FAIL", "ERROR": "ERROR", "SKIPPED": "SKIP"}.get(st, "PASS")
+                for name, cls, st in _SUREFIRE_LINE.findall(output)}
     results = unittest_facts(output)[1]["tests"]
     failed_loads = set(re.findall(r"^(\w+) \(unittest\.loader\._FailedTest", output, re.MULTILINE))
     return {} if set(results) <= failed_loads else results
@@ -273,14 +281,19 @@ async def check_project(repo_dir: str, entry: Entry, sandbox_cfg, timeout_s: flo
 
 
 _MISSING = re.compile(r"No module named '?([\w.]+)|Cannot find module '([^']+)'|cannot find -l(\S+)|"
-                      r"fatal error: ([\w./-]+): No such file|command not found: (\S+)|(\S+): command not found")
+                      r"fatal error: ([\w./-]+): No such file|command not found: (\S+)|(\S+): command not found|"
+                      r"package ([\w.]+) does not exist")
+# Maven's first error (its output ends in the same help lines whatever failed)
+_MAVEN_ERROR = re.compile(r"^\[ERROR\] (?!COMPILATION ERROR)(\S.*)$", re.MULTILINE)
 
 
 def why_failed(output: str, tail: int = 300) -> str:
     """An exclusion reason from a failed run's output: the missing modules, libraries or commands it
-    names first (they are often far above the tail), then the output's tail."""
+    names first (they are often far above the tail), Maven's first error, then the output's tail."""
     missing = list(dict.fromkeys(next(g for g in m.groups() if g) for m in _MISSING.finditer(output)))
     head = f"missing: {', '.join(missing[:5])}; " if missing else ""
+    if m := _MAVEN_ERROR.search(output):
+        head += f"Maven: {m.group(1)[:tail]}; "
     return head + output[-tail:].strip()
 
 

@@ -26,10 +26,12 @@ reason is recorded in the corpus summary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -45,7 +47,7 @@ from tasks.builtin import Mutation, apply_mutation
 from tasks.manifest import Entry, check_project, why_failed
 from tasks.runs import (Look, Run, base_name, cause_fact, copy_source, failed, look_at_failure, make_task,
                         mutation_record, result_facts, show_failures, task_id)
-from tasks.types import Fact, Task, TaskEnvironment
+from tasks.types import Fact, Task, TaskEnvironment, unmet_debian_packages
 
 # (operator name, old, new, cause): applied to the first matching source line of a file
 OPERATORS = (("flip_eq", " == ", " != ", "an equality test is negated"),
@@ -63,6 +65,19 @@ SKIP_DIRS = {"node_modules", "build", "example", "examples", "fuzz", "fuzzing", 
 MAX_FAULTS = 6
 MAX_FAULT_TRIES = 16           # mutations tried per project (each one is a sandboxed test run)...
 MAX_FAULT_TRIES_COMPILED = 10  # ...and per C/C++ project, where each one is also a rebuild
+# Java without Maven (a Debian package whose packaging skips the tests), as tasks/manifests/default.jsonl
+# builds its Java projects: javac against the jars Debian installs, leaving out the test sources that
+# import libraries Debian does not package (or not here), and the JUnit Platform console launcher
+UNPACKAGED_JAVA = ("org.mockito", "org.easymock", "com.generationjava", "org.h2", "org.openjdk.jmh",
+                   "com.google.common.jimfs", "org.junitpioneer", "org.joda.time", "org.eclipse.jetty", "junitparams",
+                   "org.junit.contrib", "com.google.gson", "org.assertj")
+JAVAC_SETUP = ("mkdir -p build/main build/test",
+               "javac -nowarn -encoding UTF-8 -d build/main -cp '/usr/share/java/*' $(find src/main/java -name '*.java')",
+               "javac -nowarn -encoding UTF-8 -d build/test -cp 'build/main:/usr/share/java/*' $(grep -rL "
+               + " ".join(f"-e {p}" for p in UNPACKAGED_JAVA) + " src/test/java --include='*.java')",
+               "for d in main test; do if [ -d src/$d/resources ]; then cp -r src/$d/resources/. build/$d/; fi; done")
+JAVAC_TEST = ("java -Xmx512m -cp 'build/main:build/test:/usr/share/java/*' org.junit.platform.console.ConsoleLauncher "
+              "--scan-classpath build/test --disable-banner --disable-ansi-colors")
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -85,13 +100,15 @@ VENV_MOUNT = "/opt/venv"   # where a Python project's virtual environment appear
 VENV_TOOLS = ("pytest", "pyflakes")   # in every project's venv: the test runner and the linter of lint tasks
 
 
-def environment(shared_node_modules: str = "", venv: str = "", wheels: str = "") -> TaskEnvironment:
+def environment(shared_node_modules: str = "", venv: str = "", wheels: str = "",
+                debian_packages: str = "") -> TaskEnvironment:
     """What the project's commands run with, in the build and in every episode of its tasks: a Python
     project its own virtual environment (`venv`, relative to the corpus: bound read-only at
     /opt/venv, first on PATH, with the interpreter it was made from); an npm project its
     node_modules, shared by the project's tasks (bound read-only into the repository). An install
     task adds the project's wheelhouse (`wheels`, bound at /opt/wheels), with pip reading no
-    configuration file (the host's /etc/pip.conf may name indexes and constraints the build did not use)."""
+    configuration file (the host's /etc/pip.conf may name indexes and constraints the build did not use).
+    A project built by its Debian packaging needs its Build-Depends (`debian_packages`) on the host."""
     binds: list[str] = []
     env = {"HOME": "/tmp"}
     if venv:
@@ -102,7 +119,7 @@ def environment(shared_node_modules: str = "", venv: str = "", wheels: str = "")
     if wheels:
         binds.append(f"{wheels}:{kinds.WHEELS_MOUNT}")
         env |= {"PIP_CONFIG_FILE": "/dev/null", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    return TaskEnvironment(binds, env)
+    return TaskEnvironment(binds, env, debian_packages)
 
 
 def shared_build(kind: str, key: str, out: Path, build, symlinks: bool = False) -> tuple[str, dict]:
@@ -275,27 +292,91 @@ def debian_state(root: Path | None = None) -> list[str]:
     return opts
 
 
-def _fetch_debian(entry: Entry, dest: Path) -> Path:
+def _fetch_debian(entry: Entry, dest: Path) -> list[Path]:
     """The upstream tarball of a Debian source package (NAME_UPSTREAM.orig.tar.*, or the one tarball of
-    a native package), downloaded alone: the Debian packaging and the extra component tarballs
-    (orig-NAME: bundled dependencies, which the npm registry provides) are not needed, and a
-    mirror that lacks one of them must not sink the project."""
+    a native package), and its packaging (NAME_VERSION.debian.tar.*) when the project is built by it
+    (uses_debian_packaging); the extra component tarballs (orig-NAME: bundled dependencies, which the
+    npm registry provides) are not needed, and a mirror that lacks one of them must not sink the project."""
     r = subprocess.run(["apt-get", *debian_state(), "source", "--print-uris", f"{entry.name}={entry.version}"],
                        cwd=dest, capture_output=True, text=True, timeout=600)
     uris = re.findall(r"^'(\S+)' (\S+) \d+", r.stdout, re.MULTILINE)
     main = [(u, f) for u, f in uris if ".tar." in f and not f.endswith(".asc") and ".debian.tar." not in f
             and ".orig-" not in f]
+    packaging = [(u, f) for u, f in uris if ".debian.tar." in f and not f.endswith(".asc")]
     if r.returncode != 0 or not main:
         errors = [line for line in (r.stderr or r.stdout).splitlines() if line.startswith("E:")]
         raise RuntimeError(f"apt-get source {entry.name}={entry.version} failed: "
                            f"{' '.join(errors)[-300:] or 'no upstream tarball listed'}")
-    uri, name = main[0]
-    d = subprocess.run(["curl", "-sSfL", "--retry", "2", "-o", str(dest / name), uri], capture_output=True, text=True,
-                       timeout=600)
-    if d.returncode != 0:
-        raise RuntimeError(f"downloading {name} of Debian source {entry.name}={entry.version} failed: "
-                           f"{d.stderr.strip()[-200:]}")
-    return dest / name
+    archives = []
+    for uri, name in main[:1] + (packaging[:1] if uses_debian_packaging(entry) else []):
+        d = subprocess.run(["curl", "-sSfL", "--retry", "2", "-o", str(dest / name), uri], capture_output=True,
+                           text=True, timeout=600)
+        if d.returncode == 0:
+            archives.append(dest / name)
+        elif not archives:   # the packaging may be missing (the mirror's 404): resolve_entry does without it
+            raise RuntimeError(f"downloading {name} of Debian source {entry.name}={entry.version} failed: "
+                               f"{d.stderr.strip()[-200:]}")
+    return archives
+
+
+def uses_debian_packaging(entry: Entry) -> bool:
+    """Whether the project is built by its Debian packaging (debhelper's `dh_auto_*` in its commands,
+    e.g. Java through maven-debian-helper, offline against Debian's Maven repository): the build
+    fetches debian/ with the source, and the project needs its Build-Depends installed."""
+    return any(re.search(r"\bdh_auto_\w+", c) for c in (*entry.setup, entry.test_command))
+
+
+def has_debian_packaging(root: Path) -> bool:
+    return (root / "debian" / "control").is_file()
+
+
+def debian_skips_tests(root: Path) -> bool:
+    """Whether the Debian packaging in root/debian turns the Maven build's tests off (maven.test.skip
+    or skipTests in debian/maven.properties)."""
+    props = root / "debian" / "maven.properties"
+    return props.is_file() and re.search(r"^\s*(maven\.test\.skip|skipTests)\s*=\s*true\b",
+                                         props.read_text(errors="replace"), re.MULTILINE) is not None
+
+
+def build_depends(root: Path) -> str:
+    """The Build-Depends (with -Indep and -Arch) of the Debian packaging in root/debian, as one
+    dependency string for dpkg-checkbuilddeps and `apt-get satisfy`. The JDK without its GUI
+    (default-jdk-headless: the same compiler), and no documentation packages (no javadoc is built)."""
+    control = (root / "debian" / "control").read_text(errors="replace").split("\n\n")[0]
+    fields = re.findall(r"^Build-Depends(?:-Indep|-Arch)?:(.*(?:\n[ \t].*)*)", control, re.MULTILINE | re.IGNORECASE)
+    deps = [d.strip() for f in fields for d in " ".join(f.split()).split(",") if d.strip()]
+    deps = [re.sub(r"\bdefault-jdk(?![\w-])", "default-jdk-headless", d) for d in deps
+            if not re.match(r"[\w.+-]+-doc\b", d)]
+    return ", ".join(deps)
+
+
+@contextlib.contextmanager
+def debian_packages_installed(depends: str, install: bool):
+    """Yields what of `depends` this machine lacks ('' when nothing), after installing it with `install`.
+    While a build uses its packages it holds a shared lock, and an install waits for an exclusive one:
+    dpkg unpacking a package half-writes /usr/share/java and Maven's repository under a running build."""
+    if not depends:
+        yield ""
+        return
+    from core.model import cache_root
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with open(cache_root() / "debian-packages.lock", "a") as lock:
+        unmet = unmet_debian_packages(depends)
+        if unmet and install:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            unmet = install_debian_packages(depends)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield unmet
+
+
+def install_debian_packages(depends: str) -> str:
+    """Install what `depends` needs (apt-get satisfy, as root, waiting for another install's lock);
+    returns what is still unmet afterwards ('' when all is)."""
+    r = subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "satisfy", "-y", "-qq", "--no-install-recommends",
+                        depends], capture_output=True, text=True, timeout=1800,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    unmet = unmet_debian_packages(depends)
+    return f"{unmet} (apt-get: {(r.stderr or r.stdout).strip()[-200:]})" if unmet else ""
 
 
 def fetch(entry: Entry, dest: Path) -> Path:
@@ -306,7 +387,7 @@ def fetch(entry: Entry, dest: Path) -> Path:
         shutil.copytree(entry.path, root, symlinks=True)
         return _prepare(root)
     if entry.ecosystem == "debian":
-        archives = [_fetch_debian(entry, dest)]
+        archives = _fetch_debian(entry, dest)
     elif entry.ecosystem == "pypi":
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps", f"{entry.name}=={entry.version}", "-d", str(dest)]
     elif entry.ecosystem == "npm":
@@ -324,7 +405,12 @@ def fetch(entry: Entry, dest: Path) -> Path:
         with tarfile.open(archives[0]) as tf:
             tf.extractall(dest / "src", filter="data")
     roots = list((dest / "src").iterdir())
-    return _prepare(roots[0] if len(roots) == 1 and roots[0].is_dir() else dest / "src")
+    root = roots[0] if len(roots) == 1 and roots[0].is_dir() else dest / "src"
+    for packaging in archives[1:]:   # debian/, as dpkg-source lays it over the upstream tree
+        shutil.rmtree(root / "debian", ignore_errors=True)
+        with tarfile.open(packaging) as tf:
+            tf.extractall(root, filter="data")
+    return _prepare(root)
 
 
 def _prepare(root: Path) -> Path:
@@ -367,13 +453,19 @@ AUTO = "auto"   # a manifest's test_command that the builder works out from the 
 def resolve_entry(entry: Entry, root: Path) -> Entry:
     """The entry with what its fetched source says: a JavaScript/TypeScript project's TAP-speaking
     test command (test_command "auto", from package.json's test script and dev dependencies) and a
-    TypeScript project's build step (typescript_build, when the manifest gives no setup), and a
+    TypeScript project's build step (typescript_build, when the manifest gives no setup), a Java
+    project's javac build where its Debian packaging is missing or skips the tests, and a
     Python project's dependencies as its source declares them (declared_dependencies) after the
     manifest's test_deps. Raises ValueError when the project's runner is not one the builder reads."""
     if entry.test_command == AUTO:
         entry = dataclasses.replace(entry, test_command=_npm_test_command(root), runner="tap")
         if entry.language == "typescript" and not entry.setup:
             entry = dataclasses.replace(entry, setup=typescript_build(_package_json(root) or {}, entry.test_command))
+    if uses_debian_packaging(entry) and (not has_debian_packaging(root) or debian_skips_tests(root)):
+        # no packaging fetched (the mirror lacks it), or Debian does not run these tests (they need what
+        # it lacks: jmh, mockito-inline, a network): compile what compiles against the installed jars
+        # and run that with the JUnit console launcher
+        entry = dataclasses.replace(entry, setup=JAVAC_SETUP, test_command=JAVAC_TEST, runner="junit")
     if entry.language == "python":   # the manifest's list first (pinned versions win), then what the source says
         given = {_requirement_name(d) for d in entry.test_deps}
         declared = [d for d in declared_dependencies(root, entry.name) if _requirement_name(d) not in given]
@@ -592,11 +684,29 @@ def suite_task(entry: Entry, tid: str, repo: str, env: TaskEnvironment, chk, mut
                      {"tests": results} | ({"mutation": mutation} if mutation else {}), followups)
 
 
-async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: int = OBSERVATION_CAP) -> Outcome:
+MISSING_PACKAGES = "missing Debian packages"   # an exclusion the next build retries (once they are installed)
+
+
+async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: int = OBSERVATION_CAP,
+                        apt_install: bool = False) -> Outcome:
+    """Build one project's tasks into `out`. `apt_install`: install the Build-Depends of a project
+    built by its Debian packaging when they are missing (as root); without it such a project is
+    excluded, naming them."""
     try:
         root = await asyncio.to_thread(fetch, entry, work / entry.name)
     except Exception as e:   # noqa: BLE001 - any fetch failure excludes the project, with its reason
         return Outcome(entry, [], f"fetch: {e}")
+    depends = build_depends(root) if uses_debian_packaging(entry) and has_debian_packaging(root) else ""
+    with debian_packages_installed(depends, apt_install) as unmet:
+        if unmet:
+            return Outcome(entry, [], f"{MISSING_PACKAGES}: {unmet}; install them as root (`apt-get satisfy` with "
+                                      "this list) or build with --apt-install")
+        return await _build_fetched(entry, root, out, work, sandbox_cfg, cap, depends)
+
+
+async def _build_fetched(entry: Entry, root: Path, out: Path, work: Path, sandbox_cfg, cap: int,
+                         depends: str) -> Outcome:
+    """build_project once the source is fetched and the Debian packages it needs (`depends`) are there."""
     given_setup = entry.setup
     try:
         entry = resolve_entry(entry, root)
@@ -613,12 +723,12 @@ async def build_project(entry: Entry, out: Path, work: Path, sandbox_cfg, cap: i
         venv = await asyncio.to_thread(project_venv, entry, out) if entry.language == "python" else ""
     except Exception as e:   # noqa: BLE001 - a test dependency that cannot be installed excludes the project
         return Outcome(entry, [], f"cannot_run: {e}")
-    env = environment(shared, venv)
+    env = environment(shared, venv, debian_packages=depends)
     build_env = env.resolved(str(out))   # during the build: absolute paths
     built = work / f"{entry.name}.built"   # the tree after the setup (a build): fault runs rebuild from it
     shutil.rmtree(built, ignore_errors=True)
     chk = await check_project(str(root), entry, sandbox_cfg, environment=build_env, snapshot=str(built), probe="ls")
-    if chk.setup_failed and entry.setup != given_setup:
+    if chk.setup_failed and entry.setup != given_setup and entry.language == "typescript":
         # the build step the builder chose fails (today's type declarations beyond the project's tsc,
         # a build tool too old for this Node); its tests may not need it (ava, ts-node compile them)
         entry = dataclasses.replace(entry, setup=given_setup)

@@ -81,6 +81,9 @@ _SUMMARY_LINES = {
     "automake": re.compile(r"^# (?:TOTAL: +(?P<total>\d+)|(?:FAIL|ERROR): +(?P<failed>\d+))$", re.MULTILINE),
     "ctest": re.compile(r"^\d+% tests passed, (?P<failed>\d+) tests? failed out of (?P<total>\d+)$", re.MULTILINE),
     "junit": re.compile(r"^\[ +(?:(?P<total>\d+) tests found|(?P<failed>\d+) tests failed) +\]$", re.MULTILINE),
+    # a module's totals after "Results:" (a class's line goes on: ", Time elapsed: ... - in Class")
+    "surefire": re.compile(r"(?:(?<=^\[INFO\] )|(?<=^\[ERROR\] )|(?<=^\[WARNING\] ))Tests run: (?P<total>\d+), "
+                           r"Failures: (?P<failures>\d+), Errors: (?P<errors>\d+), Skipped: \d+$", re.MULTILINE),
 }
 # pytest's totals: every outcome of a test (not warnings, nor deselected tests, which did not run)
 _PYTEST_COUNT = re.compile(r"\b(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)\b")
@@ -115,6 +118,11 @@ def summary_totals(runner: str, output: str) -> Totals | None:
             return None
         failed = sum(map(int, _UNITTEST_FAILED.findall(verdict[-1].group(0))))
         return Totals(failed, int(ran[-1].group("total")), [ran[-1].group(0), verdict[-1].group(0)])
+    if runner == "surefire":   # failures (assertions) and errors (exceptions) both fail; modules summed
+        if not lines:
+            return None
+        return Totals(sum(int(m.group("failures")) + int(m.group("errors")) for m in lines),
+                      sum(int(m.group("total")) for m in lines), list(dict.fromkeys(m.group(0) for m in lines)))
     def total(group: str) -> int | None:
         found = [int(m.group(group)) for m in lines if group in m.re.groupindex and m.group(group)]
         return sum(found) if found else None
@@ -362,6 +370,7 @@ FAILURE_LINES = {
     "unittest": r"^(FAIL|ERROR): |\.\.\. (FAIL|ERROR)$",
     "tap": r"^\s*not ok ",
     "junit": "✘",
+    "surefire": r"<<< (FAILURE|ERROR)!",
     "ctest": r"\*\*\*(Failed|Exception|Timeout)|Not Run",
     "automake": r"^(FAIL|ERROR): ",
 }

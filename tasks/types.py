@@ -1,8 +1,12 @@
 """The task record: what a main agent delegates, plus what only the grader may see."""
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
+import shutil
+import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,24 +54,52 @@ class TaskEnvironment:
         relative to the sandbox's workdir, or absolute). A relative HOST lives in the corpus
         directory (e.g. a project's node_modules, shared by all its tasks) and is resolved on load.
     env: environment variables (e.g. a PATH that puts the project's virtual environment first).
+    debian_packages: the host's Debian packages the commands need, as a dependency string (a project
+        built by its Debian packaging: its Build-Depends); every sandbox checks them (the host's /usr
+        is what the sandbox sees), so a corpus moved to a machine without them says what to install.
     """
     ro_binds: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    debian_packages: str = ""
 
     def resolved(self, corpus_dir: str) -> "TaskEnvironment":
         """This environment with relative host paths made absolute under corpus_dir."""
         def one(bind: str) -> str:
             host, sep, dest = bind.partition(":")
             return os.path.join(corpus_dir, host) + sep + dest if not os.path.isabs(host) else bind
-        return TaskEnvironment([one(b) for b in self.ro_binds], dict(self.env))
+        return TaskEnvironment([one(b) for b in self.ro_binds], dict(self.env), self.debian_packages)
 
     async def open_sandbox(self, sandbox_cfg, repo_dir: str | None, *, image: str = "", env: dict | None = None):
         """A sandbox (sandbox.open_sandbox) of `repo_dir` with this environment: its binds and its
         variables, plus `env`. The one place that turns a task's environment into a sandbox: the
         build's runs and every episode open theirs here."""
         from sandbox import open_sandbox
+        # the sandboxes that see the host's /usr (an image must carry the packages itself: docs/sandbox.md)
+        host_usr = getattr(sandbox_cfg, "backend", "bwrap") in ("bwrap", "local")
+        if self.debian_packages and host_usr and (unmet := _unmet_debian_packages(self.debian_packages)):
+            from core.errors import UserError
+            raise UserError(f"this task's commands need Debian packages this machine lacks: {unmet}; install them "
+                            f"as root with: apt-get satisfy '{unmet}'")
         return await open_sandbox(sandbox_cfg, repo_dir, image=image, env={**self.env, **(env or {})},
                                   ro_binds=self.ro_binds)
+
+
+def unmet_debian_packages(depends: str) -> str:
+    """The part of a Debian dependency string that this machine's installed packages do not satisfy,
+    as dpkg-checkbuilddeps says it ('' when all are)."""
+    if not depends:
+        return ""
+    if not shutil.which("dpkg-checkbuilddeps"):
+        return f"{depends} (cannot check: dpkg-checkbuilddeps is missing; it is Debian's dpkg-dev)"
+    r = subprocess.run(["dpkg-checkbuilddeps", "-d", depends, "/dev/null"], capture_output=True, text=True)
+    if r.returncode == 0:
+        return ""
+    m = re.search(r"Unmet build dependencies: (.+)", r.stderr)
+    return m.group(1).strip() if m else f"({r.stderr.strip()[-200:]})"
+
+
+# an episode checks once per process and dependency string (an install in between is not seen: restart)
+_unmet_debian_packages = functools.lru_cache(maxsize=64)(unmet_debian_packages)
 
 
 @dataclass

@@ -34,13 +34,18 @@ PROVIDER = {
     "gcc": "gcc", "cc": "gcc", "g++": "g++", "make": "make", "cmake": "cmake", "ctest": "cmake",
     "autoreconf": "autoconf", "autoconf": "autoconf", "automake": "automake", "libtoolize": "libtool", "pkg-config": "pkg-config",
     "javac": "openjdk-17-jdk-headless", "java": "openjdk-17-jdk-headless",
+    "dh_auto_configure": "debhelper", "dh_auto_build": "debhelper", "dh_auto_test": "debhelper",
+    "mh_patchpoms": "maven-debian-helper",   # its maven buildsystem (and maven-repo-helper, which it pulls in)
 }
 # Java classes the corpus's commands run from /usr/share/java -> the Debian package of their jar
 CLASSES = {"org.junit.platform.console.ConsoleLauncher": "junit5"}
 # what a build driver runs in turn: C and C++ projects compile through make and cmake; autoreconf
-# runs automake and libtoolize, and configure scripts call pkg-config
+# runs automake and libtoolize, and configure scripts call pkg-config; debhelper runs Maven
 DRIVES = {"make": {"cc", "gcc", "g++"}, "cmake": {"make", "cc", "gcc", "g++"},
-          "autoreconf": {"autoconf", "automake", "libtoolize", "pkg-config"}}
+          "autoreconf": {"autoconf", "automake", "libtoolize", "pkg-config"},
+          # a Java project's own Maven build, as Debian builds it (maven-debian-helper's buildsystem)
+          "dh_auto_configure": {"mh_patchpoms"}, "dh_auto_build": {"java", "mh_patchpoms"},
+          "dh_auto_test": {"java", "mh_patchpoms"}}
 SHELL_WORDS = {"[", "for", "do", "done", "if", "then", "else", "fi", "in", "case", "esac", "while", "true",
                "false", "test", "echo", "cd", "export"}
 

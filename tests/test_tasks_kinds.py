@@ -4,7 +4,9 @@ by a syntax edit whose compiler error names file:line, and Python projects insta
 the wheelhouse the build made (as released, and with a requirement no wheel satisfies) and whose
 programs are run from the source. Every task replays through episodes."""
 import asyncio
+import dataclasses
 import json
+import os
 import shutil
 
 import pytest
@@ -50,6 +52,42 @@ MINI_C = {
     "test_twice.c": "#include \"mini.h\"\nint main(void) { return twice(4) == 8 ? 0 : 1; }\n",
     "Makefile": "all: test_twice\n\ntest_twice: test_twice.o mini.o\n\tgcc -o $@ $^\n\n%.o: %.c mini.h\n\tgcc -c -o $@ $<\n\n"
                 "check: all\n\t@if ./test_twice; then echo 'PASS: test_twice'; else echo 'FAIL: test_twice'; exit 1; fi\n",
+}
+
+# a Java library packaged for Debian with maven-debian-helper, as the paper manifest's Java projects are:
+# built by its own Maven build, offline, as Debian builds it (tasks.real.uses_debian_packaging)
+MAVEN_POM = """<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>mini</groupId>
+  <artifactId>minicalc</artifactId>
+  <version>1.0</version>
+  <dependencies>
+    <dependency><groupId>junit</groupId><artifactId>junit</artifactId><version>4.13.2</version><scope>test</scope></dependency>
+  </dependencies>
+</project>
+"""
+MINI_MAVEN = {
+    "pom.xml": MAVEN_POM,
+    "src/main/java/mini/Calc.java":
+        "package mini;\n\npublic final class Calc {\n    public static int max(int a, int b) {\n        check(a);\n"
+        "        return a < b ? b : a;\n    }\n\n    public static boolean isZero(int x) {\n        return x == 0;\n    }\n\n"
+        "    private static void check(int x) {\n    }\n}\n",
+    "src/test/java/mini/CalcTest.java":
+        "package mini;\n\nimport static org.junit.Assert.*;\n\nimport org.junit.Test;\n\npublic class CalcTest {\n"
+        "    @Test\n    public void max() {\n        assertEquals(3, Calc.max(2, 3));\n    }\n\n"
+        "    @Test\n    public void isZero() {\n        assertTrue(Calc.isZero(0));\n    }\n}\n",
+    "debian/control": "Source: minicalc\nSection: java\nPriority: optional\nMaintainer: Nobody <nobody@example.org>\n"
+                      "Build-Depends: debhelper-compat (= 13), default-jdk, junit4, maven-debian-helper (>= 2.0)\n"
+                      "Build-Depends-Indep: default-jdk-doc\n\n"
+                      "Package: libminicalc-java\nArchitecture: all\nDepends: ${misc:Depends}, ${maven:Depends}\n"
+                      "Description: a calculator\n two functions and their tests\n",
+    "debian/changelog": "minicalc (1.0-1) unstable; urgency=medium\n\n  * Initial release.\n\n"
+                        " -- Nobody <nobody@example.org>  Sun, 06 Dec 2026 12:00:00 +0000\n",
+    "debian/rules": "#!/usr/bin/make -f\n\n%:\n\tdh $@\n",
+    "debian/libminicalc-java.poms": "pom.xml --no-parent --java-lib\n",
+    "debian/maven.rules": "junit junit jar s/4\\..*/4.x/ * *\n",
+    "debian/maven.properties": "maven.compiler.release=11\n",
 }
 
 
@@ -135,6 +173,74 @@ def test_a_c_build_broken_by_a_syntax_edit_names_the_compilers_first_error(tmp_p
     assert not any(t.category == "run_one_test" for t in tasks)   # this harness ignores TESTS=: no such task
     checks = asyncio.run(validate_tasks(tasks, SandboxConfig(), tok))
     assert all(c.ok for c in checks), [(c.task_id, c.problems) for c in checks if not c.ok]
+
+
+@pytest.mark.skipif(shutil.which("dh_auto_configure") is None or not os.path.isdir(
+    "/usr/share/maven-repo/org/apache/maven/plugins/maven-surefire-plugin"),
+    reason="maven-debian-helper and Maven's plugins are not installed (scripts/install.sh installs them as root)")
+def test_a_java_project_is_built_and_tested_by_its_debian_maven_packaging(tmp_path, tok):
+    """The paper manifest's Java recipe on a local Debian-packaged library: Maven offline against
+    Debian's repository, Surefire's per-test lines, fault tasks, one test by name, a build broken by
+    a syntax edit whose Maven compiler error names file:line; the Build-Depends recorded in every
+    task's environment. Every task replays through episodes."""
+    from pathlib import Path
+
+    import tasks as tasks_pkg
+    from tasks.manifest import load_manifest
+    paper = next(e for e in load_manifest(Path(tasks_pkg.__file__).parent / "manifests" / "paper.jsonl")[0]
+                 if e.language == "java")
+    entry = dataclasses.replace(paper, name="minicalc", ecosystem="local", version="0",
+                                path=_write(tmp_path / "minicalc", MINI_MAVEN))
+    out = tmp_path / "corpus"
+    [o] = build_corpus([entry], out, jobs=1, progress=lambda s: None)
+    assert not o.excluded, o.excluded
+    tasks = {t.id: t for t in _tasks(out)}
+    clean = tasks["local-minicalc"]
+    assert clean.ground_truth.exit_status == 0
+    assert clean.ground_truth.observed["tests"] == {"CalcTest::max": "PASS", "CalcTest::isZero": "PASS"}
+    flip = next(t for i, t in tasks.items() if "~flip_eq~" in i)
+    facts = {f.kind: f for f in flip.ground_truth.facts}
+    assert facts["failing_test"].value == "isZero fails" and flip.ground_truth.exit_status != 0
+    assert facts["counts"].evidence == ["Tests run: 2, Failures: 1, Errors: 0, Skipped: 0"]   # Surefire's totals
+    one = next(t for t in tasks.values() if t.category == "run_one_test")
+    assert one.reference.commands[0].endswith(" -Dtest=CalcTest#" + one.ground_truth.facts[0].value.split()[0])
+    build = next(t for t in tasks.values() if t.category == "build")
+    facts = {f.kind: f.value for f in build.ground_truth.facts}
+    assert facts["error_location"] == "Calc.java:5" and "expected" in facts["error_message"]   # check(a; -> ')' expected
+    # the JDK without its GUI, no javadoc packages: what the build checked and every sandbox checks again
+    assert all(t.environment.debian_packages == "debhelper-compat (= 13), default-jdk-headless, junit4, "
+               "maven-debian-helper (>= 2.0)" for t in tasks.values())
+    checks = asyncio.run(validate_tasks(list(tasks.values()), SandboxConfig(), tok))
+    assert all(c.ok for c in checks), [(c.task_id, c.problems) for c in checks if not c.ok]
+
+
+def test_build_depends_are_read_from_the_packaging_as_one_dependency_string(tmp_path):
+    """Folded fields, alternatives and versions kept as Debian wrote them (dpkg-checkbuilddeps and apt-get
+    satisfy read them), -Indep and -Arch added, the JDK without its GUI, no documentation packages; and
+    whether the packaging turns the tests off, which sends the build to javac."""
+    from tasks.real import build_depends, debian_skips_tests
+    (tmp_path / "debian").mkdir()
+    (tmp_path / "debian" / "control").write_text(
+        "Source: x\nBuild-Depends: debhelper-compat (= 13),\n default-jdk,\n libfoo-java (>= 2.1) | libfoo2-java,\n"
+        "Build-Depends-Indep: default-jdk-doc, libbar-java\nStandards-Version: 4.6.2\n\n"
+        "Package: libx-java\nBuild-Depends: not-the-source-stanza\n")
+    assert build_depends(tmp_path) == ("debhelper-compat (= 13), default-jdk-headless, libfoo-java (>= 2.1) | "
+                                       "libfoo2-java, libbar-java")
+    assert not debian_skips_tests(tmp_path)
+    (tmp_path / "debian" / "maven.properties").write_text("# tests need jmh\nmaven.test.skip=true\n")
+    assert debian_skips_tests(tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("dpkg-checkbuilddeps") is None, reason="Debian's dpkg-dev is not installed")
+def test_a_task_whose_debian_packages_are_missing_says_what_to_install(tmp_path):
+    """A task's environment names the Debian packages its commands need: a sandbox on a machine
+    without them is refused with the apt-get command that installs them, before anything runs."""
+    from core.errors import UserError
+    from tasks.types import TaskEnvironment, unmet_debian_packages
+    assert unmet_debian_packages("dpkg") == ""
+    env = TaskEnvironment(debian_packages="dpkg, terminus-no-such-package (>= 1.0)")
+    with pytest.raises(UserError, match=r"apt-get satisfy 'terminus-no-such-package \(>= 1.0\)'"):
+        asyncio.run(env.open_sandbox(SandboxConfig(), str(tmp_path)))
 
 
 # a console script with --version, a runtime requirement (tomli_w) the wheelhouse holds

@@ -4,6 +4,8 @@ real sandbox (no network)."""
 import dataclasses
 import json
 
+import re
+
 import pytest
 
 from tasks.manifest import _parse, load_manifest
@@ -119,6 +121,63 @@ def test_junit_tree_parser_on_real_output():
                                               "MathTest::squares[2]": "FAIL"}
     # no test ran (the class path is wrong): only engines, no results
     assert _parse("junit", "├─ JUnit Jupiter ✔\n└─ JUnit Vintage ✔\n") == {}
+
+
+# Maven Surefire's plain console report (`-Dsurefire.useFile=false -Dsurefire.reportFormat=plain`), cut
+# from joda-convert's run with a fault (its pom runs Surefire twice: the second execution's totals
+# follow the first's), and a class whose name has a `$`
+SUREFIRE = """[INFO] Running org.joda.convert.TestStringConvert
+[ERROR] Tests run: 4, Failures: 1, Errors: 1, Skipped: 1, Time elapsed: 0.163 s <<< FAILURE! - in org.joda.convert.TestStringConvert
+[ERROR] test_convertToString_inherit(org.joda.convert.TestStringConvert)  Time elapsed: 0 s  <<< FAILURE!
+java.lang.AssertionError: expected:<A> but was:<null>
+	at org.joda.convert.TestStringConvert.test_convertToString_inherit(TestStringConvert.java:120)
+
+[ERROR] test_constructor(org.joda.convert.TestStringConvert)  Time elapsed: 0.001 s
+[ERROR] test_convertToString_null(org.joda.convert.TestStringConvert)  Time elapsed: 0 s  <<< ERROR!
+java.lang.NullPointerException: Cannot invoke "Object.getClass()" because "object" is null
+
+[WARNING] test_slow(org.joda.convert.TestStringConvert)  Time elapsed: 0 s  <<< SKIPPED!
+[INFO] Running org.joda.convert.Outer$Inner
+[INFO] Tests run: 1, Failures: 0, Errors: 0, Skipped: 0, Time elapsed: 0.01 s - in org.joda.convert.Outer$Inner
+[INFO] nested(org.joda.convert.Outer$Inner)  Time elapsed: 0.002 s
+[INFO]
+[INFO] Results:
+[INFO]
+[ERROR] Failures:
+[ERROR]   TestStringConvert.test_convertToString_inherit:120 expected:<A> but was:<null>
+[ERROR] Errors:
+[ERROR]   TestStringConvert.test_convertToString_null:92 NullPointer Cannot invoke "Object.getClass()"
+[INFO]
+[ERROR] Tests run: 5, Failures: 1, Errors: 1, Skipped: 1
+[INFO]
+[INFO] Tests run: 3, Failures: 0, Errors: 0, Skipped: 0
+[INFO] BUILD FAILURE
+"""
+
+
+def test_surefire_parser_and_totals_on_real_output():
+    from tasks.runs import FAILURE_LINES, failing_names, summary_totals
+    results = _parse("surefire", SUREFIRE)
+    assert results == {"TestStringConvert::test_convertToString_inherit": "FAIL",
+                       "TestStringConvert::test_constructor": "PASS",
+                       "TestStringConvert::test_convertToString_null": "ERROR",
+                       "TestStringConvert::test_slow": "SKIP", "Outer$Inner::nested": "PASS"}
+    assert failing_names(results, "surefire") == ["test_convertToString_inherit", "test_convertToString_null"]
+    # each module's (or execution's) totals after "Results:", not a class's line; errors fail too
+    totals = summary_totals("surefire", SUREFIRE)
+    assert (totals.failed, totals.total) == (2, 8)
+    assert totals.evidence == ["Tests run: 5, Failures: 1, Errors: 1, Skipped: 1", "Tests run: 3, Failures: 0, Errors: 0, Skipped: 0"]
+    # the reference's filter for a long run's failures keeps the failing tests' lines only
+    assert [line for line in SUREFIRE.splitlines() if re.search(FAILURE_LINES["surefire"], line)] == [
+        "[ERROR] Tests run: 4, Failures: 1, Errors: 1, Skipped: 1, Time elapsed: 0.163 s <<< FAILURE! - in org.joda.convert.TestStringConvert",
+        "[ERROR] test_convertToString_inherit(org.joda.convert.TestStringConvert)  Time elapsed: 0 s  <<< FAILURE!",
+        "[ERROR] test_convertToString_null(org.joda.convert.TestStringConvert)  Time elapsed: 0 s  <<< ERROR!"]
+    # Maven's compiler error names file:line as a report would state it
+    from tasks.groundtruth import build_facts
+    facts = build_facts("[INFO] Compiling 1 source file\n[ERROR] COMPILATION ERROR : \n"
+                        "[ERROR] /work/repo/src/main/java/mini/Calc.java:[5,17] ')' expected\n")
+    assert [(f.kind, f.value) for f in facts] == [("error_message", "')' expected"), ("error_location", "Calc.java:5")]
+    assert facts[1].evidence == ["src/main/java/mini/Calc.java:[5,"]
 
 
 def test_ctest_parser_on_real_output():

@@ -34,6 +34,10 @@ def register(sub) -> None:
     build.add_argument("--address", default="", help="Ray cluster to build on (e.g. 10.0.0.1:6379); every node "
                        "must see --out at the same path. Default: a private local Ray")
     build.add_argument("--cpus-per-project", type=float, default=1.0, help="Ray CPUs each project's build reserves")
+    build.add_argument("--apt-install", action="store_true",
+                       help="install the Debian packages that projects built by their Debian packaging need (their "
+                            "Build-Depends, e.g. a Java library's jars; as root); without it such projects are "
+                            "excluded, naming them")
     build.set_defaults(func=_build)
     val = tsub.add_parser("validate", help="replay the reference solutions of tasks.corpus through the episode path "
                           "and check that every recorded fact is reproduced", description=corpus)
@@ -121,7 +125,8 @@ def _build_manifest(args, observation_cap: int) -> int:
         print(f"{out}: reusing the projects an earlier build finished (unchanged manifest line and builder)")
     print(f"observation cap {observation_cap} bytes (rollout.sandbox.output_limit_bytes of the config)", flush=True)
     outcomes = build_corpus(entries, out, address=args.address, jobs=args.jobs, cpus_per_project=args.cpus_per_project,
-                            observation_cap=observation_cap, progress=lambda s: print(s, flush=True))
+                            observation_cap=observation_cap, apt_install=args.apt_install,
+                            progress=lambda s: print(s, flush=True))
     summary = json.loads((out / "corpus.json").read_text())
     print(summary_table(summary))
     print(summary_line(summary))
