@@ -284,7 +284,7 @@ _MISSING = re.compile(r"No module named '?([\w.]+)|Cannot find module '([^']+)'|
                       r"fatal error: ([\w./-]+): No such file|command not found: (\S+)|(\S+): command not found|"
                       r"package ([\w.]+) does not exist")
 # Maven's first error (its output ends in the same help lines whatever failed)
-_MAVEN_ERROR = re.compile(r"^\[ERROR\] (?!COMPILATION ERROR)(\S.*)$", re.MULTILINE)
+_MAVEN_FIRST_ERROR = re.compile(r"^\[ERROR\] (?!COMPILATION ERROR)(\S.*)$", re.MULTILINE)
 
 
 def why_failed(output: str, tail: int = 300) -> str:
@@ -292,7 +292,7 @@ def why_failed(output: str, tail: int = 300) -> str:
     names first (they are often far above the tail), Maven's first error, then the output's tail."""
     missing = list(dict.fromkeys(next(g for g in m.groups() if g) for m in _MISSING.finditer(output)))
     head = f"missing: {', '.join(missing[:5])}; " if missing else ""
-    if m := _MAVEN_ERROR.search(output):
+    if m := _MAVEN_FIRST_ERROR.search(output):
         head += f"Maven: {m.group(1)[:tail]}; "
     return head + output[-tail:].strip()
 

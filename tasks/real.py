@@ -728,9 +728,10 @@ async def _build_fetched(entry: Entry, root: Path, out: Path, work: Path, sandbo
     built = work / f"{entry.name}.built"   # the tree after the setup (a build): fault runs rebuild from it
     shutil.rmtree(built, ignore_errors=True)
     chk = await check_project(str(root), entry, sandbox_cfg, environment=build_env, snapshot=str(built), probe="ls")
-    if chk.setup_failed and entry.setup != given_setup and entry.language == "typescript":
-        # the build step the builder chose fails (today's type declarations beyond the project's tsc,
-        # a build tool too old for this Node); its tests may not need it (ava, ts-node compile them)
+    if chk.setup_failed and entry.setup and not given_setup:
+        # the build step the builder chose where the manifest gave none fails (today's type declarations
+        # beyond the project's tsc, a build tool too old for this Node); its tests may not need it (ava,
+        # ts-node compile them). A setup the builder replaced (Java's javac fallback) is not tried back
         entry = dataclasses.replace(entry, setup=given_setup)
         shutil.rmtree(built, ignore_errors=True)
         chk = await check_project(str(root), entry, sandbox_cfg, environment=build_env, snapshot=str(built),
