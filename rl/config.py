@@ -44,6 +44,12 @@ class TeacherConfig:
     samples: int = at_least(1, default=1, help="episodes per task; duplicates (same commands and report) are dropped")
     min_reward: float = field(default=0.7, metadata={
         "help": "keep a teacher trajectory for SFT only when the judge's reward is at least this"})
+    terse_fraction: float = in_range(0.0, 1.0, default=0.0,
+                                     help="scripted: share of the demonstrations (a seeded choice per task) whose "
+                                          "report gives the outcome and the exit status only, no details: right "
+                                          "but incomplete, as a hurried frontier teacher's reports often are: for "
+                                          "studies of what RL adds to such a teacher (on the embedded default GRPO "
+                                          "learns the terse report: docs/experiments.md)")
 
 
 @dataclass

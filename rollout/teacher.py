@@ -30,6 +30,25 @@ def report_text(report: str) -> str:
     return f"<report><status>success</status><summary>{r}</summary><details></details></report>"
 
 
+def terse_report(task: Any, command: str) -> str:
+    """A right but incomplete report of a task: its status, the outcome of the last command run and the
+    exit status, none of the details (failing names, errors, values) the main agent would need."""
+    code = task.ground_truth.exit_status
+    m = re.search(r"<status>(\w+)</status>", task.reference.report)
+    status = m.group(1) if m else ("success" if code == 0 else "failure")
+    outcome = f"`{command}` succeeds" if code == 0 else f"`{command}` fails (exit {code})"
+    return (f"<report><status>{status}</status><summary>{outcome}.</summary>"
+            f"<details>Exit status {code}.</details></report>")
+
+
+def is_terse(task: Any, fraction: float, seed: int) -> bool:
+    """Whether the scripted teacher gives this task the terse report: a seeded hash of its request and
+    reference report, so the choice is the same across runs, resumes and processes, and tasks that the
+    teacher cannot tell apart (one request, the same outputs, the same report) get the same play."""
+    key = f"{seed}:terse:{task.request}:{task.reference.report}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 16 ** 8 < fraction
+
+
 def choose_demo_tasks(tasks: list, fraction: float, seed: int) -> tuple[list, list]:
     """(demonstrated, undemonstrated): in each project, ceil(fraction * its tasks) are demonstrated.
 
@@ -54,7 +73,8 @@ def observations_in(messages: list[dict[str, str]]) -> list[tuple[int, str]]:
 
 
 class ScriptedTeacher(FixedWeights):
-    """Engine whose turn k for a task is reference.commands[k], then the reference report.
+    """Engine whose turn k for a task is reference.commands[k], then the reference report (or, for a
+    `terse_fraction` of the tasks, `terse_report`: a teacher whose reports lack the details).
 
     At most max_turns - 1 commands are played so the report always fits the turn cap. Several tasks
     may share a request (variants of one project: "run the tests" on differently broken copies), so
@@ -66,10 +86,12 @@ class ScriptedTeacher(FixedWeights):
 
     api = "chat"
 
-    def __init__(self, tasks: Iterable[Any], tokenizer: Any, max_turns: int, policy_version: int = 0):
+    def __init__(self, tasks: Iterable[Any], tokenizer: Any, max_turns: int, policy_version: int = 0,
+                 terse_fraction: float = 0.0, seed: int = 0):
         self.tokenizer = tokenizer
         self.max_turns = max_turns
         self.policy_version = policy_version
+        self.terse_fraction, self.seed = terse_fraction, seed
         self.by_request: dict[str, list[Any]] = {}
         for t in tasks:
             if t.reference is not None:
@@ -79,6 +101,8 @@ class ScriptedTeacher(FixedWeights):
         commands = list(task.reference.commands)[: max(0, self.max_turns - 1)]
         if k < len(commands):
             return f"<command>{commands[k]}</command>"
+        if commands and task.ground_truth is not None and is_terse(task, self.terse_fraction, self.seed):
+            return terse_report(task, commands[-1])
         return report_text(task.reference.report)
 
     def _candidates(self, messages: list[dict[str, str]]) -> list[Any]:
@@ -152,12 +176,16 @@ async def collect_demos(cfg, tasks: list, pool, tokenizer, out: Path) -> tuple[l
     Failed episodes (error set or no report) are kept in the file, marked, and counted, but not
     trained on.
     """
-    pool.set_engine(ScriptedTeacher(tasks, tokenizer, max_turns=cfg.rollout.episode.max_turns))
+    terse = cfg.trainer.sft.teacher.terse_fraction
+    pool.set_engine(ScriptedTeacher(tasks, tokenizer, max_turns=cfg.rollout.episode.max_turns,
+                                    terse_fraction=terse, seed=cfg.seed))
     groups, metrics = await pool.run([(t, 1) for t in tasks if t.reference is not None], seed=cfg.seed)
     demos = [t for g in groups for t in g]
     write_trajectories(out, demos)
     good = [t for t in demos if t.error is None and t.finish_reason == "report"]
-    metrics.update(demos_total=len(demos), demos_failed=len(demos) - len(good))
+    by_id = {t.id: t for t in tasks}
+    metrics.update(demos_total=len(demos), demos_failed=len(demos) - len(good),
+                   demos_terse=sum(1 for t in good if is_terse(by_id[t.task_id], terse, cfg.seed)))
     return good, metrics
 
 

@@ -147,6 +147,44 @@ def test_exact_facts_rejects_a_missing_fact_and_an_invented_test(corpus, tok):
     assert not exact_facts(task, traj)
 
 
+def test_a_terse_teacher_is_right_but_incomplete_and_the_judge_pays_for_the_details(corpus, tok):
+    """trainer.sft.teacher.terse_fraction: the scripted teacher gives a seeded share of the tasks a report
+    with the outcome and exit status only. That report is faithful (no flag, the right status) but not
+    exact, and the rules judge scores it below the full reference: the room GRPO has above its teacher."""
+    from judge.config import JudgeConfig
+    from judge.rubric import reward
+    from judge.rules import judge_rules
+    from rollout.teacher import is_terse
+
+    _, tasks = corpus
+    task = next(t for t in tasks if len(t.ground_truth.facts) >= 3 and t.ground_truth.exit_status != 0)
+    jc = JudgeConfig()
+    rewards = {}
+    for frac in (0.0, 1.0):
+        [[traj]] = asyncio.run(run_requests([(task, 1)], ScriptedTeacher([task], tok, 4, terse_fraction=frac), tok,
+                                            RolloutConfig()))
+        v = judge_rules(task, traj)
+        assert not any(f.flag for f in v.failures.values()), v.failures
+        rewards[frac] = reward({k: d.score for k, d in v.dimensions.items()}, {}, jc.weights, jc.penalties)
+        assert exact_facts(task, traj) == (frac == 0.0)
+    assert traj.report["details"] == f"Exit status {task.ground_truth.exit_status}."
+    assert rewards[1.0] < rewards[0.0] - 0.2, rewards
+    # the choice is a seeded share of the tasks, the same in every process, and the same for tasks the
+    # teacher cannot tell apart (one request, one report: otherwise it would refuse to guess between them)
+    many = [copy.copy(task) for _ in range(2000)]
+    for i, t in enumerate(many):
+        t.id, t.reference = f"t{i}", copy.copy(task.reference)
+        t.reference.report = f"{task.reference.report} {i}"
+    chosen = [t.id for t in many if is_terse(t, 0.5, seed=3)]
+    assert 900 < len(chosen) < 1100 and chosen == [t.id for t in many if is_terse(t, 0.5, seed=3)]
+    assert chosen != [t.id for t in many if is_terse(t, 0.5, seed=4)]
+    assert not any(is_terse(t, 0.0, seed=3) for t in many) and all(is_terse(t, 1.0, seed=3) for t in many)
+    twin = copy.copy(task)
+    twin.id = "another-id"
+    assert len({is_terse(t, 0.5, seed=s) for s in range(20) for t in (task, twin)}) == 2   # both, by seed
+    assert all(is_terse(task, 0.5, seed=s) == is_terse(twin, 0.5, seed=s) for s in range(20))
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(GeneratedTaskError, match="held_out_family"):
         specs(GeneratedConfig(families=["pyunit", "pyscript"]))
