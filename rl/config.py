@@ -48,8 +48,8 @@ class TeacherConfig:
                                      help="scripted: share of the demonstrations (a seeded choice per task) whose "
                                           "report gives the outcome and the exit status only, no details: right "
                                           "but incomplete, as a hurried frontier teacher's reports often are: for "
-                                          "studies of what RL adds to such a teacher (on the embedded default GRPO "
-                                          "learns the terse report: docs/experiments.md)")
+                                          "studies of what RL adds to such a teacher (docs/experiments.md: on the "
+                                          "embedded default GRPO learns the details only where it copies them well)")
 
 
 @dataclass
