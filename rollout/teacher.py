@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from rollout.engine.base import EngineError, FixedWeights, Generation, Sampling
-from core.protocol import parse_observation
+from core.protocol import parse_observation, parse_report
 from rollout.io import write_trajectories
 
 
@@ -34,8 +34,8 @@ def terse_report(task: Any, command: str) -> str:
     """A right but incomplete report of a task: its status, the outcome of the last command run and the
     exit status, none of the details (failing names, errors, values) the main agent would need."""
     code = task.ground_truth.exit_status
-    m = re.search(r"<status>(\w+)</status>", task.reference.report)
-    status = m.group(1) if m else ("success" if code == 0 else "failure")
+    fields, _ = parse_report(report_text(task.reference.report))   # the status as the protocol reads it
+    status = fields["status"] if fields else ("success" if code == 0 else "failure")
     outcome = f"`{command}` succeeds" if code == 0 else f"`{command}` fails (exit {code})"
     return (f"<report><status>{status}</status><summary>{outcome}.</summary>"
             f"<details>Exit status {code}.</details></report>")
