@@ -67,15 +67,13 @@ class TinySpec:
     corpus_bytes: int = 6_000_000
     copy_circuit: bool = False  # layers 0-1 start as an induction (copy) circuit: `install_copy_circuit`
     copy_from_user_turns: bool = False  # ... that copies only from user turns (request, observations)
-    copy_key_tokens: int = 2    # ... matching this many tokens before a position (2 or 3; gated only)
 
 
 # The embedded models by name (docs/experiments.md): `tiny` is random; `tiny-copy` starts with the copy
 # circuit; `tiny-copy-obs` (the tiny config's) with the circuit that copies only from user turns (the
 # request and the command outputs), never its own text, matching two tokens.
 TINY_SPECS = {TINY: TinySpec(), "tiny-copy": TinySpec(copy_circuit=True),
-              "tiny-copy-obs": TinySpec(copy_circuit=True, copy_from_user_turns=True),
-              "tiny-copy-obs3": TinySpec(copy_circuit=True, copy_from_user_turns=True, copy_key_tokens=3)}
+              "tiny-copy-obs": TinySpec(copy_circuit=True, copy_from_user_turns=True)}
 
 
 @dataclass(frozen=True)
@@ -272,7 +270,7 @@ def build_tiny(out_dir: str | os.PathLike, spec: TinySpec = TinySpec()) -> Path:
             roles = None
             if spec.copy_from_user_turns:
                 roles = RoleTokens.of(tokenizer)
-            install_copy_circuit(state, config, seed=spec.seed, roles=roles, key_tokens=spec.copy_key_tokens)
+            install_copy_circuit(state, config, seed=spec.seed, roles=roles)
             model.load_state_dict(state)
         model = model.to(torch.bfloat16)
         model.generation_config = GenerationConfig(
@@ -295,49 +293,11 @@ def build_tiny(out_dir: str | os.PathLike, spec: TinySpec = TinySpec()) -> Path:
 # The copy circuit's residual-stream layout: token content, a constant, the previous token's content;
 # with the user-turn gate also: a role-marker strength, its sign (+1 user, -1 assistant), "in a user
 # turn", and the previous token's content kept only in user turns.
-CONTENT, CONSTANT = slice(0, 64), 64
+CONTENT, CONSTANT, PREVIOUS = slice(0, 64), 64, slice(65, 129)
 CONSTANT_VALUE = 4.0   # what every token embedding holds in CONSTANT
-
-
-@dataclass(frozen=True)
-class CircuitLayout:
-    """Where the copy circuit keeps what it reads, by the number of tokens its key matches.
-
-    PREVIOUS holds the previous token (its CONTENT, or a projection of it to fewer dims), BEFORE the token
-    two back and THIRD the token three back (projections), each also kept, gated, only in user turns
-    (USER_*). A key of three tokens needs THIRD's dims, so it keeps every token in fewer of them."""
-    key_tokens: int
-    previous: slice
-    marker: int
-    sign: int
-    in_user: int
-    user_previous: slice
-    before: slice
-    user_before: slice
-    third: slice
-    user_third: slice
-
-
-def _layout(key_tokens: int, n_previous: int, n_before: int, n_third: int) -> CircuitLayout:
-    """Consecutive slices after CONSTANT, in the order of CircuitLayout's fields."""
-    at = CONSTANT + 1
-
-    def take(n: int) -> slice:
-        nonlocal at
-        at += n
-        return slice(at - n, at)
-
-    previous, flags, user_previous = take(n_previous), take(3), take(n_previous)
-    before, user_before = take(n_before), take(n_before)
-    third, user_third = take(n_third), take(n_third)
-    return CircuitLayout(key_tokens, previous, flags.start, flags.start + 1, flags.start + 2, user_previous,
-                         before, user_before, third, user_third)
-
-
-# Two tokens: the previous token whole (64 dims), the one before it in 30; three tokens: every token
-# in 48 dims, the second back in 28 and the third back in 18. Both fill hidden_size 256.
-LAYOUTS = {2: _layout(2, 64, 30, 0), 3: _layout(3, 48, 28, 18)}
-PREVIOUS = LAYOUTS[2].previous   # the ungated circuit's (one token matched)
+MARKER, SIGN, IN_USER, USER_PREVIOUS = 129, 130, 131, slice(132, 196)
+# ... and, gated, the token before the previous one (a 30-dim projection), ungated and kept in user turns
+BEFORE, USER_BEFORE = slice(196, 226), slice(226, 256)
 
 
 @dataclass(frozen=True)
@@ -358,16 +318,7 @@ class RoleTokens:
         return cls(turn=turn, user=user, assistant=assistant)
 
 
-def _back(query, freqs, positions: int):
-    """A previous-token head's query turned back by `positions`: it then peaks at offset 1 + positions."""
-    import torch
-
-    half = len(freqs)
-    return torch.cat([query[:half] * torch.cos(-positions * freqs), query[:half] * torch.sin(-positions * freqs)])
-
-
-def install_copy_circuit(state: dict, config, seed: int = 0, roles: RoleTokens | None = None,
-                         key_tokens: int = 2) -> None:
+def install_copy_circuit(state: dict, config, seed: int = 0, roles: RoleTokens | None = None) -> None:
     """Set an induction circuit in layers 0 and 1 of a random tiny Qwen3 (in place): the model then
     predicts, at every position, the token that followed the previous occurrence of the current token.
 
@@ -386,10 +337,8 @@ def install_copy_circuit(state: dict, config, seed: int = 0, roles: RoleTokens |
         (position barely turns them), so a position whose previous token equals the current token
         scores high; the value, that position's CONTENT, is added to the residual, and the tied
         output head turns it into the copied token's logit.
-    With `roles` (the chat template's role tokens) the circuit is gated to user turns and matches
-    `key_tokens` tokens, not one (`_gate_to_user_turns`; layer 0's head 1 then reads the token two back
-    into BEFORE and, for three, head 3 the token three back into THIRD: `records: 12` and `limit: 7`
-    end in the same two tokens before the value, and only a third tells them apart).
+    With `roles` (the chat template's role tokens) the circuit is gated to user turns and matches two
+    tokens, not one (`_gate_to_user_turns`; layer 0's head 1 then reads the token two back into BEFORE).
     Everything else keeps its random initialisation; training is free to change all of it.
     Copy accuracy on repeated random spans: ~92% before any training, 0% without the circuit; of names
     in a command's output, in a chat: 0.28 ungated, 0.90 gated (tests/test_model.py)."""
@@ -397,9 +346,8 @@ def install_copy_circuit(state: dict, config, seed: int = 0, roles: RoleTokens |
 
     hidden, head_dim = config.hidden_size, config.head_dim
     n_q, n_kv = config.num_attention_heads, config.num_key_value_heads
-    layout = LAYOUTS[key_tokens if roles is not None else 2]
-    if roles is not None and hidden < layout.user_third.stop:
-        raise ValueError(f"the gated copy circuit needs hidden_size >= {layout.user_third.stop}")
+    if roles is not None and hidden < USER_BEFORE.stop:
+        raise ValueError(f"the gated copy circuit needs hidden_size >= {USER_BEFORE.stop}")
     if hidden < PREVIOUS.stop or head_dim != 64 or n_q != 2 * n_kv or config.num_hidden_layers < 2:
         raise ValueError("install_copy_circuit needs hidden_size >= 129, head_dim 64, two query heads per "
                          "KV head and at least 2 layers; set TinySpec.copy_circuit=False for other shapes")
@@ -409,27 +357,20 @@ def install_copy_circuit(state: dict, config, seed: int = 0, roles: RoleTokens |
     freqs = base ** (-torch.arange(half, dtype=torch.float64) * 2 / head_dim)   # pair i: dims i and i+half
     g = torch.Generator().manual_seed(seed)
     content = torch.arange(CONTENT.start, CONTENT.stop)
-    previous = torch.arange(layout.previous.start, layout.previous.stop)
-    width, n_previous = len(content), len(previous)
+    previous = torch.arange(PREVIOUS.start, PREVIOUS.stop)
+    width = len(content)
 
     emb = state["model.embed_tokens.weight"]
     vectors = torch.randn(emb.shape[0], width, generator=g)
     emb[:, CONTENT] = vectors / vectors.norm(dim=1, keepdim=True) * width ** 0.5
     emb[:, CONSTANT] = CONSTANT_VALUE
     if roles is not None:
-        emb[:, layout.marker:layout.user_third.stop] = 0.0     # the gate's dims start clean
-        emb[[roles.user, roles.assistant], layout.marker] = MARKER_STRENGTH
-        emb[roles.turn, layout.marker] = MARKER_STRENGTH / 10     # a weak sink: before any role token, attend here
-        emb[roles.user, layout.sign], emb[roles.assistant, layout.sign] = 1.0, -1.0
+        emb[:, MARKER:USER_BEFORE.stop] = 0.0                # the gate's dims start clean
+        emb[[roles.user, roles.assistant], MARKER] = MARKER_STRENGTH
+        emb[roles.turn, MARKER] = MARKER_STRENGTH / 10      # a weak sink: before any role token, attend here
+        emb[roles.user, SIGN], emb[roles.assistant, SIGN] = 1.0, -1.0
     if "lm_head.weight" in state:
         state["lm_head.weight"].copy_(emb)
-    # what PREVIOUS keeps of a token's CONTENT: all of it, or (three tokens) 48 orthonormal directions
-    # that leave out CONTENT's last dim (head 3's value has no room for it)
-    if n_previous == width:
-        keep = torch.eye(width)
-    else:
-        keep = torch.linalg.qr(torch.randn(width, width, generator=g))[0][:n_previous]
-        keep[:, -1] = 0.0
 
     def attention(layer: int, q, k, v, o, qk_scale: float) -> None:
         prefix = f"model.layers.{layer}."
@@ -454,48 +395,41 @@ def install_copy_circuit(state: dict, config, seed: int = 0, roles: RoleTokens |
     for h in range(n_kv):
         k[h * head_dim:(h + 1) * head_dim, CONSTANT] = key.float()
         v[h * head_dim + torch.arange(width), content] = 1.0
-    o[previous, :width] = keep
-    before = third = None
+    o[previous, torch.arange(width)] = 1.0
+    before = None
     if roles is not None:
         # head 1 (KV head 0's second query): its query turned back one position, so it peaks at offset
-        # 2; it writes what PREVIOUS keeps of that token, projected to fewer dims, into BEFORE
-        q[head_dim:2 * head_dim, CONSTANT] = _back(query, freqs, 1).float()
-        n_before = layout.before.stop - layout.before.start
-        before = torch.randn(n_before, n_previous, generator=g) / n_before ** 0.5
-        o[layout.before, head_dim:head_dim + width] = before @ keep
+        # 2; it writes that token's CONTENT, projected to 30 dims, into BEFORE
+        a, b = query[:half] * torch.cos(-freqs), query[:half] * torch.sin(-freqs)
+        q[head_dim:2 * head_dim, CONSTANT] = torch.cat([a, b]).float()
+        n_before = BEFORE.stop - BEFORE.start
+        before = torch.randn(n_before, width, generator=g) / n_before ** 0.5
+        o[BEFORE, head_dim:head_dim + width] = before
     attention(0, q, k, v, o, qk_scale=4.0)
     if roles is not None:
-        _gate_to_user_turns(state, config, q, k, v, o, layout)
-    if layout.key_tokens == 3:
-        third = _third_token_head(q, k, v, o, layout, query, key, freqs, before @ keep, g)
+        _gate_to_user_turns(state, config, q, k, v, o)
 
     # layer 1: induction heads on the 12 slowest RoPE pairs. Gated: on 11 of them, the key reads the
-    # tokens before its position as kept in user turns, the query the current and the previous tokens
-    # (two or three tokens pick out a name's continuation where one letter recurs all over the output);
+    # two tokens before its position as kept in user turns, the query the current and the previous
+    # token (two tokens pick out a name's continuation where one letter recurs all over the output);
     # the slowest pair holds a constant the query never reads (it sets the key's length where the gated
     # part is near zero, so assistant text scores ~0)
     n_slow = 12 if roles is None else 11
     slow = torch.arange(half - 12, half - 12 + n_slow)
     dims = torch.cat([slow, slow + half])
-    keyed = previous if roles is None else torch.arange(layout.user_previous.start, layout.user_previous.stop)
+    keyed = previous if roles is None else torch.arange(USER_PREVIOUS.start, USER_PREVIOUS.stop)
     q, k, v, o = blank()
     for h in range(n_kv):
-        qrows, krows = 2 * h * head_dim + dims[:, None], h * head_dim + dims[:, None]
-        proj = torch.randn(len(dims), n_previous, generator=g) / n_previous ** 0.5
-        q[qrows, content[None, :]] = proj @ keep
-        k[krows, keyed[None, :]] = proj
+        proj = torch.randn(len(dims), width, generator=g) / width ** 0.5
+        q[2 * h * head_dim + dims[:, None], content[None, :]] = proj
+        k[h * head_dim + dims[:, None], keyed[None, :]] = proj
         if roles is not None:
-            # the tokens before a key position against the current and the previous tokens
+            # the two tokens before a key position against the current and the previous token
             n_before = before.shape[0]
             proj2 = torch.randn(len(dims), n_before, generator=g) / n_before ** 0.5
-            q[qrows, previous[None, :]] = proj2 @ before
-            k[krows, torch.arange(layout.user_before.start, layout.user_before.stop)[None, :]] = proj2
+            q[2 * h * head_dim + dims[:, None], previous[None, :]] = proj2 @ before
+            k[h * head_dim + dims[:, None], torch.arange(USER_BEFORE.start, USER_BEFORE.stop)[None, :]] = proj2
             k[h * head_dim + half - 1, CONSTANT] = KEY_ANCHOR
-        if third is not None:
-            n_third = third.shape[0]
-            proj3 = torch.randn(len(dims), n_third, generator=g) / n_third ** 0.5
-            q[qrows, torch.arange(layout.before.start, layout.before.stop)[None, :]] = proj3 @ third
-            k[krows, torch.arange(layout.user_third.start, layout.user_third.stop)[None, :]] = proj3
         v[h * head_dim + torch.arange(width), content] = 1.0
         o[content, 2 * h * head_dim + torch.arange(width)] = 1.5
     attention(1, q, k, v, o, qk_scale=5.0)
@@ -509,37 +443,35 @@ MARKER_STRENGTH = 8.0     # a role token's marker: its key scores ~16 in the rol
 GATE_SLOPE, GATE_OFFSET, GATE_RANGE = 24.0, 2.0, 6.0
 GATE_OUT = 0.05
 KEY_ANCHOR = 0.1
-ROLE_KEY_POSITION = 0.25  # the role KV head's positional key, small beside a role token's marker
 
 
-def _gate_to_user_turns(state: dict, config, q, k, v, o, layout: CircuitLayout) -> None:
+def _gate_to_user_turns(state: dict, config, q, k, v, o) -> None:
     """Layer 0's second KV head becomes a role head, and 188 of layer 0's MLP units a gate, so that the
-    induction head's keys (USER_PREVIOUS, USER_BEFORE, USER_THIRD) hold the tokens before a position only
-    inside user turns: the model copies from the request and the command outputs, never from its own turns.
+    induction head's keys (USER_PREVIOUS, USER_BEFORE) hold the two tokens before a position only inside
+    user turns: the model copies from the request and the command outputs, never from its own turns.
 
     - Role head (query head 2, KV head 1): the key reads MARKER on a RoPE pair too slow to turn, so
       every position attends almost only to the role tokens before it (`user` +1, the assistant role's
       first token -1, both in SIGN) and averages their signs: in the k-th user turn (k users, k-1
       assistants) that is 1/(2k-1) > 0, in any assistant turn or before the first user turn exactly 0.
       It writes IN_USER.
-    - Gate (MLP units 2j, 2j+1 for each of the 94 PREVIOUS, BEFORE and THIRD dims): silu(z) - silu(z -
+    - Gate (MLP units 2j, 2j+1 for each of the 64 PREVIOUS and 30 BEFORE dims): silu(z) - silu(z -
       GATE_RANGE) with z = GATE_SLOPE * IN_USER - GATE_OFFSET, times that dim: ~4-6 x it in a user turn,
       whatever its k, and ~-0.24 x outside (a length the key's anchor then dwarfs)."""
     import torch
 
     head_dim, half = config.head_dim, config.head_dim // 2
-    gated = [pair for kept, user in ((layout.previous, layout.user_previous), (layout.before, layout.user_before),
-                                     (layout.third, layout.user_third))
-             for pair in zip(range(kept.start, kept.stop), range(user.start, user.stop))]
+    gated = list(zip(range(PREVIOUS.start, PREVIOUS.stop), range(USER_PREVIOUS.start, USER_PREVIOUS.stop)))
+    gated += list(zip(range(BEFORE.start, BEFORE.stop), range(USER_BEFORE.start, USER_BEFORE.stop)))
     role_q, role_kv, still = 2, 1, half - 2          # pair 30: ~0.01 rad over 4096 positions
     q[role_q * head_dim:(role_q + 2) * head_dim] = 0.0
     k[role_kv * head_dim:(role_kv + 1) * head_dim] = 0.0
     v[role_kv * head_dim:(role_kv + 1) * head_dim] = 0.0
     q[role_q * head_dim + still, CONSTANT] = 1.0
-    k[role_kv * head_dim + still, layout.marker] = 1.0
+    k[role_kv * head_dim + still, MARKER] = 1.0
     k[role_kv * head_dim + still + 1, CONSTANT] = 0.25     # a marker of 8 then points the key along `still`
-    v[role_kv * head_dim, layout.sign] = 1.0
-    o[layout.in_user, role_q * head_dim] = 1.0
+    v[role_kv * head_dim, SIGN] = 1.0
+    o[IN_USER, role_q * head_dim] = 1.0
     for name in ("q_norm", "k_norm"):                          # score = 16 * MARKER / sqrt(1 + MARKER^2)
         w = state[f"model.layers.0.self_attn.{name}.weight"]
         w[still], w[still + 1] = 2.0 ** 0.5, 2.0 ** 0.5
@@ -551,35 +483,16 @@ def _gate_to_user_turns(state: dict, config, q, k, v, o, layout: CircuitLayout) 
     units = torch.arange(2 * len(gated))
     gate[units], up[units] = 0.0, 0.0
     down[:, units] = 0.0
-    for user in (layout.user_previous, layout.user_before, layout.user_third):
-        down[user] = 0.0                                       # nothing else writes the gated copies
-    down[layout.in_user] = 0.0
+    down[USER_PREVIOUS] = 0.0                                   # nothing else writes the gated copies
+    down[USER_BEFORE] = 0.0
+    down[IN_USER] = 0.0
     for j, (dim, out) in enumerate(gated):
         for unit, offset, sign in ((2 * j, GATE_OFFSET, 1.0), (2 * j + 1, GATE_OFFSET + GATE_RANGE, -1.0)):
-            gate[unit, layout.in_user] = GATE_SLOPE
+            gate[unit, IN_USER] = GATE_SLOPE
             gate[unit, CONSTANT] = -offset / CONSTANT_VALUE * 0.75   # CONSTANT reads ~5.3 after the norm
             up[unit, dim] = 1.0
             down[out, unit] = sign * GATE_OUT
     state["model.layers.0.post_attention_layernorm.weight"] = torch.ones(config.hidden_size)
-
-
-def _third_token_head(q, k, v, o, layout: CircuitLayout, query, key, freqs, before_of_content, g):
-    """Layer 0's head 3 (the role KV head's spare query) reads the token three back into THIRD, a
-    projection of what BEFORE holds of a token, so that layer 1's query can match it from BEFORE.
-
-    The role KV head also gets a small positional key (the role head's query never reads those dims)
-    and, in value dims 1-63, the token's CONTENT beside the role sign in dim 0. Returns THIRD's
-    projection of BEFORE."""
-    import torch
-
-    head_dim, spare_q, role_kv = len(query), 3, 1
-    n_third = layout.third.stop - layout.third.start
-    third = torch.randn(n_third, before_of_content.shape[0], generator=g) / n_third ** 0.5
-    k[role_kv * head_dim:(role_kv + 1) * head_dim, CONSTANT] += ROLE_KEY_POSITION * key.float()
-    q[spare_q * head_dim:(spare_q + 1) * head_dim, CONSTANT] = _back(query, freqs, 2).float()
-    v[role_kv * head_dim + torch.arange(1, head_dim), CONTENT.start + torch.arange(head_dim - 1)] = 1.0
-    o[layout.third, spare_q * head_dim + 1:(spare_q + 1) * head_dim] = (third @ before_of_content)[:, :head_dim - 1]
-    return third
 
 
 EMBED_WEIGHT, LM_HEAD_WEIGHT = "model.embed_tokens.weight", "lm_head.weight"

@@ -92,50 +92,6 @@ def test_gated_copy_circuit_copies_observations_not_its_own_text():
     assert _chat_copy_accuracy(ungated, "own turn") > 0.2
 
 
-def _keyed_value_accuracy(model_dir: Path) -> float:
-    """Share of a script's printed values (their digits) the model predicts by copying into a report
-    that names the value's key: `records: 7`, `limit: 3` and `total: 12` end in the same two tokens
-    (`:` and a space) before the value, so only the key's own token (three back) tells them apart."""
-    import torch
-    from transformers import AutoTokenizer, Qwen3ForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = Qwen3ForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
-    g = torch.Generator().manual_seed(1)
-    keys = ["records", "limit", "total", "count", "size", "errors", "items", "lines"]
-    hits = total = 0
-    for _ in range(24):
-        chosen = [keys[i] for i in torch.randperm(len(keys), generator=g)[:3]]
-        values = [str(int(torch.randint(2, 400, (1,), generator=g))) for _ in chosen]
-        i = int(torch.randint(0, 3, (1,), generator=g))
-        printed = "".join(f"{k}: {v}\n" for k, v in zip(chosen, values))
-        messages = [
-            {"role": "user", "content": "Please execute `sh run.sh` and report the result."},
-            {"role": "assistant", "content": "<command>sh run.sh</command>"},
-            {"role": "user", "content": f"<observation>\n<output>\n{printed}</output>\n</observation>"},
-            {"role": "assistant", "content": f"<report><summary>succeeds</summary><details>{chosen[i]}: {values[i]}"}]
-        ids = tok.apply_chat_template(messages, tokenize=True, return_tensors="pt", return_dict=True)["input_ids"]
-        span = len(tok(values[i], add_special_tokens=False)["input_ids"])
-        end = ids.shape[1] - 2                                   # before <|im_end|>\n
-        with torch.no_grad():
-            predicted = model(input_ids=ids).logits[0, end - span - 1:end - 1].argmax(-1)
-        hits += (predicted == ids[0, end - span:end]).sum().item()
-        total += span
-    return hits / total
-
-
-def test_a_three_token_key_tells_apart_values_after_the_same_two_tokens():
-    """`tiny-copy-obs3` (core.model.LAYOUTS[3], _third_token_head): the induction head also matches the
-    token three back, so a value is copied from its own key's line, where the two-token circuit picks
-    among every `: ` line (0.93 against 0.72 when measured), and it still copies names from the output
-    and nothing from its own turns."""
-    three, two = resolve_model_path("tiny-copy-obs3"), resolve_model_path("tiny-copy-obs")
-    with_three, with_two = _keyed_value_accuracy(three), _keyed_value_accuracy(two)
-    assert with_three > 0.85 and with_three > with_two + 0.1
-    assert _chat_copy_accuracy(three, "observation") > 0.9
-    assert _chat_copy_accuracy(three, "own turn") < 0.05
-
-
 def test_resolve_tiny_is_cached():
     p = resolve_model_path("tiny")
     assert p == tiny_model_dir()
