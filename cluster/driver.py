@@ -156,8 +156,10 @@ async def _train(cfg) -> dict[str, Any]:
                     run_sft = False
             elif run_sft:   # the scripted teacher needs no engine: it plays while vLLM starts
                 demos, m = await collect_demos(cfg, demo_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")
-                terse = f", {m['demos_terse']} terse (trainer.sft.teacher.terse_fraction)" if m["demos_terse"] else ""
-                print(f"[sft] {m['demos_total']} teacher demos, {m['demos_failed']} failed{terse}", flush=True)
+                flawed = "".join(f", {m[f'demos_{flaw}']} {flaw} (trainer.sft.teacher.{key})"
+                                 for flaw, key in (("terse", "terse_fraction"), ("misstated", "misstate_fraction"))
+                                 if m[f"demos_{flaw}"])
+                print(f"[sft] {m['demos_total']} teacher demos, {m['demos_failed']} failed{flawed}", flush=True)
             # The engines are up before any episode runs on them: an episode's timeout must not count their start.
             await asyncio.gather(*(e.info() for e in engines))
             # Weight sync (disk, nccl or ipc by rollout.engine.weight_transfer) goes through the trainer's

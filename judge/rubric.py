@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Mapping
 
-RUBRIC_VERSION = "1"
+RUBRIC_VERSION = "2"   # 2: a misstated value or count is a hallucination (the rules judge flags it)
 MAX_SCORE = 4  # every dimension is scored on 0..4 (integers from LLM judges, reals from the rules judge)
 
 

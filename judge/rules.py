@@ -177,7 +177,9 @@ def judge_rules(task: Task, traj: Trajectory) -> Verdict:
 
     # -- failure modes ----------------------------------------------------------------------------------
     invented = invented_names(text, observed)
+    misstated = misstated_facts(task, text)   # 'records: 7' where the output says 'records: 11'
     halluc = [f"names {n}, which never appeared in any output" for n in invented]
+    halluc += [f"states '{m}', which no output shows" for m in misstated]
     if report and expected == ("failure", "error") and status == "success":
         halluc.append(f"claims success but the command exits {task.ground_truth.exit_status}")
     if report and not cmds and status in ("success", "failure", "error"):
@@ -212,7 +214,6 @@ def judge_rules(task: Task, traj: Trajectory) -> Verdict:
                                     f"{fact_frac:.0%} of the facts stated")
     dims["task_completion"] = completion
 
-    misstated = misstated_facts(task, text)   # 'records: 7' where the output says 'records: 11'
     claims = _named_tests(text) | set(_LOCATION.findall(text)) | set(misstated)
     unsupported = [c for c in claims if c not in observed or c in misstated]
     seen_codes = {str(code) for _, code in cmds if code is not None}

@@ -50,6 +50,11 @@ class TeacherConfig:
                                           "but incomplete, as a hurried frontier teacher's reports often are: for "
                                           "studies of what RL adds to such a teacher (docs/experiments.md: on the "
                                           "embedded default GRPO learns the details only where it copies them well)")
+    misstate_fraction: float = in_range(0.0, 1.0, default=0.0,
+                                        help="scripted: share of the demonstrations (a seeded choice per task, "
+                                             "independent of terse_fraction) whose report misreads one number of "
+                                             "the output (a count, a value, a line: n -> n + 1), as a careless "
+                                             "teacher does; tasks without such a number keep the right report")
 
 
 @dataclass

@@ -41,11 +41,36 @@ def terse_report(task: Any, command: str) -> str:
             f"<details>Exit status {code}.</details></report>")
 
 
-def is_terse(task: Any, fraction: float, seed: int) -> bool:
-    """Whether the scripted teacher gives this task the terse report: a seeded hash of its request and
-    reference report, so the choice is the same across runs, resumes and processes, and tasks that the
-    teacher cannot tell apart (one request, the same outputs, the same report) get the same play."""
-    key = f"{seed}:terse:{task.request}:{task.reference.report}"
+def misstated_report(task: Any) -> str | None:
+    """The reference report with one number misread (a count, a printed value, a line number: n -> n + 1),
+    as a teacher that reads a long log carelessly writes it; None when the report has no number that a
+    ground-truth fact checks (a clean build, an error message without a line). Only a change that the
+    task's own facts catch is made (a fact's pattern no longer matches, or a contradiction does), so the
+    report is wrong by the same checks that judge the policy; the exit status is never the one changed."""
+    fields, _ = parse_report(report_text(task.reference.report))
+    if fields is None or task.ground_truth is None:
+        return None
+    facts = [f for f in task.ground_truth.facts if f.kind != "exit_status" and f.patterns]
+
+    def wrong(text: str) -> bool:
+        return any(not all(re.search(p, text, re.I | re.M) for p in f.patterns)
+                   or any(re.search(c, text, re.I | re.M) for c in f.contradictions) for f in facts)
+
+    for name in ("details", "summary"):   # details first: the counts and values; the summary leads with the outcome
+        for m in reversed(list(re.finditer(r"(?<![\w.])\d+(?!\w|\.\d)", fields[name]))):
+            changed = dict(fields, **{name: f"{fields[name][:m.start()]}{int(m.group()) + 1}{fields[name][m.end():]}"})
+            if wrong(f"{changed['summary']}\n{changed['details']}"):
+                return (f"<report><status>{changed['status']}</status><summary>{changed['summary']}</summary>"
+                        f"<details>{changed['details']}</details></report>")
+    return None
+
+
+def is_flawed(task: Any, flaw: str, fraction: float, seed: int) -> bool:
+    """Whether the scripted teacher gives this task the report with `flaw` ("terse", "misstated"): a seeded
+    hash of its request and reference report, so the choice is the same across runs, resumes and processes,
+    and tasks that the teacher cannot tell apart (one request, the same outputs, the same report) get the
+    same play."""
+    key = f"{seed}:{flaw}:{task.request}:{task.reference.report}"
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 16 ** 8 < fraction
 
 
@@ -74,7 +99,8 @@ def observations_in(messages: list[dict[str, str]]) -> list[tuple[int, str]]:
 
 class ScriptedTeacher(FixedWeights):
     """Engine whose turn k for a task is reference.commands[k], then the reference report (or, for a
-    `terse_fraction` of the tasks, `terse_report`: a teacher whose reports lack the details).
+    `terse_fraction` of the tasks, `terse_report`: a teacher whose reports lack the details; for a
+    `misstate_fraction`, `misstated_report`: a teacher that misreads a number).
 
     At most max_turns - 1 commands are played so the report always fits the turn cap. Several tasks
     may share a request (variants of one project: "run the tests" on differently broken copies), so
@@ -87,11 +113,11 @@ class ScriptedTeacher(FixedWeights):
     api = "chat"
 
     def __init__(self, tasks: Iterable[Any], tokenizer: Any, max_turns: int, policy_version: int = 0,
-                 terse_fraction: float = 0.0, seed: int = 0):
+                 terse_fraction: float = 0.0, misstate_fraction: float = 0.0, seed: int = 0):
         self.tokenizer = tokenizer
         self.max_turns = max_turns
         self.policy_version = policy_version
-        self.terse_fraction, self.seed = terse_fraction, seed
+        self.terse_fraction, self.misstate_fraction, self.seed = terse_fraction, misstate_fraction, seed
         self.by_request: dict[str, list[Any]] = {}
         for t in tasks:
             if t.reference is not None:
@@ -101,9 +127,22 @@ class ScriptedTeacher(FixedWeights):
         commands = list(task.reference.commands)[: max(0, self.max_turns - 1)]
         if k < len(commands):
             return f"<command>{commands[k]}</command>"
-        if commands and task.ground_truth is not None and is_terse(task, self.terse_fraction, self.seed):
+        flaw = self.flaw(task) if commands else None
+        if flaw == "terse":
             return terse_report(task, commands[-1])
+        if flaw == "misstated":
+            return misstated_report(task)
         return report_text(task.reference.report)
+
+    def flaw(self, task: Any) -> str | None:
+        """Which flawed report the teacher gives this task, if any ("terse" before "misstated")."""
+        if task.ground_truth is None:
+            return None
+        if is_flawed(task, "terse", self.terse_fraction, self.seed):
+            return "terse"
+        if is_flawed(task, "misstated", self.misstate_fraction, self.seed) and misstated_report(task):
+            return "misstated"
+        return None
 
     def _candidates(self, messages: list[dict[str, str]]) -> list[Any]:
         first_user = next((m["content"] for m in messages if m["role"] == "user"), "").strip()
@@ -176,16 +215,18 @@ async def collect_demos(cfg, tasks: list, pool, tokenizer, out: Path) -> tuple[l
     Failed episodes (error set or no report) are kept in the file, marked, and counted, but not
     trained on.
     """
-    terse = cfg.trainer.sft.teacher.terse_fraction
-    pool.set_engine(ScriptedTeacher(tasks, tokenizer, max_turns=cfg.rollout.episode.max_turns,
-                                    terse_fraction=terse, seed=cfg.seed))
+    flaws = cfg.trainer.sft.teacher
+    teacher = ScriptedTeacher(tasks, tokenizer, max_turns=cfg.rollout.episode.max_turns, seed=cfg.seed,
+                              terse_fraction=flaws.terse_fraction, misstate_fraction=flaws.misstate_fraction)
+    pool.set_engine(teacher)
     groups, metrics = await pool.run([(t, 1) for t in tasks if t.reference is not None], seed=cfg.seed)
     demos = [t for g in groups for t in g]
     write_trajectories(out, demos)
     good = [t for t in demos if t.error is None and t.finish_reason == "report"]
     by_id = {t.id: t for t in tasks}
+    plays = [teacher.flaw(by_id[t.task_id]) for t in good]
     metrics.update(demos_total=len(demos), demos_failed=len(demos) - len(good),
-                   demos_terse=sum(1 for t in good if is_terse(by_id[t.task_id], terse, cfg.seed)))
+                   demos_terse=plays.count("terse"), demos_misstated=plays.count("misstated"))
     return good, metrics
 
 

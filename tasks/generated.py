@@ -90,7 +90,7 @@ class Draft:
     files: dict[str, str]
     request: str
     intent: str                      # what the generator meant (analysis only, never ground truth)
-    output_keys: tuple[str, ...] = ()   # script families: the printed "key: value" lines to report
+    output_keys: tuple[str, ...] = ()   # script families: the printed "key: value" / "key=value" lines to report
 
 
 def _pick(rng: random.Random, options: list[str], **kw) -> str:
@@ -201,16 +201,18 @@ def _shcheck(rng: random.Random, names: Names) -> Draft:
     kind = rng.choice(["clean", "clean", "missing_file", "bad_value"])
     files = {f"{script}.sh": (
         f"#!/bin/sh\nif [ ! -f {data}.txt ]; then\n  echo \"error: {data}.txt not found\"\n  exit 2\nfi\n"
-        f"echo \"records: $(wc -l < {data}.txt)\"\nlimit=$(cut -d= -f2 {conf}.conf)\n"
-        f"case \"$limit\" in\n  ''|*[!0-9]*) echo \"error: invalid limit '$limit' in {conf}.conf\"; exit 3;;\nesac\n"
-        f"echo \"limit: $limit\"\n"),
+        f"echo \"records=$(wc -l < {data}.txt)\"\nmax_rows=$(cut -d= -f2 {conf}.conf)\n"
+        f"case \"$max_rows\" in\n  ''|*[!0-9]*) echo \"error: invalid max_rows '$max_rows' in {conf}.conf\"; exit 3;;\n"
+        f"esac\necho \"max_rows=$max_rows\"\n"),
         f"{data}.txt": "".join(f"{names.rng.choice(_SYLLABLES)}{i}\n" for i in range(rows)),
-        f"{conf}.conf": f"limit={limit if kind != 'bad_value' else names.word()}\n"}
+        f"{conf}.conf": f"max_rows={limit if kind != 'bad_value' else names.word()}\n"}
     if kind == "missing_file":
         del files[f"{data}.txt"]
     command = f"sh {script}.sh"
     request = _pick(rng, _SCRIPT_REQUESTS, command=command)
-    return Draft("shcheck", "shell", "run_script", command, files, request, kind, ("records", "limit"))
+    # `key=value` lines, not `key: value`: the tiny model's copy circuit keys on the two tokens before a
+    # value, and `: ` makes them the same for every key (docs/experiments.md, "Values a copying model can tell apart")
+    return Draft("shcheck", "shell", "run_script", command, files, request, kind, ("records", "max_rows"))
 
 
 def _pyscript(rng: random.Random, names: Names) -> Draft:
@@ -318,7 +320,7 @@ def cmake_facts(output: str) -> list[Fact]:
 def script_facts(output: str, keys: tuple[str, ...]) -> list[Fact]:
     facts = []
     for key in keys:
-        if m := re.search(rf"^{key}: (\S+)$", output, re.MULTILINE):
+        if m := re.search(rf"^{key}(?:: |=)(\S+)$", output, re.MULTILINE):
             value = rf"{re.escape(m.group(1))}(?!\w|\.\d)"   # the value whole: 11 is not 110 or 11.5
             facts.append(Fact("output", m.group(0), [rf"\b{key}\W{{1,3}}{value}"], [m.group(0)],
                               contradictions=[rf"\b{key}\W{{1,3}}(?!{value})\w[\w.-]*"]))

@@ -281,11 +281,12 @@ def test_rules_judge_gives_no_status_credit_for_another_commands_failure():
     assert judge_rules(build, traj(make, other)).dimensions["task_completion"].score == 4.0
 
 
-def test_rules_judge_counts_a_misstated_value_as_an_unsupported_claim():
+def test_rules_judge_counts_a_misstated_value_as_a_hallucination():
     """'records: 7' where the script printed 'records: 11' is a claim no output backs, and counts that
-    are not the runner's ('3 of 4', '# tests 5') too; the same keys with the right values are not. A
-    wrong value ranks below leaving it out, which ranks below stating it: GRPO learned to drop the
-    values when dropping them cost nothing (docs/experiments.md)."""
+    are not the runner's ('3 of 4', '# tests 5') too; the same keys with the right values are not. It
+    is flagged as a hallucination, like an invented test name. A wrong value ranks below leaving it
+    out, which ranks below stating it: GRPO learned to drop the values when dropping them cost nothing
+    (docs/experiments.md)."""
     from judge.rules import exact_facts, misstated_facts
     from tasks.generated import script_facts
     from tasks.groundtruth import count_fact
@@ -302,6 +303,8 @@ def test_rules_judge_counts_a_misstated_value_as_an_unsupported_claim():
     right, omitted, wrong, bare = (judge_rules(task, traj(run, r)) for r in reports)
     assert [exact_facts(task, traj(run, r)) for r in reports] == [True, False, False, False]
     assert wrong.dimensions["faithfulness"].score < right.dimensions["faithfulness"].score == 4.0
+    assert [v.failures["hallucination"].flag for v in (right, omitted, wrong, bare)] == [False, False, True, False]
+    assert "records: 7" in wrong.failures["hallucination"].evidence
 
     def score(v):
         return reward({k: d.score for k, d in v.dimensions.items()}, {k: f.flag for k, f in v.failures.items()},

@@ -154,7 +154,7 @@ def test_a_terse_teacher_is_right_but_incomplete_and_the_judge_pays_for_the_deta
     from judge.config import JudgeConfig
     from judge.rubric import reward
     from judge.rules import judge_rules
-    from rollout.teacher import is_terse
+    from rollout.teacher import is_flawed
 
     _, tasks = corpus
     task = next(t for t in tasks if len(t.ground_truth.facts) >= 3 and t.ground_truth.exit_status != 0)
@@ -175,14 +175,48 @@ def test_a_terse_teacher_is_right_but_incomplete_and_the_judge_pays_for_the_deta
     for i, t in enumerate(many):
         t.id, t.reference = f"t{i}", copy.copy(task.reference)
         t.reference.report = f"{task.reference.report} {i}"
-    chosen = [t.id for t in many if is_terse(t, 0.5, seed=3)]
-    assert 900 < len(chosen) < 1100 and chosen == [t.id for t in many if is_terse(t, 0.5, seed=3)]
-    assert chosen != [t.id for t in many if is_terse(t, 0.5, seed=4)]
-    assert not any(is_terse(t, 0.0, seed=3) for t in many) and all(is_terse(t, 1.0, seed=3) for t in many)
+    chosen = [t.id for t in many if is_flawed(t, "terse", 0.5, seed=3)]
+    assert 900 < len(chosen) < 1100 and chosen == [t.id for t in many if is_flawed(t, "terse", 0.5, seed=3)]
+    assert chosen != [t.id for t in many if is_flawed(t, "terse", 0.5, seed=4)]
+    assert not any(is_flawed(t, "terse", 0.0, seed=3) for t in many) and all(is_flawed(t, "terse", 1.0, seed=3) for t in many)
     twin = copy.copy(task)
     twin.id = "another-id"
-    assert len({is_terse(t, 0.5, seed=s) for s in range(20) for t in (task, twin)}) == 2   # both, by seed
-    assert all(is_terse(task, 0.5, seed=s) == is_terse(twin, 0.5, seed=s) for s in range(20))
+    assert len({is_flawed(t, "terse", 0.5, seed=s) for s in range(20) for t in (task, twin)}) == 2   # both, by seed
+    assert all(is_flawed(task, "terse", 0.5, seed=s) == is_flawed(twin, "terse", 0.5, seed=s) for s in range(20))
+
+
+def test_a_misstating_teacher_misreads_one_number_and_the_judge_catches_it(corpus, tok):
+    """trainer.sft.teacher.misstate_fraction: the scripted teacher misreads one number of the output in a
+    seeded share of its reports (a count, a value, a line: n -> n + 1). Each such report is wrong by the
+    checks that judge the policy (not exact, a lower reward), its exit status stays right, and a task
+    whose report has no checked number keeps the right report."""
+    from judge.config import JudgeConfig
+    from judge.rubric import reward
+    from judge.rules import judge_rules
+    from rollout.teacher import misstated_report
+
+    _, tasks = corpus
+    jc = JudgeConfig()
+    misstatable = [t for t in tasks if misstated_report(t)]
+    kept = [t for t in tasks if not misstated_report(t)]
+    assert {t.id.split("-")[0] for t in misstatable} >= {"cmake", "jsnode", "pyunit", "shcheck"} and kept
+    for task in misstatable[::4] + kept[:2]:
+        rewards = {}
+        for frac in (0.0, 1.0):
+            teacher = ScriptedTeacher([task], tok, 4, misstate_fraction=frac)
+            [[traj]] = asyncio.run(run_requests([(task, 1)], teacher, tok, RolloutConfig()))
+            v = judge_rules(task, traj)
+            rewards[frac] = reward({k: d.score for k, d in v.dimensions.items()},
+                                   {k: f.flag for k, f in v.failures.items()}, jc.weights, jc.penalties)
+            wrong = frac == 1.0 and task in misstatable
+            assert teacher.flaw(task) == ("misstated" if wrong else None)
+            assert exact_facts(task, traj) == (not wrong), (task.id, traj.report)
+            assert traj.report["status"] in ("success",) * (task.ground_truth.exit_status == 0) + ("failure", "error")
+            assert re.search(rf"Exit status {task.ground_truth.exit_status}\.", traj.report["details"])
+        if task in misstatable:
+            assert rewards[1.0] < rewards[0.0], (task.id, rewards)   # below the right report (docs/rubric.md)
+        else:
+            assert rewards[1.0] == rewards[0.0]
 
 
 def test_config_errors_name_the_key():
