@@ -53,20 +53,14 @@ def task_items(task: Task, text: str) -> list[ItemCheck]:
     """One rubric item per ground-truth fact, checked by its regexes (all must match) when it has any."""
     items = []
     for i, fact in enumerate(task.ground_truth.facts):
-        code = (all(re.search(p, text, re.IGNORECASE | re.MULTILINE) for p in fact.patterns)
-                if fact.patterns else None)
-        items.append(ItemCheck(id=f"{fact.kind}:{i}", text=f"the report states: {fact.value}", code=code))
+        items.append(ItemCheck(id=f"{fact.kind}:{i}", text=f"the report states: {fact.value}", code=fact.stated_in(text)))
     return items
 
 
 def misstated_facts(task: Task, text: str) -> list[str]:
     """Ground-truth facts the report states wrongly (a value or a count the output does not show), as
     the report's words: claims no observation backs."""
-    found = []
-    for fact in task.ground_truth.facts:
-        for c in fact.contradictions:
-            found += [m.group(0) for m in re.finditer(c, text, re.IGNORECASE | re.MULTILINE)]
-    return sorted(set(found))
+    return sorted({m for fact in task.ground_truth.facts for m in fact.misstatements_in(text)})
 
 
 def expected_statuses(task: Task) -> tuple[str, ...] | None:

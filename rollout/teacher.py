@@ -50,11 +50,10 @@ def misstated_report(task: Any) -> str | None:
     fields, _ = parse_report(report_text(task.reference.report))
     if fields is None or task.ground_truth is None:
         return None
-    facts = [f for f in task.ground_truth.facts if f.kind != "exit_status" and f.patterns]
+    facts = [f for f in task.ground_truth.facts if f.kind != "exit_status"]
 
-    def wrong(text: str) -> bool:
-        return any(not all(re.search(p, text, re.I | re.M) for p in f.patterns)
-                   or any(re.search(c, text, re.I | re.M) for c in f.contradictions) for f in facts)
+    def wrong(text: str) -> bool:   # by the checks that judge a report (judge.rules: task_items, misstated_facts)
+        return any(f.stated_in(text) is False or f.misstatements_in(text) for f in facts)
 
     for name in ("details", "summary"):   # details first: the counts and values; the summary leads with the outcome
         for m in reversed(list(re.finditer(r"(?<![\w.])\d+(?!\w|\.\d)", fields[name]))):

@@ -211,7 +211,7 @@ def _shcheck(rng: random.Random, names: Names) -> Draft:
     command = f"sh {script}.sh"
     request = _pick(rng, _SCRIPT_REQUESTS, command=command)
     # `key=value` lines, not `key: value`: the tiny model's copy circuit keys on the two tokens before a
-    # value, and `: ` makes them the same for every key (docs/experiments.md, "Values a copying model can tell apart")
+    # value, and `: ` makes them the same for every key (docs/experiments.md, "A teacher that misreads a number")
     return Draft("shcheck", "shell", "run_script", command, files, request, kind, ("records", "max_rows"))
 
 

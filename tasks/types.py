@@ -31,6 +31,14 @@ class Fact:
     evidence: list[str] = field(default_factory=list)
     contradictions: list[str] = field(default_factory=list)
 
+    def stated_in(self, text: str) -> bool | None:
+        """Whether a report's text states the fact (every pattern matches); None: no pattern to check it."""
+        return all(re.search(p, text, re.IGNORECASE | re.MULTILINE) for p in self.patterns) if self.patterns else None
+
+    def misstatements_in(self, text: str) -> list[str]:
+        """The report's words that state the fact wrongly (a contradiction's matches)."""
+        return [m.group(0) for c in self.contradictions for m in re.finditer(c, text, re.IGNORECASE | re.MULTILINE)]
+
 
 @dataclass
 class GroundTruth:
