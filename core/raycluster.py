@@ -11,6 +11,11 @@ from core.errors import UserError
 
 # Environment variables a Ray worker must see as the driver does (vLLM settings, W&B, ours, tokenizers).
 FORWARDED_ENV = ("VLLM_", "WANDB_", "TERMINUS_", "TOKENIZERS_")
+# Ray runs async actors on uvloop when it is installed (vLLM installs it). uvloop's subprocess spawn runs
+# Python in the forked child (PyOS_AfterFork_Child), which can deadlock on a lock another thread held at
+# the fork; the spawn blocks the loop until the child execs, so one stuck child froze a rollout worker and
+# every episode on it (no timeout can fire on a blocked loop). The stdlib loop forks in C only.
+WORKER_ENV = {"RAY_USE_UVLOOP": "0"}
 
 
 class ClusterUnreachable(UserError, ConnectionError):
@@ -25,13 +30,14 @@ def init_ray(address: str = "", *, num_cpus: float = 0, min_cpus: float = 0, env
     True when this call started or joined it. A local Ray gets `num_cpus` logical CPUs, or (0) the
     machine's count raised to `min_cpus`, so a configured layout always fits on one small machine
     (Ray CPUs are bookkeeping). Workers see the driver's VLLM_/WANDB_/TERMINUS_/TOKENIZERS_
-    variables, plus `env`. `ray_kwargs` go to ray.init (e.g. log_to_driver=False).
+    variables, `WORKER_ENV`, plus `env`. `ray_kwargs` go to ray.init (e.g. log_to_driver=False).
     """
     import ray
 
     if ray.is_initialized():
         return False
     env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    env_vars.update(WORKER_ENV)
     env_vars.update(env or {})
     args: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}}
     if not address:

@@ -167,3 +167,17 @@ def test_judge_endpoint_down_masks_and_counts_and_the_run_continues(setup, tmp_p
     assert m["judge/unjudgeable"] == 4 and m["judge/judged"] == 0
     assert hits >= 8                                                  # each trajectory was retried
     assert not any(p.suffix == ".tmp" for p in tmp_path.rglob("*"))   # nothing half-written
+
+
+def test_async_actors_run_on_the_stdlib_event_loop(ray_local):
+    # Under uvloop (Ray's default when installed; vLLM installs it) a sandbox spawn deadlocked in the forked
+    # child and froze a rollout worker for good: init_ray keeps actors on the stdlib loop (core.raycluster).
+    pytest.importorskip("uvloop")   # without it every loop is the stdlib's and this checks nothing
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        async def loop_class(self) -> str:
+            loop = asyncio.get_running_loop()
+            return f"{type(loop).__module__}.{type(loop).__name__}"
+
+    assert ray.get(Probe.remote().loop_class.remote()).startswith("asyncio.")
