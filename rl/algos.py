@@ -199,6 +199,18 @@ def entropy(logits: torch.Tensor, keep: torch.Tensor | None = None, t: int | Non
     return _at_positions(-(logp.exp() * logp).sum(-1), keep, t or 0)
 
 
+def fork_scores(kind: str, entropy: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """What `top_entropy_mask` ranks (trainer.grpo.fork_score): "entropy", the next-token distribution's
+    (the choices that were open), or "surprisal", -log p of the token that was sampled, which is also
+    highest at a slip: an unlikely token sampled where the policy was sure (a misspelt tag), which the
+    entropy ranking leaves out of the gradient, so a failed episode never pushes its cause down."""
+    if kind == "entropy":
+        return entropy.detach()
+    if kind == "surprisal":
+        return -logprobs.detach()
+    raise ValueError(f"unknown fork score {kind!r}; use entropy or surprisal")
+
+
 def top_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, frac: float) -> torch.Tensor:
     """The forking tokens of each sequence: of its masked tokens, the ceil(frac x n) whose next-token
     entropy is highest (ties: the earlier position first); `mask` unchanged for frac >= 1.

@@ -125,6 +125,10 @@ class GRPOConfig:
         "entropy is highest (the 'forking' tokens; Wang et al. 2025); 1 = every generated token. The "
         "tokens the policy was sure of (the protocol's tags) are then not pushed down with a failed "
         "episode's advantage (docs/trainer.md)"))
+    fork_score: str = one_of("entropy", "surprisal", default="entropy", help=(
+        "how top_entropy_frac ranks a trajectory's tokens: entropy (of the next-token distribution) or "
+        "surprisal (-log p of the token sampled): a slip, an unlikely token sampled where the policy was "
+        "sure, has low entropy and the highest surprisal"))
     fresh_optimizer: bool = field(default=True, metadata={
         "help": "start GRPO with a fresh optimizer (no Adam moments or step count): SFT's moments are "
                 "of another loss and would scale GRPO's first updates by stale statistics; false keeps "

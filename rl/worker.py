@@ -257,7 +257,8 @@ class TrainerWorker:
         agg = algos.effective_loss_agg(g.policy_loss, g.loss_agg)
         ent = algos.entropy(logits if g.entropy_coef else logits.detach(), keep, t - 1)
         trained = mask   # the metrics and the entropy bonus see every trained token; the policy loss
-        mask = algos.top_entropy_mask(ent, mask, g.top_entropy_frac)   # only the forking ones (< 1)
+        fork = algos.fork_scores(g.fork_score, ent, lp)
+        mask = algos.top_entropy_mask(fork, mask, g.top_entropy_frac)   # only the forking ones (< 1)
         if g.policy_loss == "gspo":   # one clipped ratio per sequence (rl/algos.py gspo_loss)
             loss, m = algos.gspo_loss(lp, old_lp, rollout_lp, adv, mask, clip_low=g.gspo_clip_low,
                                       clip_high=g.gspo_clip_high, tis_cap=g.tis_cap, ref_logprobs=ref_lp,

@@ -472,3 +472,27 @@ def test_top_entropy_mask_leaves_confident_tokens_out_of_the_policy_gradient():
                               clip_high=0.2, tis_cap=2.0)
         loss.backward(retain_graph=True)
         assert [bool(logits.grad[0, i].abs().sum() > 0) for i in range(2)] == moved
+
+
+def test_surprisal_ranking_trains_a_slip_that_the_entropy_ranking_leaves_out():
+    # position 0: the policy is sure of token 0 (p ~ 1) but token 1 was sampled (a slip: `fuure` for
+    # `failure`); position 1: an open choice, its likelier token sampled. With a negative advantage and
+    # half the tokens trained, the entropy ranking moves only the open choice; the surprisal ranking moves
+    # the slip, whose probability is then pushed down.
+    from rl.algos import fork_scores, top_entropy_mask
+    logits = torch.tensor([[[12.0, 0.0, 0.0], [0.5, 0.4, 0.3], [0.0, 0.0, 0.0]]], requires_grad=True)
+    ids = torch.tensor([[0, 1, 0]])
+    lp = token_logprobs(logits, ids)
+    ent = entropy(logits.detach())
+    assert ent[0, 0] < ent[0, 1] and lp[0, 0] < lp[0, 1]   # sure but slipped; open but likely
+    for kind, moved in (("entropy", [False, True]), ("surprisal", [True, False])):
+        logits.grad = None
+        mask = top_entropy_mask(fork_scores(kind, ent, lp), torch.tensor([[1, 1]]), 0.5)
+        loss, _ = policy_loss(lp, lp.detach(), lp.detach(), torch.tensor([-1.0]), mask, clip_low=0.2,
+                              clip_high=0.2, tis_cap=2.0)
+        loss.backward(retain_graph=True)
+        assert [bool(logits.grad[0, i].abs().sum() > 0) for i in range(2)] == moved
+        if kind == "surprisal":   # gradient descent lowers the slipped token's logit
+            assert logits.grad[0, 0, 1] > 0
+    with pytest.raises(ValueError, match="surprisal"):
+        fork_scores("perplexity", ent, lp)
