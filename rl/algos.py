@@ -205,15 +205,16 @@ def fork_scores(kind: str, entropy: torch.Tensor, logprobs: torch.Tensor) -> tor
     highest at a slip: an unlikely token sampled where the policy was sure (a misspelt tag), which the
     entropy ranking leaves out of the gradient, so a failed episode never pushes its cause down."""
     if kind == "entropy":
-        return entropy.detach()
+        return entropy
     if kind == "surprisal":
-        return -logprobs.detach()
+        return -logprobs
     raise ValueError(f"unknown fork score {kind!r}; use entropy or surprisal")
 
 
-def top_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, frac: float) -> torch.Tensor:
-    """The forking tokens of each sequence: of its masked tokens, the ceil(frac x n) whose next-token
-    entropy is highest (ties: the earlier position first); `mask` unchanged for frac >= 1.
+def top_entropy_mask(scores: torch.Tensor, mask: torch.Tensor, frac: float) -> torch.Tensor:
+    """The forking tokens of each sequence: of its masked tokens, the ceil(frac x n) whose score is
+    highest (`fork_scores`: the next-token entropy, or the sampled token's surprisal; ties: the earlier
+    position first), not differentiated; `mask` unchanged for frac >= 1.
 
     Wang et al. 2025 ("Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective RL") train
     only the ~20% highest-entropy tokens: the policy gradient then moves the choices that were open
@@ -226,7 +227,7 @@ def top_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, frac: float) -> 
         return mask
     trained = mask.bool()
     k = torch.ceil(trained.sum(-1).to(torch.float64) * frac).long()
-    scores = entropy.detach().float().masked_fill(~trained, float("-inf"))
+    scores = scores.detach().float().masked_fill(~trained, float("-inf"))
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device)
                                             .expand_as(order).contiguous())
