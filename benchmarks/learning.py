@@ -10,7 +10,8 @@ the paired GRPO - SFT margin per run with its standard error. It is how a change
 is judged. The figures it is judged by (issue "Learning you can see"):
     GRPO - SFT >= 3 standard errors of the difference in every run;
     mean GRPO - SFT margin >= 2 x the run-to-run spread;
-    exact-fact accuracy: GRPO - SFT >= 15 points.
+    exact-fact accuracy: GRPO - SFT >= 15 points;
+    training (SFT + GRPO) at most 15 minutes on a 2-core machine, peak memory under 6 GiB.
 A finished run directory is reused (its summary.json), so an interrupted benchmark resumes.
 """
 from __future__ import annotations
@@ -76,7 +77,36 @@ def table(runs: dict[str, dict]) -> str:
         lines.append(f"{name}: margin {c['margin']:+.3f} = {c['margin_over_noise']:.1f} x the run-to-run spread "
                      f"({c['noise']:.3f}); paired {c['diff_mean']:+.3f} (SE {c['diff_sem']:.3f}), positive in "
                      f"{c['positive']} of {c['runs']}")
+    lines += targets(runs, noise)
     return "\n".join(lines)
+
+
+def targets(runs: dict[str, dict], noise: dict) -> list[str]:
+    """The figures the embedded default is judged by (module docstring), each met or not."""
+    zs, exact = [], []
+    for s in runs.values():
+        imp, e = s.get("improvements", {}).get("grpo-sft"), s["evals"]
+        if imp and "grpo" in e and "sft" in e:
+            zs.append(imp["z"])
+            exact.append((e["grpo"]["exact_fact_rate"] - e["sft"]["exact_fact_rate"]) * 100)
+    wall = [s.get("wall_s", {}) for s in runs.values()]
+    train_min = [(w.get("sft", 0.0) + w.get("grpo", 0.0)) / 60 for w in wall]
+    total_min = [w.get("total", 0.0) / 60 for w in wall]
+    peak = [s.get("peak_memory_gib", 0.0) for s in runs.values()]
+    c = noise["comparisons"].get("grpo-sft")
+    if not zs or not c:
+        return []
+    ratio = c["margin_over_noise"]
+    verdict = {True: "met", False: "NOT met"}
+    return ["targets:",
+            f"  GRPO - SFT >= 3 SE in every run: {verdict[min(zs) >= 3]} ({', '.join(f'{z:+.1f}' for z in zs)})",
+            f"  margin >= 2 x the run-to-run spread: {verdict[ratio >= 2]} ({ratio:.1f}x)" if ratio == ratio else
+            "  margin >= 2 x the run-to-run spread: needs two runs or more",
+            f"  exact facts GRPO - SFT >= 15 points (mean of runs): {verdict[statistics.fmean(exact) >= 15]} "
+            f"({statistics.fmean(exact):+.0f}; per run {', '.join(f'{x:+.0f}' for x in exact)})",
+            f"  training (SFT + GRPO) <= 15 min in every run: {verdict[max(train_min) <= 15]} "
+            f"({', '.join(f'{m:.1f}' for m in train_min)}; whole runs {', '.join(f'{m:.1f}' for m in total_min)} min)",
+            f"  peak memory < 6 GiB: {verdict[max(peak) < 6]} ({max(peak):.1f} GiB at most)"]
 
 
 def main() -> None:

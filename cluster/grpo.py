@@ -109,5 +109,6 @@ async def run_grpo(cfg, tasks, pool, engines: list, trainer, judge, run_dir: Pat
 def report_eval(trainer, name: str, e: dict) -> None:
     """A held-out evaluation to the console and the tracker (at the run's current step)."""
     print(describe_eval(name, e), flush=True)
-    trainer.tracker.log({k: v for k, v in e.items() if k != "passes"}, trainer.sft_step + trainer.step,
+    trainer.tracker.log({k: v for k, v in e.items() if k not in ("passes", "task_rewards")},  # scalars only
+                        trainer.sft_step + trainer.step,
                         prefix=f"eval/{name}/")

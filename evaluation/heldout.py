@@ -2,7 +2,7 @@
 
     evaluate         mean judged reward on held-out tasks over several passes, with its noise
     EVALUATED        the held-out evaluations of a run, in order (untrained, sft, grpo)
-    compare_evals    each stage against the one it starts from: difference, standard error, z
+    compare_evals    each stage against the one it starts from: difference, standard error (paired by task), z
     across_runs      run-to-run noise over several runs of one config (other seeds): paired margins
     results_table    the run's result at a glance; describe_eval: one evaluation as one console line
 
@@ -25,35 +25,46 @@ async def evaluate(cfg, tasks: list, pool, judge, seed: int, out: Path | None = 
                    repeats: int = 0) -> dict[str, Any]:
     """Mean judged reward on held-out tasks over `repeats` independent passes, with two measures of
     the noise a claimed improvement must beat: the spread of the pass means, and the standard error
-    of the mean over every judged episode (the spread of three pass means is itself noisy and tends
-    to be low; the standard error is the steadier figure). `repeats` = 0: trainer.eval.repeats."""
+    of the mean over the tasks (the spread of a few pass means is itself noisy and tends to be low;
+    the standard error is the steadier figure). `repeats` = 0: trainer.eval.repeats."""
     ev = cfg.trainer.eval
     tasks = tasks[: ev.max_tasks] if ev.max_tasks else tasks
     by_id = {t.id: t for t in tasks}
-    means, rewards, exact, unjudged = [], [], [], 0
+    means, rewards, exact, task_ids, unjudged = [], [], [], [], 0
     for r in range(repeats or ev.repeats):
         groups, _ = await pool.run([(t, ev.samples_per_task) for t in tasks], seed=seed + 7919 * r)
         flat = [t for g in groups for t in g]
         m = await judge_batch(judge, by_id, flat)
         means.append(m["reward_mean"])
         unjudged += m["judge_masked"]
-        rewards += [t.reward for t in flat if t.reward is not None]
-        exact += [exact_facts(by_id[t.task_id], t) for t in flat if t.reward is not None]
+        judged = [t for t in flat if t.reward is not None]
+        rewards += [t.reward for t in judged]
+        task_ids += [t.task_id for t in judged]
+        exact += [exact_facts(by_id[t.task_id], t) for t in judged]
         if r == 0 and out is not None:   # keep one pass's trajectories to read what the policy does
             write_trajectories(out, flat)
-    return eval_stats(means, rewards, exact, unjudged)
+    return eval_stats(means, rewards, exact, unjudged, task_ids)
 
 
-def eval_stats(means: list[float], rewards: list[float], exact: list[bool], unjudged: int = 0) -> dict[str, Any]:
+def eval_stats(means: list[float], rewards: list[float], exact: list[bool], unjudged: int = 0,
+               task_ids: list[str] | None = None) -> dict[str, Any]:
     """An evaluation's figures from its pass means (NaN: a pass without one judged episode), its judged
-    rewards and exact-fact checks; the episodes the judge could not score are counted, not averaged."""
+    rewards (with each one's task id) and exact-fact checks; the episodes the judge could not score are
+    counted, not averaged. The standard error counts tasks, not episodes: the episodes of one task share
+    its difficulty, so each task's rewards are averaged first (`task_rewards`, kept so that two stages
+    evaluated on the same tasks can be compared task by task: compare_evals)."""
     nan = float("nan")
     judged = [m for m in means if not math.isnan(m)]
-    sem = statistics.stdev(rewards) / len(rewards) ** 0.5 if len(rewards) > 1 else nan
+    by_task: dict[str, list[float]] = {}
+    for task, reward in zip(task_ids if task_ids is not None else range(len(rewards)), rewards):
+        by_task.setdefault(str(task), []).append(reward)
+    task_means = {t: statistics.fmean(rs) for t, rs in by_task.items()}
+    sem = statistics.stdev(task_means.values()) / len(task_means) ** 0.5 if len(task_means) > 1 else nan
     return {"reward_mean": statistics.fmean(judged) if judged else nan,
             "reward_std_between_passes": statistics.pstdev(judged) if judged else nan,
-            "reward_sem": sem, "episodes": len(rewards), "unjudged": unjudged, "passes": means,
-            "exact_fact_rate": statistics.fmean(exact) if exact else nan}
+            "reward_sem": sem, "episodes": len(rewards), "tasks": len(task_means), "unjudged": unjudged,
+            "passes": means, "exact_fact_rate": statistics.fmean(exact) if exact else nan,
+            **({"task_rewards": task_means} if task_ids is not None else {})}
 
 
 EVALUATED = ("untrained", "sft", "grpo")            # the held-out evaluations of a run, in order
@@ -62,17 +73,32 @@ STAGES = (("sft", "untrained"), ("grpo", "sft"))   # (after, before): each stage
 
 def compare_evals(evals: dict[str, dict]) -> dict[str, dict]:
     """Each stage against the one before it (SFT vs untrained, GRPO vs SFT): the difference of the
-    held-out means, its standard error sqrt(se_a^2 + se_b^2) (independent evaluations), and how many
-    standard errors the difference is (z)."""
+    held-out means, its standard error, and how many standard errors the difference is (z).
+    Both stages evaluated on the same tasks (a run's evaluations are): the standard error of the mean
+    per-task difference (paired by task: a task's difficulty, shared by both stages, cancels, and the
+    tasks are the unit of the sample). Otherwise sqrt(se_a^2 + se_b^2), as for independent evaluations."""
     out = {}
     for after, before in STAGES:
         if after in evals and before in evals:
             a, b = evals[after], evals[before]
             diff = a["reward_mean"] - b["reward_mean"]
-            se = math.hypot(a["reward_sem"], b["reward_sem"])
-            z = math.nan if math.isnan(diff) else diff / se if se > 0 else math.copysign(math.inf, diff)
-            out[f"{after}-{before}"] = {"diff": diff, "se": se, "z": z}
+            ta, tb = a.get("task_rewards"), b.get("task_rewards")
+            paired = bool(ta and tb and ta.keys() == tb.keys() and len(ta) > 1)
+            if paired:
+                diffs = [ta[t] - tb[t] for t in ta]
+                se = statistics.stdev(diffs) / len(diffs) ** 0.5
+            else:
+                se = math.hypot(a["reward_sem"], b["reward_sem"])
+            out[f"{after}-{before}"] = {"diff": diff, "se": se, "z": _z(diff, se), "paired": paired}
     return out
+
+
+def _z(diff: float, se: float) -> float:
+    """How many standard errors `diff` is; NaN for no difference without noise (two stages that score
+    -0.3 in every episode), infinite for a difference without noise."""
+    if math.isnan(diff) or (diff == 0 and se == 0):
+        return math.nan
+    return diff / se if se > 0 else math.copysign(math.inf, diff)
 
 
 def across_runs(runs: dict[str, dict[str, dict]]) -> dict[str, Any]:
@@ -126,8 +152,8 @@ def results_table(evals: dict[str, dict], transfer: dict[str, dict], wall: dict[
 def describe_eval(name: str, e: dict) -> str:
     """One console line for a held-out evaluation."""
     return (f"[eval] {name}: held-out reward {e['reward_mean']:.3f} (±{e['reward_std_between_passes']:.3f} "
-           f"between {len(e['passes'])} passes; standard error {e['reward_sem']:.3f} over {e['episodes']} "
-           f"episodes{_unjudged(e)}); exact facts in {e['exact_fact_rate']:.0%}")
+           f"between {len(e['passes'])} passes; standard error {e['reward_sem']:.3f} over {e.get('tasks', 0)} tasks, "
+           f"{e['episodes']} episodes{_unjudged(e)}); exact facts in {e['exact_fact_rate']:.0%}")
 
 
 def _unjudged(e: dict) -> str:
