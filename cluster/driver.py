@@ -157,7 +157,8 @@ async def _train(cfg) -> dict[str, Any]:
             elif run_sft:   # the scripted teacher needs no engine: it plays while vLLM starts
                 demos, m = await collect_demos(cfg, demo_tasks, pool, tokenizer, run_dir / "sft_demos.jsonl")
                 flawed = "".join(f", {m[f'demos_{flaw}']} {flaw} (trainer.sft.teacher.{key})"
-                                 for flaw, key in (("terse", "terse_fraction"), ("misstated", "misstate_fraction"))
+                                 for flaw, key in (("terse", "terse_fraction"), ("misstated", "misstate_fraction"),
+                                                  ("retried", "retry_fraction"))
                                  if m[f"demos_{flaw}"])
                 print(f"[sft] {m['demos_total']} teacher demos, {m['demos_failed']} failed{flawed}", flush=True)
             # The engines are up before any episode runs on them: an episode's timeout must not count their start.

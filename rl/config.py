@@ -55,6 +55,14 @@ class TeacherConfig:
                                              "independent of terse_fraction) whose report misreads one number of "
                                              "the output (a count, a value, a line: n -> n + 1), as a careless "
                                              "teacher does; tasks without such a number keep the right report")
+    retry_fraction: float = in_range(0.0, 1.0, default=0.0,
+                                     help="scripted: share of the demonstrations (a seeded choice per task, "
+                                          "independent of the others) whose first report is malformed (its "
+                                          "summary cut short and never closed, as a sampling slip leaves it), "
+                                          "rejected by the protocol, and written again: SFT trains on the retry, "
+                                          "not on the malformed report, so the student has seen a rejected report "
+                                          "and a recovery (tasks whose commands leave no turn for a retry keep "
+                                          "one report)")
 
 
 @dataclass

@@ -25,22 +25,34 @@ def _samples(trajs: Sequence[Trajectory]) -> list[dict]:
 
 def sft_samples(trajs: Sequence[Trajectory], train_on_observations: bool = False) -> list[dict]:
     """SFT samples: the assistant's tokens are the targets, or, with `train_on_observations`, every
-    token after the initial prompt (assistant turns and the tool outputs between them)."""
+    token after the initial prompt (assistant turns and the tool outputs between them); never a turn
+    the protocol rejected (a demonstration of recovering from a format error teaches the recovery)."""
     samples = _samples(trajs)
-    if train_on_observations:
-        for s, t in zip(samples, trajs):
-            s["mask"] = [int(i >= t.prompt_len) for i in range(len(s["token_ids"]))]
+    for s, t in zip(samples, trajs):
+        accepted = without_rejected_turns(t)
+        if train_on_observations:   # every token after the prompt, less the rejected turns' generated ones
+            s["mask"] = [int(i >= t.prompt_len and not (gen and not ok))
+                         for i, (gen, ok) in enumerate(zip(t.response_mask, accepted))]
+        else:
+            s["mask"] = accepted
     return samples
+
+
+def without_rejected_turns(t: Trajectory) -> list[int]:
+    """The trajectory's generated-token mask less the turns the protocol rejected (format errors)."""
+    malformed = [u.action == "format_error" for u in t.turns]
+    if not any(malformed):
+        return list(t.response_mask)
+    return algos.mask_turns(t.response_mask, [u.num_generated_tokens for u in t.turns], malformed)
 
 
 def loss_mask(t: Trajectory, advantage: float, reinforce_malformed: bool = False) -> list[int]:
     """The tokens the policy loss sees: the generated ones, less, in a trajectory with a positive
     advantage, the turns the protocol rejected (unless reinforce_malformed): an episode that
     recovered from a malformed report should reinforce the recovery, not the malformed attempt."""
-    malformed = [u.action == "format_error" for u in t.turns]
-    if reinforce_malformed or advantage <= 0 or not any(malformed):
+    if reinforce_malformed or advantage <= 0:
         return list(t.response_mask)
-    return algos.mask_turns(t.response_mask, [u.num_generated_tokens for u in t.turns], malformed)
+    return without_rejected_turns(t)
 
 
 def overlong(t: Trajectory) -> bool:

@@ -64,6 +64,14 @@ def misstated_report(task: Any) -> str | None:
     return None
 
 
+def malformed_report(report: str) -> str:
+    """A report the protocol rejects the way it rejects a student's slip: the summary cut in half and
+    never closed, the details gone (`report without <summary>...</summary>`)."""
+    fields, _ = parse_report(report_text(report))
+    summary = fields["summary"] if fields else report
+    return f"<report><status>{fields['status'] if fields else 'failure'}</status><summary>{summary[: len(summary) // 2]}</report>"
+
+
 def is_flawed(task: Any, flaw: str, fraction: float, seed: int) -> bool:
     """Whether the scripted teacher gives this task the report with `flaw` ("terse", "misstated"): a seeded
     hash of its request and reference report, so the choice is the same across runs, resumes and processes,
@@ -99,7 +107,9 @@ def observations_in(messages: list[dict[str, str]]) -> list[tuple[int, str]]:
 class ScriptedTeacher(FixedWeights):
     """Engine whose turn k for a task is reference.commands[k], then the reference report (or, for a
     `terse_fraction` of the tasks, `terse_report`: a teacher whose reports lack the details; for a
-    `misstate_fraction`, `misstated_report`: a teacher that misreads a number).
+    `misstate_fraction`, `misstated_report`: a teacher that misreads a number). For a `retry_fraction`
+    of the tasks whose commands leave a turn to spare, the first report is `malformed_report`, which the
+    protocol rejects, and the next turn the report again: a demonstration of recovering from a format error.
 
     At most max_turns - 1 commands are played so the report always fits the turn cap. Several tasks
     may share a request (variants of one project: "run the tests" on differently broken copies), so
@@ -112,11 +122,13 @@ class ScriptedTeacher(FixedWeights):
     api = "chat"
 
     def __init__(self, tasks: Iterable[Any], tokenizer: Any, max_turns: int, policy_version: int = 0,
-                 terse_fraction: float = 0.0, misstate_fraction: float = 0.0, seed: int = 0):
+                 terse_fraction: float = 0.0, misstate_fraction: float = 0.0, retry_fraction: float = 0.0,
+                 seed: int = 0):
         self.tokenizer = tokenizer
         self.max_turns = max_turns
         self.policy_version = policy_version
         self.terse_fraction, self.misstate_fraction, self.seed = terse_fraction, misstate_fraction, seed
+        self.retry_fraction = retry_fraction
         self.by_request: dict[str, list[Any]] = {}
         for t in tasks:
             if t.reference is not None:
@@ -126,12 +138,19 @@ class ScriptedTeacher(FixedWeights):
         commands = list(task.reference.commands)[: max(0, self.max_turns - 1)]
         if k < len(commands):
             return f"<command>{commands[k]}</command>"
+        if k == len(commands) and self.retries(task):
+            return malformed_report(task.reference.report)
         flaw = self.flaw(task) if commands else None
         if flaw == "terse":
             return terse_report(task, commands[-1])
         if flaw == "misstated":
             return misstated_report(task)
         return report_text(task.reference.report)
+
+    def retries(self, task: Any) -> bool:
+        """Whether the teacher's first report for this task is a malformed one, written again next turn."""
+        commands = len(task.reference.commands) if task.reference is not None else self.max_turns
+        return commands + 2 <= self.max_turns and is_flawed(task, "retry", self.retry_fraction, self.seed)
 
     def flaw(self, task: Any) -> str | None:
         """Which flawed report the teacher gives this task, if any ("terse" before "misstated")."""
@@ -216,7 +235,8 @@ async def collect_demos(cfg, tasks: list, pool, tokenizer, out: Path) -> tuple[l
     """
     flaws = cfg.trainer.sft.teacher
     teacher = ScriptedTeacher(tasks, tokenizer, max_turns=cfg.rollout.episode.max_turns, seed=cfg.seed,
-                              terse_fraction=flaws.terse_fraction, misstate_fraction=flaws.misstate_fraction)
+                              terse_fraction=flaws.terse_fraction, misstate_fraction=flaws.misstate_fraction,
+                              retry_fraction=flaws.retry_fraction)
     pool.set_engine(teacher)
     groups, metrics = await pool.run([(t, 1) for t in tasks if t.reference is not None], seed=cfg.seed)
     demos = [t for g in groups for t in g]
@@ -225,7 +245,8 @@ async def collect_demos(cfg, tasks: list, pool, tokenizer, out: Path) -> tuple[l
     by_id = {t.id: t for t in tasks}
     plays = [teacher.flaw(by_id[t.task_id]) for t in good]
     metrics.update(demos_total=len(demos), demos_failed=len(demos) - len(good),
-                   demos_terse=plays.count("terse"), demos_misstated=plays.count("misstated"))
+                   demos_terse=plays.count("terse"), demos_misstated=plays.count("misstated"),
+                   demos_retried=sum(any(u.action == "format_error" for u in t.turns) for t in good))
     return good, metrics
 
 

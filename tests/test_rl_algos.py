@@ -398,6 +398,20 @@ def test_sft_targets_the_assistant_or_everything_after_the_prompt():
     assert t.response_mask == [0, 0, 0, 1, 1, 0, 0, 0, 1, 1]          # the trajectory itself is not changed
 
 
+def test_sft_never_targets_a_turn_the_protocol_rejected():
+    """A demonstration that recovers from a format error: prompt (2) | malformed report (3, generated) |
+    format error (2) | report (2, generated). SFT targets the report only; with the observations too,
+    the format error message is a target (it is what the environment says), the malformed turn is not."""
+    from rl.group import sft_samples
+    from rollout.trajectory import Trajectory, Turn
+    t = Trajectory(task_id="t", messages=[], token_ids=list(range(9)), response_mask=[0, 0, 1, 1, 1, 0, 0, 1, 1],
+                   logprobs=[0.0] * 9, prompt_len=2,
+                   turns=[Turn(text="<report>bad", action="format_error", num_generated_tokens=3),
+                          Turn(text="<report>good</report>", action="report", num_generated_tokens=2)])
+    assert sft_samples([t])[0]["mask"] == [0, 0, 0, 0, 0, 0, 0, 1, 1]
+    assert sft_samples([t], train_on_observations=True)[0]["mask"] == [0, 0, 0, 0, 0, 1, 1, 1, 1]
+
+
 def test_penalties_count_this_turns_output_as_vllm_does():
     """Frequency and presence penalties (RolloutSampling), checked against a loop written from vLLM's
     definition: the logits predicting each generated token lose frequency x n + presence for every

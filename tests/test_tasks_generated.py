@@ -219,6 +219,27 @@ def test_a_misstating_teacher_misreads_one_number_and_the_judge_catches_it(corpu
             assert rewards[1.0] == rewards[0.0]
 
 
+def test_a_retrying_teacher_shows_a_rejected_report_and_its_recovery(corpus, tok):
+    """trainer.sft.teacher.retry_fraction: the scripted teacher's first report is malformed, the episode
+    loop rejects it with a format error, and the next turn is the right report. SFT trains on the
+    commands and the retry, not on the rejected report; a task whose commands fill the turns keeps one report."""
+    from rl.group import sft_samples
+
+    _, tasks = corpus
+    task = next(t for t in tasks if len(t.reference.commands) == 1 and t.ground_truth.exit_status != 0)
+    [[plain]] = asyncio.run(run_requests([(task, 1)], ScriptedTeacher([task], tok, 4), tok, RolloutConfig()))
+    teacher = ScriptedTeacher([task], tok, 4, retry_fraction=1.0)
+    [[traj]] = asyncio.run(run_requests([(task, 1)], teacher, tok, RolloutConfig()))
+    assert [u.action for u in plain.turns] == ["command", "report"]
+    assert [u.action for u in traj.turns] == ["command", "format_error", "report"], traj.turns
+    assert "without <summary>" in traj.turns[1].format_error, traj.turns[1].format_error
+    assert traj.report == plain.report and exact_facts(task, traj)      # the retry is the teacher's report
+    command, rejected, report = (u.num_generated_tokens for u in traj.turns)
+    assert sum(sft_samples([traj])[0]["mask"]) == command + report == sum(plain.response_mask)
+    assert sum(traj.response_mask) == command + rejected + report
+    assert not ScriptedTeacher([task], tok, 2, retry_fraction=1.0).retries(task)   # no turn to spare
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(GeneratedTaskError, match="held_out_family"):
         specs(GeneratedConfig(families=["pyunit", "pyscript"]))
