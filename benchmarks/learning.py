@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -100,7 +101,7 @@ def targets(runs: dict[str, dict], noise: dict) -> list[str]:
     verdict = {True: "met", False: "NOT met"}
     return ["targets:",
             f"  GRPO - SFT >= 3 SE in every run: {verdict[min(zs) >= 3]} ({', '.join(f'{z:+.1f}' for z in zs)})",
-            f"  margin >= 2 x the run-to-run spread: {verdict[ratio >= 2]} ({ratio:.1f}x)" if ratio == ratio else
+            f"  margin >= 2 x the run-to-run spread: {verdict[ratio >= 2]} ({ratio:.1f}x)" if not math.isnan(ratio) else
             "  margin >= 2 x the run-to-run spread: needs two runs or more",
             f"  exact facts GRPO - SFT >= 15 points (mean of runs): {verdict[statistics.fmean(exact) >= 15]} "
             f"({statistics.fmean(exact):+.0f}; per run {', '.join(f'{x:+.0f}' for x in exact)})",

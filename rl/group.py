@@ -31,8 +31,8 @@ def sft_samples(trajs: Sequence[Trajectory], train_on_observations: bool = False
     for s, t in zip(samples, trajs):
         accepted = without_rejected_turns(t)
         if train_on_observations:   # every token after the prompt, less the rejected turns' generated ones
-            s["mask"] = [int(i >= t.prompt_len and not (gen and not ok))
-                         for i, (gen, ok) in enumerate(zip(t.response_mask, accepted))]
+            rejected = [gen - ok for gen, ok in zip(t.response_mask, accepted)]
+            s["mask"] = [int(i >= t.prompt_len and not r) for i, r in enumerate(rejected)]
         else:
             s["mask"] = accepted
     return samples

@@ -149,8 +149,8 @@ class ScriptedTeacher(FixedWeights):
 
     def retries(self, task: Any) -> bool:
         """Whether the teacher's first report for this task is a malformed one, written again next turn."""
-        commands = len(task.reference.commands) if task.reference is not None else self.max_turns
-        return commands + 2 <= self.max_turns and is_flawed(task, "retry", self.retry_fraction, self.seed)
+        return (len(task.reference.commands) + 2 <= self.max_turns
+                and is_flawed(task, "retry", self.retry_fraction, self.seed))
 
     def flaw(self, task: Any) -> str | None:
         """Which flawed report the teacher gives this task, if any ("terse" before "misstated")."""
