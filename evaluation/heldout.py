@@ -134,7 +134,8 @@ def across_runs(runs: dict[str, dict[str, dict]]) -> dict[str, Any]:
 
 def results_table(evals: dict[str, dict], transfer: dict[str, dict], wall: dict[str, float]) -> str:
     """The run's result at a glance: per stage, held-out reward (standard error), exact-fact accuracy,
-    the same on the held-out family, and the stage's wall time."""
+    the same on the held-out family, and the stage's wall time with its evaluation; then the run's
+    wall time and its training's (SFT + GRPO, evaluations excluded: what the time target counts)."""
     rows = ["stage        held-out reward (SE)   exact facts   held-out family (SE)   exact facts   wall"]
     for stage in EVALUATED:
         if stage not in evals and stage not in transfer:
@@ -145,7 +146,9 @@ def results_table(evals: dict[str, dict], transfer: dict[str, dict], wall: dict[
                       if e else ["-", "-"])
         spent = wall.get(stage, 0.0) + wall.get(f"eval_{stage}", 0.0)
         rows.append(f"{stage:12s} {cells[0]:22s} {cells[1]:13s} {cells[2]:22s} {cells[3]:13s} {spent / 60:.1f} min")
-    rows.append(f"total wall time {wall.get('total', 0.0) / 60:.1f} min (startup {wall.get('startup', 0.0) / 60:.1f} min)")
+    training = sum(wall.get(stage, 0.0) for stage in ("sft", "grpo"))
+    rows.append(f"total wall time {wall.get('total', 0.0) / 60:.1f} min (startup {wall.get('startup', 0.0) / 60:.1f} min; "
+                f"training, SFT + GRPO: {training / 60:.1f} min)")
     return "\n".join(rows)
 
 

@@ -98,3 +98,4 @@ from transformers import Qwen3ForCausalLM  # noqa: F401  (fails if torchvision i
 print(f"[install] ok: torch {torch.__version__}, vllm {vllm.__version__}, transformers {transformers.__version__}, ray {ray.__version__}")
 PY
 echo "$want" > "$STAMP"
+echo "[install] done in $((SECONDS / 60)) min $((SECONDS % 60)) s"

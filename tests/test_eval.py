@@ -143,3 +143,14 @@ def test_eval_tiny_before_after_writes_table_and_plots(tmp_path, perturbed):
     cmp = subprocess.run([TERMINUS, "eval", "--compare", str(out / "results.json"), "--out", str(tmp_path / "cmp")],
                          capture_output=True, text=True, timeout=60)
     assert cmp.returncode == 0 and "| eval/before |" in cmp.stdout and (tmp_path / "cmp" / "quality.png").exists()
+
+
+def test_results_table_prints_the_training_time_apart_from_the_evaluations():
+    """The time target counts SFT + GRPO, not the evaluations: the table's last line says it apart."""
+    from evaluation.heldout import results_table
+    e = {"reward_mean": 0.5, "reward_sem": 0.03, "exact_fact_rate": 0.4}
+    wall = {"sft": 300.0, "eval_sft": 120.0, "grpo": 420.0, "eval_grpo": 60.0, "total": 1200.0, "startup": 90.0}
+    table = results_table({"sft": e, "grpo": e}, {}, wall).splitlines()
+    assert table[1].startswith("sft") and table[1].endswith("7.0 min")      # the stage with its evaluation
+    assert table[2].startswith("grpo") and table[2].endswith("8.0 min")
+    assert table[-1] == "total wall time 20.0 min (startup 1.5 min; training, SFT + GRPO: 12.0 min)"
