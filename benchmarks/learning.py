@@ -44,7 +44,7 @@ def run_seed(config: str, seed: int, out: Path, overrides: list[str]) -> dict:
 
 
 def table(runs: dict[str, dict]) -> str:
-    from evaluation.heldout import EVALUATED, across_runs
+    from evaluation.heldout import EVALUATED, across_runs, stage_seconds
 
     def mean(xs):
         xs = [x for x in xs if x == x]
@@ -61,8 +61,7 @@ def table(runs: dict[str, dict]) -> str:
         tr = [s.get("transfer", {}).get(stage) for s in runs.values()]
         tr_r = mean([t["reward_mean"] for t in tr if t])
         tr_x = mean([t["exact_fact_rate"] for t in tr if t])
-        wall = mean([(s.get("wall_s", {}).get(stage, 0.0) + s.get("wall_s", {}).get(f"eval_{stage}", 0.0)) / 60
-                     for s in runs.values()])
+        wall = mean([stage_seconds(s.get("wall_s", {}), stage) / 60 for s in runs.values()])
         lines.append(f"{stage:10s} {st['mean']:+16.3f} {st['std_between_runs']:8.3f} {exact:12.0%} {tr_r:+16.3f} "
                      f"{tr_x:6.0%} {wall:10.1f}")
     lines.append("")
@@ -90,8 +89,9 @@ def targets(runs: dict[str, dict], noise: dict) -> list[str]:
         if imp and "grpo" in e and "sft" in e:
             zs.append(imp["z"])
             exact.append((e["grpo"]["exact_fact_rate"] - e["sft"]["exact_fact_rate"]) * 100)
+    from evaluation.heldout import training_seconds
     wall = [s.get("wall_s", {}) for s in runs.values()]
-    train_min = [(w.get("sft", 0.0) + w.get("grpo", 0.0)) / 60 for w in wall]
+    train_min = [training_seconds(w) / 60 for w in wall]
     total_min = [w.get("total", 0.0) / 60 for w in wall]
     peak = [s.get("peak_memory_gib", 0.0) for s in runs.values()]
     c = noise["comparisons"].get("grpo-sft")

@@ -5,6 +5,7 @@
     compare_evals    each stage against the one it starts from: difference, standard error (paired by task), z
     across_runs      run-to-run noise over several runs of one config (other seeds): paired margins
     results_table    the run's result at a glance; describe_eval: one evaluation as one console line
+    stage_seconds, training_seconds   a stage's wall time with its evaluation; SFT + GRPO without them
 
 `terminus train` (cluster.driver) runs `evaluate` through its rollout pool and judge pool;
 `terminus compare` and benchmarks/learning.py read `across_runs`. Plots: evaluation.render.
@@ -144,12 +145,21 @@ def results_table(evals: dict[str, dict], transfer: dict[str, dict], wall: dict[
         for e in (evals.get(stage), transfer.get(stage)):
             cells += ([f"{e['reward_mean']:+.3f} ({e['reward_sem']:.3f})", f"{e['exact_fact_rate']:.0%}"]
                       if e else ["-", "-"])
-        spent = wall.get(stage, 0.0) + wall.get(f"eval_{stage}", 0.0)
-        rows.append(f"{stage:12s} {cells[0]:22s} {cells[1]:13s} {cells[2]:22s} {cells[3]:13s} {spent / 60:.1f} min")
-    training = sum(wall.get(stage, 0.0) for stage in ("sft", "grpo"))
+        rows.append(f"{stage:12s} {cells[0]:22s} {cells[1]:13s} {cells[2]:22s} {cells[3]:13s} "
+                    f"{stage_seconds(wall, stage) / 60:.1f} min")
     rows.append(f"total wall time {wall.get('total', 0.0) / 60:.1f} min (startup {wall.get('startup', 0.0) / 60:.1f} min; "
-                f"training, SFT + GRPO: {training / 60:.1f} min)")
+                f"training, SFT + GRPO: {training_seconds(wall) / 60:.1f} min)")
     return "\n".join(rows)
+
+
+def stage_seconds(wall: dict[str, float], stage: str) -> float:
+    """A stage's wall time (summary.json's wall_s) with its held-out evaluation."""
+    return wall.get(stage, 0.0) + wall.get(f"eval_{stage}", 0.0)
+
+
+def training_seconds(wall: dict[str, float]) -> float:
+    """The run's training time: SFT + GRPO, evaluations excluded (what the time target counts)."""
+    return wall.get("sft", 0.0) + wall.get("grpo", 0.0)
 
 
 def describe_eval(name: str, e: dict) -> str:
