@@ -446,6 +446,26 @@ def pack_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     return batches
 
 
+def shared_prefix(samples: Sequence[dict], min_tokens: int = 16) -> list[int]:
+    """The tokens every sample (token_ids, mask aligned with them) begins with and trains none of:
+    the system prompt, and the request when they play one task. The trainer runs them once per step
+    and each sample's forward only the rest (TrainerWorker: SharedPrefix). It stops before each
+    sample's first trained token, whose logit is the hidden state of the token before it, and before
+    each sample's last token, so every sample keeps at least one token of its own. [] when fewer than
+    two samples, or the shared part is shorter than `min_tokens` (not worth a forward of its own)."""
+    if len(samples) < 2:
+        return []
+    first = samples[0]["token_ids"]
+    n = min(len(s["token_ids"]) for s in samples) - 1
+    for s in samples:
+        trained = next((i for i, m in enumerate(s["mask"]) if m), len(s["mask"]))
+        n = min(n, trained - 1)
+    for s in samples[1:]:
+        ids = s["token_ids"]
+        n = next((i for i in range(n) if ids[i] != first[i]), n)
+    return list(first[:n]) if n >= min_tokens else []
+
+
 def pad_batch(seqs: Sequence[Sequence[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad to [B, T] ids and the attention mask."""
     t = max(len(s) for s in seqs)

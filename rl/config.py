@@ -137,6 +137,11 @@ class GRPOConfig:
         "how top_entropy_frac ranks a trajectory's tokens: entropy (of the next-token distribution) or "
         "surprisal (-log p of the token sampled): a slip, an unlikely token sampled where the policy was "
         "sure, has low entropy and the highest surprisal"))
+    threads: int = at_least(0, default=0, help=(
+        "torch threads of each trainer rank during GRPO; 0 = as in SFT (cluster.trainer.num_cpus). On a "
+        "CPU machine whose rollout engine shares the trainer's cores, 1 leaves it the others: OpenMP's "
+        "threads spin while they wait (fast alone, but they steal an engine's cores) or, told to sleep, "
+        "are woken at every operation (slower than one thread: docs/cluster.md)"))
     fresh_optimizer: bool = field(default=True, metadata={
         "help": "start GRPO with a fresh optimizer (no Adam moments or step count): SFT's moments are "
                 "of another loss and would scale GRPO's first updates by stale statistics; false keeps "
@@ -182,6 +187,11 @@ class TrainerConfig:
         "help": "one sequence per forward pass, so no padding and no attention mask: on CPU a mask "
                 "forces sdpa's slow math kernel (benchmarks/trainer.py); "
                 "the optimizer steps and the loss are the same"})
+    shared_prefix: bool = field(default=False, metadata={
+        "help": "run the tokens every sample of a step begins with (the system prompt) once per step, and "
+                "each sample's forward on their keys and values: the same loss and gradient for fewer "
+                "FLOPs (the embedded default: ~40% of SFT's tokens are the system prompt). Not with "
+                "activation_checkpointing (a recomputed forward would append to the cache again)"})
     use_reference_model: bool = False
     frozen: list[str] = field(default_factory=list, metadata={
         "help": "regexes of parameter names the trainer leaves as they are (no gradient, no optimizer "
@@ -235,3 +245,7 @@ def check_trainer(cfg) -> None:
         raise ConfigError(f"trainer.grpo.kl_coef={t.grpo.kl_coef} with trainer.use_reference_model=false: the KL "
                           f"term needs a reference policy and would silently do nothing; set "
                           f"trainer.use_reference_model=true, or trainer.grpo.kl_coef=0")
+    if t.shared_prefix and t.activation_checkpointing:
+        raise ConfigError("trainer.shared_prefix=true with trainer.activation_checkpointing=true: a checkpointed "
+                          "layer recomputes its forward in the backward and would append the shared prefix's keys "
+                          "and values to the cache again; set one of them to false")

@@ -76,11 +76,12 @@ def merge_metrics(outs: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def trainer_env() -> dict[str, str]:
-    """Environment of the trainer ranks. Their OpenMP threads sleep while they wait
-    (OMP_WAIT_POLICY=PASSIVE) instead of spinning: spinning threads steal the cores that the rollout
-    engine and the sandboxes share with the trainer (2 cores, one-step off-policy GRPO: step 20.8 s
-    -> 14.6 s, benchmarks/pipeline.py). A value set in the driver's environment wins."""
-    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    """Environment of the trainer ranks: OMP_WAIT_POLICY when the driver's environment sets one, else
+    OpenMP's default, threads that spin a while between operations. Told to sleep (PASSIVE), they are
+    woken at every operation, and a rank's step on 2 cores takes 1.5-2x as long as spinning (and longer
+    than with one thread). A trainer that shares its cores with a rollout engine runs GRPO with fewer
+    threads instead (trainer.grpo.threads; docs/cluster.md)."""
+    return {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]} if "OMP_WAIT_POLICY" in os.environ else {}
 
 
 def deal(micro_batches: list[list[dict]], world: int, per_rank: int | None = None) -> list[list[list[dict]]]:
@@ -133,6 +134,8 @@ class TrainerGroup:
         mbs = step.micro_batches
         if self.cfg.trainer.pad_free:   # same optimizer step, one unpadded sequence per forward
             mbs = [[s] for mb in mbs for s in mb]
+        if self.cfg.trainer.shared_prefix:   # the system prompt once per step, not once per sample
+            step = dataclasses.replace(step, prefix=algos.shared_prefix([s for mb in mbs for s in mb]))
         per_rank = deal(mbs, self.world)
         outs = ray.get([w.train.remote(dataclasses.replace(step, micro_batches=mine))
                         for w, mine in zip(self.workers, per_rank)])
@@ -164,8 +167,9 @@ class TrainerGroup:
         order = sorted(range(len(samples)), key=lambda i: -len(samples[i]["token_ids"]))   # little padding
         per_rank = deal([order[i:i + size] for i in range(0, len(order), size)], self.world)
         fields = ("token_ids", "mask", "generated")
+        prefix = algos.shared_prefix(samples) if self.cfg.trainer.shared_prefix else []
         outs = ray.get([w.logprobs.remote([[{k: samples[i][k] for k in fields if k in samples[i]}
-                                            for i in mb] for mb in mbs], sampling)
+                                            for i in mb] for mb in mbs], sampling, prefix)
                         for w, mbs in zip(self.workers, per_rank)])
         lps: list[list[float]] = [[] for _ in samples]
         for mbs, out in zip(per_rank, outs):
@@ -273,6 +277,8 @@ class TrainerGroup:
         same weights."""
         g = self.cfg.trainer.grpo
         self.stage = "grpo"
+        if g.threads:
+            self._all("set_threads", g.threads)
         if g.fresh_optimizer and not resumed:   # SFT's Adam moments are of another loss (a resume loads GRPO's)
             self._all("reset_optimizer")
         self._all("set_schedule", g.steps * g.mini_batches, True, g.lr)   # a resume then loads its state

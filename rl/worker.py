@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +62,12 @@ class SFTStep:
     micro_batches: samples (token_ids, mask: per-token lists aligned with token_ids); every rank gets
         the same number of micro-batches (FSDP collectives), possibly empty.
     norm: algos.loss_normaliser of the whole step (token_mean), the same on every rank.
+    prefix: the tokens every sample of the step begins with (algos.shared_prefix; trainer.shared_prefix),
+        the same on every rank: run once, not once per sample. [] = none.
     """
     micro_batches: list[list[dict]]
     norm: float
+    prefix: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -77,6 +80,46 @@ class GRPOStep:
     micro_batches: list[list[dict]]
     norm: float
     sampling: algos.RolloutSampling
+    prefix: list[int] = field(default_factory=list)
+
+
+class SharedPrefix:
+    """The keys and values of a step's shared prefix (the system prompt: ~40% of the embedded default's
+    tokens), computed by one forward that every sample's forward then reads as its cache: each sample
+    runs only its own tokens. The gradient is the plain forward's: each sample's backward leaves the
+    gradient of the prefix's keys and values on detached copies (`leaves`), and `backward` sends their
+    sum through the prefix's forward once, after the last sample."""
+
+    def __init__(self, model, tokens: list[int], device: torch.device, grad: bool):
+        from transformers import DynamicCache
+        self.tokens = tokens
+        ids = torch.tensor([tokens], dtype=torch.long, device=device)
+        with torch.set_grad_enabled(grad):
+            out = model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+        self.kv = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        self.leaves = [t.detach().requires_grad_(grad) for t in self.kv]
+        # FSDP unshards a layer's weights for its backward when the gradient of the layer's output
+        # arrives (a hook on it); the keys' and values' gradients enter inside the layers, so the
+        # backward also starts at the prefix's output, with a zero gradient: every layer's hook fires
+        # before the gradient reaches its weights
+        self.output = out.logits
+
+    def starts(self, samples: list[dict]) -> bool:
+        """Whether every sample begins with the prefix and has a token of its own (a filler does not)."""
+        n = len(self.tokens)
+        return all(len(s["token_ids"]) > n and list(s["token_ids"][:n]) == self.tokens for s in samples)
+
+    def cache(self, batch: int):
+        """A fresh cache holding the prefix for a batch of `batch` samples (the forward appends to it)."""
+        from transformers import DynamicCache
+        kv = [t.expand(batch, *t.shape[1:]) for t in self.leaves]
+        return DynamicCache(ddp_cache_data=list(zip(kv[0::2], kv[1::2])))
+
+    def backward(self) -> None:
+        """The prefix's share of the gradient. Every rank calls it (FSDP's collectives), with zeros where
+        no sample of its own read the prefix."""
+        grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in self.leaves]
+        torch.autograd.backward([*self.kv, self.output], [*grads, torch.zeros_like(self.output)])
 
 
 # An empty micro-batch slot (a rank with fewer micro-batches than another) still runs a forward and
@@ -142,6 +185,14 @@ class TrainerWorker:
         return {"rank": self.rank, "backend": backend, "params": n, "device": str(self.device),
                 "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
 
+    def set_threads(self, n: int) -> None:
+        """torch's intra-op threads from now on (trainer.grpo.threads)."""
+        torch.set_num_threads(n)
+
+    def threads(self) -> int:
+        """torch's intra-op threads now (what tests read)."""
+        return torch.get_num_threads()
+
     def load_reference(self, path: str) -> None:
         """Load the frozen reference policy of the KL term from an HF directory (every rank keeps a
         whole, unsharded copy: it only runs forwards)."""
@@ -168,31 +219,40 @@ class TrainerWorker:
                 group["lr"] = base * multiplier(self.sched.last_epoch)
 
     # -- forward ----------------------------------------------------------------------------------------
-    def _trained_logits(self, model, mb: list[dict], sampling: algos.RolloutSampling
+    def _trained_logits(self, model, mb: list[dict], sampling: algos.RolloutSampling,
+                        prefix: SharedPrefix | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, ids, mask, keep) of a micro-batch: the logits of the distribution `sampling`
         describes, only at the positions `keep` some sequence trains on ([B, K, V]: prompts and
         tool outputs are most of a trajectory and need no vocabulary-sized row); ids [B, T] padded;
-        mask [B, T-1] aligned with next-token logprobs."""
+        mask [B, T-1] aligned with next-token logprobs. With a `prefix` the micro-batch begins with,
+        the forward runs the tokens after it on the prefix's keys and values (same logits)."""
         ids, attn = algos.pad_batch([s["token_ids"] for s in mb])
         ids, attn = ids.to(self.device), attn.to(self.device)
         mask = algos.shifted([s["mask"] for s in mb], ids.shape[1]).to(self.device)
         keep = algos.positions_to_keep(mask)
-        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits
+        if prefix is not None and prefix.starts(mb):
+            n = len(prefix.tokens)
+            logits = model(input_ids=ids[:, n:], attention_mask=attn, past_key_values=prefix.cache(len(mb)),
+                           use_cache=True, logits_to_keep=keep - n).logits
+        else:
+            logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits
         generated = algos.pad_batch([s["generated"] for s in mb])[0].to(self.device) if sampling.penalized else None
         return algos.sampled_logits(logits, sampling, ids, generated, keep), ids, mask, keep
 
     @torch.no_grad()
-    def logprobs(self, micro_batches: list[list[dict]], sampling: algos.RolloutSampling) -> list[list[list[float]]]:
+    def logprobs(self, micro_batches: list[list[dict]], sampling: algos.RolloutSampling,
+                 prefix: list[int] | None = None) -> list[list[list[float]]]:
         """The policy's logprobs of the samples (token_ids, mask) of each micro-batch under `sampling`,
         aligned with token ids: at the positions the mask trains on, 0.0 elsewhere (position 0 always).
         Used before a step's updates (the old policy of mini-batches > 1) and by tests. One micro-batch
         at a time with logits only at those positions, as in `train`: memory stays that of a training
         micro-batch however large the step. Every rank must get the same number of micro-batches
-        (FSDP collectives), possibly empty."""
+        (FSDP collectives), possibly empty, and the same `prefix` (algos.shared_prefix, run once)."""
         out = []
+        shared = SharedPrefix(self.model, prefix, self.device, grad=False) if prefix else None
         for mb in micro_batches:
-            logits, ids, mask, keep = self._trained_logits(self.model, mb or [FILLER], sampling)
+            logits, ids, mask, keep = self._trained_logits(self.model, mb or [FILLER], sampling, shared)
             # keep is every sequence's trained positions: a sequence gets only its own
             lp = (algos.token_logprobs(logits, ids, keep) * mask).cpu()
             out.append([[0.0] + lp[i, : len(s["token_ids"]) - 1].tolist() for i, s in enumerate(mb)])
@@ -207,8 +267,9 @@ class TrainerWorker:
         self.model.train()
         self.optim.zero_grad(set_to_none=True)
         loss_sum, sums, per_mb = 0.0, {"tokens": 0.0, "entropy_sum": 0.0}, {}
+        prefix = SharedPrefix(self.model, step.prefix, self.device, grad=True) if step.prefix else None
         for mb in step.micro_batches:
-            loss, metrics = micro_step(mb or [FILLER], step)
+            loss, metrics = micro_step(mb or [FILLER], step, prefix)
             (loss * self.world_size).backward()   # FSDP averages gradients over ranks: make it a sum
             loss_sum += loss.item()
             for k, v in metrics.items():
@@ -216,6 +277,8 @@ class TrainerWorker:
                     sums[k] += v
                 else:
                     per_mb.setdefault(k, []).append(v)
+        if prefix is not None:
+            prefix.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.optim.max_grad_norm)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         self.optim.step()
@@ -226,20 +289,22 @@ class TrainerWorker:
             out[k] = max(v) if k.endswith("_max") else sum(v) / len(v)
         return out
 
-    def _sft_micro_step(self, mb: list[dict], step: SFTStep) -> tuple[torch.Tensor, dict[str, float]]:
+    def _sft_micro_step(self, mb: list[dict], step: SFTStep, prefix: SharedPrefix | None
+                        ) -> tuple[torch.Tensor, dict[str, float]]:
         """SFT loss of one micro-batch: the negative log-likelihood of its masked tokens under the raw
         logits (temperature 1: the data's distribution), over the step's token count."""
-        logits, ids, mask, keep = self._trained_logits(self.model, mb, algos.RolloutSampling())
+        logits, ids, mask, keep = self._trained_logits(self.model, mb, algos.RolloutSampling(), prefix)
         lp = algos.token_logprobs(logits, ids, keep)
         loss = algos.sft_loss(lp, mask, norm=step.norm)
         return loss, {"tokens": mask.sum().item()}
 
-    def _grpo_micro_step(self, mb: list[dict], step: GRPOStep) -> tuple[torch.Tensor, dict[str, float]]:
+    def _grpo_micro_step(self, mb: list[dict], step: GRPOStep, prefix: SharedPrefix | None
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
         """GRPO loss of one micro-batch, over the step's normaliser: the clipped, importance-weighted
         policy loss (token or GSPO) under the rollouts' sampling distribution, plus the KL to the reference and
         minus the entropy bonus when configured, with its per-token metrics."""
         g = self.tc.grpo
-        logits, ids, mask, keep = self._trained_logits(self.model, mb, step.sampling)
+        logits, ids, mask, keep = self._trained_logits(self.model, mb, step.sampling, prefix)
         t = ids.shape[1]
         lp = algos.token_logprobs(logits, ids, keep)
         rollout_lp = algos.shifted([s["rollout_logprobs"] for s in mb], t).to(self.device)

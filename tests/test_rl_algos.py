@@ -7,7 +7,7 @@ import torch
 from rl.algos import (aggregate, entropy, group_advantages, k3_kl, lr_multiplier, mask_turns, pack_by_tokens,
                       policy_loss, positions_to_keep, shifted, token_logprobs)
 from rl.algos import effective_loss_agg, gspo_loss, informative
-from rl.algos import LOG_RATIO_MAX, loss_normaliser, tempered, trained_sequences
+from rl.algos import LOG_RATIO_MAX, loss_normaliser, shared_prefix, tempered, trained_sequences
 
 
 def test_grpo_advantages_by_hand():
@@ -132,6 +132,19 @@ def test_packing_and_shift():
     assert pack_by_tokens([12, 2], max_tokens=10) == [[0], [1]]
     assert shifted([[9, 1, 2], [9, 3]], 3).tolist() == [[1, 2], [3, 0]]
 
+
+def test_shared_prefix_stops_before_any_trained_token_and_keeps_a_token_of_each():
+    def sample(ids, first_trained):
+        return {"token_ids": ids, "mask": [int(i >= first_trained) for i in range(len(ids))]}
+
+    system = list(range(100, 120))   # 20 tokens every sample begins with
+    a, b = sample(system + [1, 2, 3, 4], 22), sample(system + [1, 2, 9, 9, 9], 23)
+    assert shared_prefix([a, b]) == system + [1]   # agree on 22 tokens; a trains token 22 (its logit: position 21)
+    assert shared_prefix([a, sample(system + [1, 2, 3, 4], 24)]) == system + [1]
+    assert shared_prefix([sample(system + [1, 7], 30), sample(system + [1, 7, 8], 30)]) == system + [1]   # keeps a token of its own
+    assert shared_prefix([sample(system + [5], 30), sample(system + [6], 30)]) == system
+    assert shared_prefix([a, b], min_tokens=22) == []   # too short to be worth a forward
+    assert shared_prefix([a]) == [] and shared_prefix([a, sample([7] + system, 22)]) == []
 
 # ---- GSPO ------------------------------------------------------------------------------------------------
 

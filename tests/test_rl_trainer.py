@@ -2,6 +2,7 @@
 partial checkpoints are ignored, and exported weights reach a real vLLM engine intact."""
 import asyncio
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -24,11 +25,13 @@ def cluster():
     ray.shutdown()
 
 
-def demos(tok, k=12):
-    """Demonstrations from built-in tasks: request -> reference command -> reference report."""
+def demos(tok, k=12, system=False):
+    """Demonstrations from built-in tasks: request -> reference command -> reference report; with
+    `system`, after the protocol's system prompt, as an episode's are."""
+    from core.protocol import system_prompt
     out = []
     for t in load_tasks("builtin", "train")[:k]:
-        msgs = [{"role": "user", "content": t.request}]
+        msgs = [{"role": "system", "content": system_prompt(4)}] * system + [{"role": "user", "content": t.request}]
         prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
         answer = tok.encode(f"<command>{t.reference.commands[0]}</command><|im_end|>", add_special_tokens=False)
         out.append(Trajectory(task_id=t.id, messages=msgs, token_ids=prompt + answer,
@@ -58,7 +61,7 @@ def test_sft_loss_falls(cluster, tok, tmp_path):
     g = TrainerGroup(config(tmp_path, "trainer.sft.epochs=8", "trainer.optim.lr=1e-3"))
     try:
         assert [i["backend"] for i in g.info] == ["gloo", "gloo"]
-        assert [i["omp_wait_policy"] for i in g.info] == ["PASSIVE", "PASSIVE"]   # rl.group.trainer_env
+        assert [i["omp_wait_policy"] for i in g.info] == [os.environ.get("OMP_WAIT_POLICY", "")] * 2   # trainer_env
         s = g.sft(demos(tok))
     finally:
         g.shutdown()
@@ -152,6 +155,52 @@ def test_pad_free_takes_the_same_steps_as_padded_micro_batches(cluster, tok, tmp
     # other kernels round differently, and Adam scales a near-zero gradient's rounding up to the LR
     # (2e-3 a step): a wrong split or normalisation moves weights by ~1e-3
     assert max((padded[k] - unpadded[k]).abs().max().item() for k in padded) <= 2e-4
+
+
+def test_shared_prefix_takes_the_same_steps_as_whole_sequences(cluster, tok, tmp_path):
+    """trainer.shared_prefix runs the system prompt every sample begins with once per step and each
+    sample's forward on its keys and values: the same SFT steps, old-policy logprobs and GRPO step
+    (off-policy, an untrained sequence) as whole-sequence forwards, on 2 ranks of one unpadded
+    sequence per forward (11 samples: a rank's empty slot runs a filler's plain forward beside the
+    prefix), and of padded micro-batches of 3 (the prefix's cache repeated over the batch). The
+    prefix's gradient reaches the weights only through its backward after the last sample: without it
+    the second SFT step's loss is already 0.7 off and its gradient norm half."""
+    from rl import TrainerGroup
+    from rl.algos import shared_prefix
+    data = demos(tok, 11, system=True)
+    samples = [{"token_ids": t.token_ids, "mask": t.response_mask} for t in data]
+    assert len(shared_prefix(samples)) > len(tok.encode(data[0].messages[0]["content"])) > 300
+    runs = {"whole": ("trainer.pad_free=true", "trainer.shared_prefix=false"),
+            "shared": ("trainer.pad_free=true", "trainer.shared_prefix=true"),
+            "shared_padded": ("trainer.pad_free=false", "trainer.shared_prefix=true", "trainer.grpo.micro_batch_size=3")}
+    out = {}
+    for name, over in runs.items():
+        g = TrainerGroup(config(tmp_path / name, "trainer.sft.max_steps=2", "trainer.sft.micro_batch_tokens=2048", *over))
+        try:
+            curve = g.sft(data)["loss_curve"]
+            old = g.logprobs(samples, RolloutSampling(0.8))
+            trajs, _ = off_policy(g, data, 0, zero_mask=3)
+            out[name] = curve, old, g.grpo_step(trajs, 0)
+            g.export_hf(tmp_path / name / "hf")
+        finally:
+            g.shutdown()
+    curve_a, old_a, a = out["whole"]
+    wa = weights(tmp_path / "whole" / "hf")
+    for name in ("shared", "shared_padded"):
+        curve_b, old_b, b = out[name]
+        assert len(curve_a) == 2 and curve_b == pytest.approx(curve_a, abs=1e-5), name
+        assert max(abs(x - y) for la, lb in zip(old_a, old_b) for x, y in zip(la, lb)) <= 1e-5, name
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), name
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), name
+        wb = weights(tmp_path / name / "hf")
+        # Adam scales a near-zero gradient's rounding up to the LR (SFT 2e-3, GRPO 5e-4)
+        assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 5e-4, name
+
+
+def test_shared_prefix_refuses_activation_checkpointing(tmp_path):
+    from core.errors import ConfigError
+    with pytest.raises(ConfigError, match="trainer.shared_prefix=true with trainer.activation_checkpointing=true"):
+        config(tmp_path, "trainer.shared_prefix=true", "trainer.activation_checkpointing=true")
 
 
 def whole(seqs):
@@ -353,17 +402,21 @@ def test_grpo_starts_with_a_fresh_optimizer_and_a_skipped_step_still_counts(clus
     """GRPO starts with a fresh optimizer (trainer.grpo.fresh_optimizer): SFT's two steps are not in
     Adam's state at GRPO's first update; false keeps them. A step with nothing to train (every group
     zero-variance) still advances the step, the policy version and the LR schedule, so its checkpoint
-    resumes at the next step (before: at the skipped one again), with the optimizer still fresh."""
+    resumes at the next step (before: at the skipped one again), with the optimizer still fresh.
+    GRPO runs on trainer.grpo.threads torch threads (SFT on cluster.trainer.num_cpus), resumed too;
+    0 keeps SFT's."""
     from rl import TrainerGroup
     data = demos(tok)
-    over = ("trainer.sft.max_steps=2", "trainer.grpo.lr=0.01", "trainer.grpo.steps=4", "trainer.optim.warmup_steps=4")
+    over = ("trainer.sft.max_steps=2", "trainer.grpo.lr=0.01", "trainer.grpo.steps=4", "trainer.optim.warmup_steps=4",
+            "cluster.trainer.num_cpus=2", "trainer.grpo.threads=1")
     g = TrainerGroup(config(tmp_path / "fresh", *over))
     try:
         g.sft(data)
-        assert g._all("optimizer_steps") == [2, 2]
+        assert g._all("optimizer_steps") == [2, 2] and g._all("threads") == [2, 2]
         nothing = [dataclasses.replace(t, reward=1.0) for t in sampled_by(g, data, 0)]
         skipped = g.grpo_step(nothing, 0)
         assert skipped["skipped_update"] == 1 and (g.step, g.version) == (1, 1), skipped
+        assert g._all("threads") == [1, 1]
         assert g._all("optimizer_steps") == [0, 0]
         g.save_checkpoint(1)
         batch = sampled_by(g, data, 1)
@@ -376,18 +429,18 @@ def test_grpo_starts_with_a_fresh_optimizer_and_a_skipped_step_still_counts(clus
         g.shutdown()
     g = TrainerGroup(config(tmp_path / "fresh", *over))
     try:
-        assert g.resume_point() == (1, 1) and g.stage == "grpo"
+        assert g.resume_point() == (1, 1) and g.stage == "grpo" and g._all("threads") == [1, 1]
         resumed = g.grpo_step(batch, 1)
         assert g._all("optimizer_steps") == [1, 1]
     finally:
         g.shutdown()
     assert [resumed[k] for k in ("loss", "grad_norm", "lr")] == pytest.approx([first[k] for k in ("loss", "grad_norm", "lr")],
                                                                              rel=1e-5)
-    g = TrainerGroup(config(tmp_path / "kept", *over, "trainer.grpo.fresh_optimizer=false"))
+    g = TrainerGroup(config(tmp_path / "kept", *over, "trainer.grpo.fresh_optimizer=false", "trainer.grpo.threads=0"))
     try:
         g.sft(data)
         g.grpo_step(sampled_by(g, data, 0), 0)
-        assert g._all("optimizer_steps") == [3, 3]   # SFT's two steps, then GRPO's
+        assert g._all("optimizer_steps") == [3, 3] and g._all("threads") == [2, 2]   # SFT's two steps, then GRPO's
     finally:
         g.shutdown()
 
