@@ -60,9 +60,11 @@ async def run_grpo(cfg, tasks, pool, engines: list, trainer, judge, run_dir: Pat
             return groups
 
         groups, counts = await sample_groups(batch, extra, run_round, g.tasks_per_step,
-                                             dynamic=g.dynamic_sampling_max_extra > 0)
-        # reward_mean is the step's own tasks' (round 0): replacements are chosen for their spread,
-        # and a curve over them would not compare with a run without dynamic sampling
+                                             dynamic=g.dynamic_sampling_max_extra > 0,
+                                             ahead=g.dynamic_sampling_ahead)
+        # reward_mean is round 0's: the step's own tasks and those drawn ahead, all drawn at random;
+        # the later rounds' replacements are chosen for their spread, and a curve over them would not
+        # compare with a run without dynamic sampling
         metrics = {**summarize(drawn), "worker_restarts": restarts, **judged[0], **counts, **times,
                    "judge_masked": sum(j["judge_masked"] for j in judged),
                    "judged": sum(j["judged"] for j in judged)}

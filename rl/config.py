@@ -124,6 +124,11 @@ class GRPOConfig:
         "dynamic sampling (DAPO): extra tasks a step may draw, beyond tasks_per_step, to replace groups "
         "that teach nothing (all rewards equal, or fewer than two judged) until tasks_per_step informative "
         "groups are found; only those train. 0 = off (every drawn group is passed on)"))
+    dynamic_sampling_ahead: int = at_least(0, default=0, help=(
+        "of dynamic_sampling_max_extra (and at most that many), how many extra tasks run with the step's "
+        "own tasks, in its first round, rather than in a round after it: each round waits for its slowest "
+        "episode, and when a quarter of the groups teach nothing almost every step needs a second round "
+        "(docs/experiments.md). Nothing is drawn ahead with dynamic sampling off"))
     overlong_filter: bool = field(default=False, metadata={
         "help": "leave out of the loss the trajectories whose last turn was cut at its token budget "
                 "(DAPO's overlong filtering): their reward judges an unfinished answer; they still count "

@@ -3,7 +3,8 @@
 A group whose rollouts all got the same reward (or that has fewer than two judged) has no advantage
 to learn from: GRPO drops it, and a step with many such groups trains on a handful of tasks. With
 `trainer.grpo.dynamic_sampling_max_extra > 0` a step draws more tasks until it has
-`tasks_per_step` informative groups, within that budget of extra tasks. These functions decide
+`tasks_per_step` informative groups, within that budget of extra tasks; `dynamic_sampling_ahead` of
+them run with the step's own tasks, so that most steps need one round, not two. These functions decide
 which groups count, which to keep, how many tasks to draw next and which ones; `sample_groups`
 runs them over rounds of a step's rollouts, which the GRPO step (cluster/grpo.py) runs and judges.
 """
@@ -62,16 +63,17 @@ def replacement_order(ids: Sequence[K], taken: Sequence[K], seed: int, count: in
     return order
 
 
-async def sample_groups(batch: list, replacements: list, run_round, target: int, dynamic: bool
-                        ) -> tuple[list[list], dict[str, int]]:
-    """A step's groups, with dynamic sampling when `dynamic`: after `batch`,
-    rounds of tasks from `replacements` (in order) run while fewer than `target` groups are
-    informative, and only the first `target` informative groups are returned. Without it every
-    group of `batch` is returned (the trainer drops the uninformative ones itself).
-    `run_round(tasks, round)` runs and judges the tasks' groups; round 0 is `batch`."""
-    groups = list(await run_round(batch, 0))
+async def sample_groups(batch: list, replacements: list, run_round, target: int, dynamic: bool,
+                        ahead: int = 0) -> tuple[list[list], dict[str, int]]:
+    """A step's groups, with dynamic sampling when `dynamic`: after `batch` and the first `ahead`
+    `replacements` (run together, in round 0), rounds of the next replacements run while fewer than
+    `target` groups are informative, and only the first `target` informative groups are returned.
+    Without it every group of `batch` is returned (the trainer drops the uninformative ones itself).
+    `run_round(tasks, round)` runs and judges the tasks' groups."""
+    used = min(ahead, len(replacements)) if dynamic else 0
+    groups = list(await run_round(list(batch) + list(replacements[:used]), 0))
     flags = [informative(group_rewards(grp)) for grp in groups]
-    used = rounds = 0
+    rounds = 0
     while dynamic:
         n = extra_draws(target - sum(flags), sum(flags), len(groups), len(replacements) - used)
         if n == 0:

@@ -279,6 +279,24 @@ def test_sample_groups_replaces_groups_that_teach_nothing():
     groups, stats = asyncio.run(sample_groups(["a", "b", "c"], [], run_round, 3, dynamic=False))
     assert rounds == [(0, ["a", "b", "c"])] and len(groups) == 3     # off: every group, as before
     assert stats["groups_dropped_zero_variance"] == 2 and stats["extra_tasks_drawn"] == 0
+    # drawn ahead: the first replacements run in round 0, and the step needs no second round
+    rounds.clear()
+    groups, stats = asyncio.run(sample_groups(["a", "b", "c"], ["d", "e", "f", "g"], run_round, 2, dynamic=True,
+                                              ahead=1))
+    assert rounds == [(0, ["a", "b", "c", "d"])] and [g[0].task_id for g in groups] == ["b", "d"]
+    assert stats == {"groups_drawn": 4, "groups_dropped_zero_variance": 2, "groups_dropped_surplus": 0,
+                     "extra_tasks_drawn": 1, "sampling_rounds": 1}
+    # ... or a later round draws from what the budget has left: 2 of 5 informative, need 1,
+    # (2+1)/(5+2) -> draw 3, 2 left
+    rounds.clear()
+    groups, stats = asyncio.run(sample_groups(["a", "b", "c"], ["d", "e", "f", "g"], run_round, 3, dynamic=True,
+                                              ahead=2))
+    assert rounds == [(0, ["a", "b", "c", "d", "e"]), (1, ["f", "g"])]
+    assert [g[0].task_id for g in groups] == ["b", "d", "f"] and stats["groups_dropped_surplus"] == 1
+    rounds.clear()   # more ahead than there are replacements, or dynamic sampling off
+    asyncio.run(sample_groups(["a", "c"], ["b"], run_round, 2, dynamic=True, ahead=5))
+    asyncio.run(sample_groups(["a", "b"], ["d"], run_round, 2, dynamic=False, ahead=1))
+    assert rounds == [(0, ["a", "c", "b"]), (0, ["a", "b"])]
 
 
 def test_overlong_filter_masks_trajectories_ending_on_a_cut_turn():
