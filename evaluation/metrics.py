@@ -57,7 +57,7 @@ def episode_row(task: Any, traj: Any, verdict: dict[str, Any] | None, count_toke
         "has_report": traj.report is not None,
         "turns": len(traj.turns),
         "commands": sum(t.action == "command" for t in traj.turns),
-        "format_errors": sum(t.action == "format_error" for t in traj.turns),
+        "format_errors": traj.format_errors,
         "report_tokens": report_tokens,
         "output_tokens_read": read,
         "compression": (read / report_tokens) if report_tokens else None,

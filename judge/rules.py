@@ -167,7 +167,7 @@ def judge_rules(task: Task, traj: Trajectory) -> Verdict:
     # anywhere and reporting its failure faithfully paid (docs/experiments.md, "Wrong command, honest report").
     other_command = answers_another_command(task, text)
     status_ok = (expected is None or status in expected) and not other_command
-    format_errors = sum(1 for t in traj.turns if t.action == "format_error")
+    format_errors = traj.format_errors
 
     # -- failure modes ----------------------------------------------------------------------------------
     invented = invented_names(text, observed)

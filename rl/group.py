@@ -40,7 +40,7 @@ def sft_samples(trajs: Sequence[Trajectory], train_on_observations: bool = False
 
 def without_rejected_turns(t: Trajectory) -> list[int]:
     """The trajectory's generated-token mask less the turns the protocol rejected (format errors)."""
-    malformed = [u.action == "format_error" for u in t.turns]
+    malformed = [u.rejected for u in t.turns]
     if not any(malformed):
         return list(t.response_mask)
     return algos.mask_turns(t.response_mask, [u.num_generated_tokens for u in t.turns], malformed)

@@ -204,7 +204,7 @@ async def _loop(task, engine: Engine, tokenizer, fmt: ChatFormat, cfg, sandbox: 
 
 def _finish(task, state: _State, reason: str, error: str | None, group_id: str, started: float) -> Trajectory:
     seq = state.seq
-    format_errors = sum(t.action == "format_error" for t in state.turns)
+    format_errors = sum(t.rejected for t in state.turns)
     return Trajectory(
         task_id=task.id,
         messages=list(seq.messages) if seq else [],

@@ -246,7 +246,7 @@ async def collect_demos(cfg, tasks: list, pool, tokenizer, out: Path) -> tuple[l
     plays = [teacher.flaw(by_id[t.task_id]) for t in good]
     metrics.update(demos_total=len(demos), demos_failed=len(demos) - len(good),
                    demos_terse=plays.count("terse"), demos_misstated=plays.count("misstated"),
-                   demos_retried=sum(any(u.action == "format_error" for u in t.turns) for t in good))
+                   demos_retried=sum(t.format_errors > 0 for t in good))
     return good, metrics
 
 

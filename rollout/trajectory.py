@@ -22,6 +22,11 @@ class Turn:
     exec_time_s: float = 0.0
     num_generated_tokens: int = 0
 
+    @property
+    def rejected(self) -> bool:
+        """The protocol rejected the turn (malformed): the episode told the model why and went on."""
+        return self.action == "format_error"
+
 
 @dataclass
 class Trajectory:
@@ -45,6 +50,11 @@ class Trajectory:
     def ok(self) -> bool:
         """Usable for training: no episode error and judged."""
         return self.error is None and self.reward is not None
+
+    @property
+    def format_errors(self) -> int:
+        """How many of its turns the protocol rejected."""
+        return sum(t.rejected for t in self.turns)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
