@@ -64,7 +64,7 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
     turns = sum(len(t.turns) for t in trajectories)
     cut = sum(x.cut_off for t in trajectories for x in t.turns)   # turns that hit max_tokens_per_turn
     gen_tokens = sum(sum(t.response_mask) for t in trajectories)
-    fmt_err = sum(t.metadata.get("format_errors", 0) for t in trajectories)
+    fmt_err = sum(t.format_errors for t in trajectories)
     gen_s = sum(x.gen_time_s for t in trajectories for x in t.turns)
     exec_s = sum(x.exec_time_s for t in trajectories for x in t.turns)
     return {
